@@ -1,0 +1,17 @@
+"""The submission API. Start it with `diffq api`."""
+
+from fastapi import FastAPI
+
+from api.routes import files, jobs
+
+app = FastAPI(
+    title="diffq",
+    summary="A job queue for diffusion models: submit generation jobs, watch them run, fetch images.",
+)
+app.include_router(jobs.router)
+app.include_router(files.router)
+
+
+@app.get("/healthz", tags=["health"])
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}

@@ -1,0 +1,22 @@
+"""Serves outputs kept in local storage (S3 outputs are fetched with presigned URLs instead)."""
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import FileResponse
+
+from core.storage import LocalStorage, get_storage
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.get("/{key:path}")
+def get_file(key: str) -> FileResponse:
+    storage = get_storage()
+    if not isinstance(storage, LocalStorage):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="outputs are in S3; use the job's presigned URLs")
+    try:
+        path = storage.path(key)
+    except ValueError as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(error)) from None
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no file {key!r}")
+    return FileResponse(path)

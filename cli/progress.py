@@ -1,0 +1,40 @@
+"""Progress bars for jobs, fed by polling the API."""
+
+import time
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cli.client import FINISHED, Client
+
+
+def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[dict[str, Any]]:
+    """Show one bar per job until all have ended; return the final jobs."""
+    final: dict[str, dict[str, Any]] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.fields[status]}"),
+        TimeRemainingColumn(),
+    ) as bars:
+        tasks = {
+            job_id: bars.add_task(job_id[:8], total=None, status="queued") for job_id in job_ids
+        }
+        while len(final) < len(job_ids):
+            for job_id, task in tasks.items():
+                if job_id in final:
+                    continue
+                job = client.job(job_id)
+                progress = job.get("progress") or {}
+                description = f"{job_id[:8]} {job['type']}"
+                bars.update(
+                    task,
+                    description=description,
+                    total=progress.get("total"),
+                    completed=progress.get("step", 0),
+                    status=job["status"],
+                )
+                if job["status"] in FINISHED:
+                    final[job_id] = job
+            time.sleep(poll_s)
+    return [final[job_id] for job_id in job_ids]

@@ -1,0 +1,34 @@
+"""Errors that end a job, each with a machine code and a message a user can act on."""
+
+
+class JobError(Exception):
+    """A failure that is recorded on the job as `error.code` and `error.message`."""
+
+    code = "internal"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class BadModel(JobError):
+    code = "bad_model"
+
+
+class BadInput(JobError):
+    code = "bad_input"
+
+
+class OutOfMemory(JobError):
+    code = "out_of_memory"
+
+
+class Canceled(JobError):
+    """Raised inside a run when the user asked to cancel; the job ends `canceled`, not failed."""
+
+    code = "canceled"

@@ -1,0 +1,61 @@
+"""Per-step progress, coalesced so that a fast loop does not hammer the database.
+
+A step is written when `min_interval_s` has passed since the last write, and the last step is
+always written. Status changes go through `core.jobs` and are never coalesced.
+"""
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from core.jobs import record_progress
+
+
+class JobCanceled(Exception):
+    """The job stopped being `running` while it ran (a user canceled it)."""
+
+
+class ProgressReporter:
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        total: int,
+        min_interval_s: float,
+        write: Callable[[uuid.UUID, dict[str, Any]], bool] = record_progress,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job_id = job_id
+        self.total = total
+        self.min_interval_s = min_interval_s
+        self.write = write
+        self.clock = clock
+        self.started = clock()
+        self.last_write: float | None = None
+        self.writes = 0
+        self.current: dict[str, Any] = self._snapshot(0, {})
+
+    def _snapshot(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        elapsed = self.clock() - self.started
+        eta = elapsed / step * (self.total - step) if step else None
+        return {
+            "step": step,
+            "total": self.total,
+            "fraction": round(step / self.total, 4) if self.total else 1.0,
+            "eta_s": round(eta, 2) if eta is not None else None,
+            **extra,
+        }
+
+    def update(self, step: int, **extra: Any) -> None:
+        """Record that `step` of `total` is done; raises JobCanceled if the job was canceled."""
+        self.current = self._snapshot(step, extra)
+        now = self.clock()
+        due = self.last_write is None or now - self.last_write >= self.min_interval_s
+        if due or step >= self.total:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_write = self.clock()
+        self.writes += 1
+        if not self.write(self.job_id, self.current):
+            raise JobCanceled(str(self.job_id))

@@ -1,0 +1,123 @@
+"""Where job outputs live: an S3-compatible bucket (boto3) or a local folder.
+
+`DIFFQ_STORAGE_URL` picks the backend: `s3://bucket/prefix` or `file:///dir`. Keys are relative
+(`jobs/<id>/0.png`); each backend adds its own prefix.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, unquote, urlparse
+
+from core.config import Settings, get_settings
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def url(self, key: str, base_url: str | None = None) -> str: ...
+
+
+def _clean_key(key: str) -> str:
+    parts = [p for p in key.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"bad storage key {key!r}")
+    return "/".join(parts)
+
+
+class LocalStorage:
+    """Files under a folder; the API serves them at `/v1/files/<key>`."""
+
+    def __init__(self, root: Path, public_url: str) -> None:
+        self.root = root.resolve()
+        self.public_url = public_url.rstrip("/")
+
+    def path(self, key: str) -> Path:
+        return self.root / _clean_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # readers never see half a file
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def url(self, key: str, base_url: str | None = None) -> str:
+        base = (base_url or self.public_url).rstrip("/")
+        return f"{base}/v1/files/{quote(_clean_key(key))}"
+
+
+class S3Storage:
+    """Objects in an S3-compatible bucket; URLs are presigned GETs."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, expires_s: int) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.expires_s = expires_s
+        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+
+    def object_key(self, key: str) -> str:
+        key = _clean_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type
+        )
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+        return response["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def url(self, key: str, base_url: str | None = None) -> str:
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self.object_key(key)},
+            ExpiresIn=self.expires_s,
+        )
+
+
+def make_storage(settings: Settings) -> Storage:
+    parsed = urlparse(settings.storage_url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"DIFFQ_STORAGE_URL {settings.storage_url!r} names no bucket")
+        return S3Storage(
+            parsed.netloc, parsed.path, settings.s3_endpoint_url, settings.presign_expires_s
+        )
+    if parsed.scheme == "file":
+        return LocalStorage(Path(unquote(parsed.path)), settings.public_url)
+    raise ValueError(
+        f"DIFFQ_STORAGE_URL {settings.storage_url!r} must start with s3:// or file://"
+    )
+
+
+@lru_cache
+def get_storage() -> Storage:
+    return make_storage(get_settings())

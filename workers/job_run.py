@@ -1,0 +1,64 @@
+"""What a runner gets for one job: its spec, a progress reporter and a place for its outputs."""
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from core.config import Settings, get_settings
+from core.images import encode_png
+from core.models import Job
+from core.progress import ProgressReporter
+from core.storage import Storage, get_storage
+
+
+@dataclass
+class JobRun:
+    job_id: uuid.UUID
+    type: str
+    model: str | None
+    params: dict[str, Any]
+    settings: Settings = field(default_factory=get_settings)
+    storage: Storage = field(default_factory=get_storage)
+    reporter: ProgressReporter | None = None
+
+    @classmethod
+    def from_job(cls, job: Job) -> "JobRun":
+        return cls(job_id=job.id, type=job.type, model=job.model, params=dict(job.params))
+
+    def start_progress(self, total: int) -> ProgressReporter:
+        self.reporter = ProgressReporter(self.job_id, total, self.settings.progress_min_interval_s)
+        self.reporter.flush()
+        return self.reporter
+
+    def diffusers_callback(self, reporter: ProgressReporter):  # type: ignore[no-untyped-def]
+        """A `callback_on_step_end` that records each finished timestep."""
+
+        def on_step_end(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:  # type: ignore[no-untyped-def]
+            reporter.update(step_index + 1)
+            return callback_kwargs
+
+        return on_step_end
+
+    def output_key(self, name: str) -> str:
+        return f"jobs/{self.job_id}/{name}"
+
+    def save_images(
+        self, images: list[Image.Image], parameters: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Store each image as a PNG carrying its parameters; return the job's output records."""
+        outputs = []
+        for index, (image, image_parameters) in enumerate(zip(images, parameters, strict=True)):
+            key = self.output_key(f"{index}.png")
+            self.storage.put(key, encode_png(image, image_parameters), "image/png")
+            outputs.append(
+                {
+                    "key": key,
+                    "content_type": "image/png",
+                    "width": image.width,
+                    "height": image.height,
+                    "seed": image_parameters.get("seed"),
+                }
+            )
+        return outputs

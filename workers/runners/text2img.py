@@ -1,0 +1,43 @@
+"""Text-to-image: a Stable-Diffusion-family pipeline, one batched call, one PNG per image.
+
+Image i is made with a CPU generator seeded `seed + i`, so each image equals a direct diffusers
+call with that seed and can be remade alone.
+"""
+
+from typing import Any
+
+import torch
+
+from core.specs import Text2ImgParams, new_seed
+from workers.job_run import JobRun
+from workers.pipelines import get_pipeline
+
+
+def run(job: JobRun) -> list[dict[str, Any]]:
+    params = Text2ImgParams.model_validate(job.params)
+    assert job.model is not None
+    pipe = get_pipeline(job.model, "text2img")
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width, height = params.width or native, params.height or native
+    seed = params.seed if params.seed is not None else new_seed()
+    seeds = [seed + index for index in range(params.num_images)]
+
+    reporter = job.start_progress(total=params.num_inference_steps)
+    result = pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or None,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        width=width,
+        height=height,
+        num_images_per_prompt=params.num_images,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        callback_on_step_end=job.diffusers_callback(reporter),
+    )
+
+    base = params.model_dump(exclude={"num_images", "seed"}) | {"width": width, "height": height}
+    parameters = [
+        {"type": job.type, "model": job.model, "params": base | {"seed": s, "num_images": 1}}
+        for s in seeds
+    ]
+    return job.save_images(result.images, parameters)
