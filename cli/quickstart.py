@@ -88,7 +88,7 @@ def run_quickstart(prompt: str, num_images: int) -> int:
     storage = get_storage()
     failed = 0
     for job in finished:
-        typer.echo(f"job {job['id']} ({job['type']}, {job['model']}): {job['status']}")
+        typer.echo(f"job {job['id']} ({job['type']}, {job['model']}) {job['status']} on {job['worker']}")
         if job["status"] != "succeeded":
             failed += 1
             typer.echo(f"  error: {job['error']}")

@@ -19,14 +19,13 @@ def make_celery(settings: Settings) -> Celery:
     # The broker must redeliver an unacknowledged task only after it could have finished.
     transport_options: dict[str, object] = {"visibility_timeout": settings.task_time_limit_s + 3600}
     if settings.broker_url.startswith("filesystem://"):
-        folders = {name: settings.broker_dir / name for name in ("queue", "control", "processed")}
+        folders = {name: settings.broker_dir / name for name in ("queue", "control")}
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         transport_options |= {
             "data_folder_in": str(folders["queue"]),
             "data_folder_out": str(folders["queue"]),
             "control_folder": str(folders["control"]),
-            "processed_folder": str(folders["processed"]),
         }
     app.conf.update(
         task_acks_late=True,

@@ -47,9 +47,14 @@ def make_tiny_models(models_dir: Path, overwrite: bool = False) -> list[Path]:
             staging.mkdir()
             try:
                 builders[name](_SEEDS[name], staging).save_pretrained(staging, safe_serialization=True)
-                if folder.exists():
+                if overwrite and folder.exists():
                     shutil.rmtree(folder)
-                staging.rename(folder)
+                try:
+                    staging.rename(folder)
+                except OSError:
+                    # Another process finished the same model first; the builds are identical, keep theirs.
+                    if not (folder / "model_index.json").is_file():
+                        raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         folders.append(folder)

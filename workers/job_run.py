@@ -36,6 +36,9 @@ class JobRun:
         """A `callback_on_step_end` that records each finished timestep."""
 
         def on_step_end(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:  # type: ignore[no-untyped-def]
+            # Schedulers may run more or fewer steps than asked (PNDM adds one; img2img skips
+            # some): the pipeline knows how many it really runs.
+            reporter.total = getattr(pipe, "num_timesteps", None) or reporter.total
             reporter.update(step_index + 1)
             return callback_kwargs
 

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The offline quickstart: installs diffq, then runs it end to end on embedded defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/venv.sh
+exec .venv/bin/diffq quickstart "$@"

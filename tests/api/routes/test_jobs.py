@@ -1,0 +1,79 @@
+"""Validation at the door: bad specs are 422s that name the field and say what to fix."""
+
+import httpx
+import pytest
+
+from tests.utils.jobs import text2img_spec
+
+
+def post(stack, spec) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.post(f"{stack.api_url}/v1/jobs", json=spec, timeout=30)
+
+
+def messages(response: httpx.Response) -> dict[str, str]:
+    return {".".join(str(p) for p in error["loc"]): error["msg"] for error in response.json()["detail"]}
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "words"),
+    [
+        ({"width": 65}, "width", "multiple of 8"),
+        ({"height": 100}, "height", "multiple of 8"),
+        ({"num_inference_steps": 0}, "num_inference_steps", "greater than or equal to 1"),
+        ({"num_inference_steps": 1001}, "num_inference_steps", "less than or equal to 1000"),
+        ({"guidance_scale": -1}, "guidance_scale", "greater than or equal to 0"),
+        ({"num_images": 0}, "num_images", "greater than or equal to 1"),
+        ({"num_images": 17}, "num_images", "at most 16"),
+        ({"prompt": ""}, "prompt", "at least 1 character"),
+        ({"steps": 3}, "steps", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_params_are_422_per_field(stack, params, field, words) -> None:  # type: ignore[no-untyped-def]
+    response = post(stack, text2img_spec(**params))
+    assert response.status_code == 422
+    found = {loc: msg for loc, msg in messages(response).items() if loc.endswith(f"params.{field}")}
+    assert found, messages(response)
+    assert words in next(iter(found.values()))
+
+
+def test_pixel_limit(stack) -> None:  # type: ignore[no-untyped-def]
+    response = post(stack, text2img_spec(width=2048, height=2048))
+    assert response.status_code == 422
+    assert "the limit is 1048576" in response.text
+
+
+def test_unknown_type(stack) -> None:  # type: ignore[no-untyped-def]
+    response = post(stack, {"type": "text2video", "model": "tiny-sd", "params": {}})
+    assert response.status_code == 422
+    assert "'text2video'" in response.text and "'text2img'" in response.text
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        ("no-such-model", "not found in the models dir"),
+        ("../etc", "must be a name under the models dir"),
+        ("/etc/passwd", "must be a name under the models dir"),
+    ],
+)
+def test_unknown_or_escaping_model(stack, model, words) -> None:  # type: ignore[no-untyped-def]
+    response = post(stack, text2img_spec(model=model))
+    assert response.status_code == 422
+    assert words in messages(response)["body.model"]
+
+
+def test_missing_job_is_404(stack) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.get(f"{stack.api_url}/v1/jobs/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 404
+    assert "no job with id" in response.json()["detail"]
+
+
+def test_list_rejects_unknown_status(stack) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.get(f"{stack.api_url}/v1/jobs", params={"status": "done"})
+    assert response.status_code == 422
+
+
+def test_healthz_and_docs(stack) -> None:  # type: ignore[no-untyped-def]
+    assert httpx.get(f"{stack.api_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{stack.api_url}/docs").status_code == 200
+    assert "/v1/jobs" in httpx.get(f"{stack.api_url}/openapi.json").json()["paths"]

@@ -1,0 +1,125 @@
+"""Test settings and the real services behind the end-to-end tests.
+
+Settings are environment variables, set here before any project module is imported: a Postgres
+database and a Redis db number of the tests' own, moto's S3 server on a loopback port, and a
+models dir with the tiny models.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.utils.services import free_port
+
+PG_SERVER = os.environ.get("DIFFQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_SERVER = os.environ.get("DIFFQ_TEST_REDIS", "redis://127.0.0.1:6379")
+TEST_DB = "diffq_test"
+REDIS_DB = 13
+S3_PORT = free_port()
+BUCKET = "diffq-test"
+TMP = Path(tempfile.mkdtemp(prefix="diffq-tests-"))
+
+os.environ.update(
+    {
+        "DIFFQ_HOME": str(TMP / "home"),
+        "DIFFQ_DATABASE_URL": f"{PG_SERVER}/{TEST_DB}",
+        "DIFFQ_BROKER_URL": f"{REDIS_SERVER}/{REDIS_DB}",
+        "DIFFQ_STORAGE_URL": f"s3://{BUCKET}/outputs",
+        "DIFFQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        "DIFFQ_MODELS_DIR": str(TMP / "models"),
+        "DIFFQ_PROGRESS_MIN_INTERVAL_S": "0.05",
+        "DIFFQ_QUEUE": "diffq-test",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    from core.config import get_settings
+    from models_store.tiny import make_tiny_models
+
+    models = get_settings().models_dir
+    make_tiny_models(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def database() -> str:
+    """A fresh test database, migrated to head with Alembic."""
+    import psycopg
+
+    from core.config import get_settings
+    from migrations.run import upgrade
+
+    admin = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEST_DB}")
+    upgrade()
+    return get_settings().database_url
+
+
+@pytest.fixture(scope="session")
+def broker() -> str:
+    import redis
+
+    from core.config import get_settings
+
+    url = get_settings().broker_url
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[str]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{S3_PORT}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@dataclass
+class Stack:
+    api_url: str
+    models_dir: Path
+    tmp: Path
+
+
+@pytest.fixture(scope="session")
+def stack(models_dir: Path, database: str, broker: str, s3: str) -> Iterator[Stack]:
+    """The API over HTTP and one real worker process, on Postgres, Redis and S3."""
+    from cli.quickstart import start_api
+    from tests.utils.services import WorkerProcess
+
+    port = free_port()
+    start_api(port)
+    worker = WorkerProcess(TMP / "worker.log", env={}, name="main@%h")
+    worker.wait_ready()
+    yield Stack(api_url=f"http://127.0.0.1:{port}", models_dir=models_dir, tmp=TMP)
+    worker.stop()
+
+
+@pytest.fixture
+def client(stack: Stack):  # type: ignore[no-untyped-def]
+    from cli.client import Client
+
+    return Client(stack.api_url)

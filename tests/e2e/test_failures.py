@@ -1,0 +1,80 @@
+"""Failure paths: each failed job says why, and nothing is left running."""
+
+import shutil
+import uuid
+
+import pytest
+
+from core.db import db_session
+from core.models import Job
+from core.queue import RUN_JOB_TASK, get_celery
+from tests.utils.jobs import text2img_spec, wait_finished
+from tests.utils.services import WorkerProcess
+
+FAULT_QUEUE = "diffq-test-faults"
+
+
+@pytest.fixture(scope="module")
+def pickle_model(models_dir):  # type: ignore[no-untyped-def]
+    """tiny-sd with its UNet saved as pickle weights only."""
+    from diffusers import UNet2DConditionModel
+
+    folder = models_dir / "pickle-sd"
+    shutil.copytree(models_dir / "tiny-sd", folder, dirs_exist_ok=True)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet", safe_serialization=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").exists()
+    return "pickle-sd"
+
+
+def test_pickle_weights_fail_with_bad_model(client, pickle_model) -> None:  # type: ignore[no-untyped-def]
+    job = client.submit(text2img_spec(model=pickle_model, num_images=1))
+    done = wait_finished(client, job["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "bad_model"
+    assert "safetensors" in done["error"]["message"]
+    assert done["outputs"] == []
+
+
+@pytest.fixture(scope="module")
+def fault_worker(stack):  # type: ignore[no-untyped-def]
+    worker = WorkerProcess(
+        stack.tmp / "fault-worker.log",
+        env={"DIFFQ_TEST_FAULT": "raise_at:5"},
+        name="faulty@%h",
+        queues=FAULT_QUEUE,
+        preload="tests.utils.faults",
+    )
+    worker.wait_ready()
+    yield worker
+    worker.stop()
+
+
+def submit_to(queue: str, spec: dict) -> uuid.UUID:
+    """Write a job row and send it to `queue`, as the API does for its own queue."""
+    with db_session() as session:
+        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
+        session.add(job)
+    get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
+    return job.id
+
+
+def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:  # type: ignore[no-untyped-def]
+    job_id = submit_to(FAULT_QUEUE, text2img_spec(num_inference_steps=10, num_images=1))
+    done = wait_finished(client, str(job_id))
+    assert done["status"] == "failed"
+    assert done["error"] == {"code": "internal", "message": "RuntimeError: injected failure in UNet call 5"}
+    assert done["finished_at"] is not None
+    # One batched UNet call per step: the failure came in step 5, after four were recorded.
+    assert done["progress"]["step"] == 4
+    assert client.http.get("/v1/jobs", params={"status": "running"}).json()["count"] == 0
+
+
+def test_duplicate_delivery_runs_once(client) -> None:  # type: ignore[no-untyped-def]
+    job = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
+    get_celery().send_task(RUN_JOB_TASK, args=[job["id"]], queue="diffq-test")
+    done = wait_finished(client, job["id"])
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1
+    assert len(done["outputs"]) == 1
