@@ -17,9 +17,7 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
         TextColumn("{task.completed}/{task.total} {task.fields[status]}"),
         TimeRemainingColumn(),
     ) as bars:
-        tasks = {
-            job_id: bars.add_task(job_id[:8], total=None, status="queued") for job_id in job_ids
-        }
+        tasks = {job_id: bars.add_task(job_id[:8], total=None, status="queued") for job_id in job_ids}
         while len(final) < len(job_ids):
             for job_id, task in tasks.items():
                 if job_id in final:

@@ -108,14 +108,10 @@ def make_storage(settings: Settings) -> Storage:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"DIFFQ_STORAGE_URL {settings.storage_url!r} names no bucket")
-        return S3Storage(
-            parsed.netloc, parsed.path, settings.s3_endpoint_url, settings.presign_expires_s
-        )
+        return S3Storage(parsed.netloc, parsed.path, settings.s3_endpoint_url, settings.presign_expires_s)
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.path)), settings.public_url)
-    raise ValueError(
-        f"DIFFQ_STORAGE_URL {settings.storage_url!r} must start with s3:// or file://"
-    )
+    raise ValueError(f"DIFFQ_STORAGE_URL {settings.storage_url!r} must start with s3:// or file://")
 
 
 @lru_cache

@@ -1,4 +1,5 @@
 from alembic import context
+
 from core.config import get_settings
 from core.db import make_engine
 from core.models import Base

@@ -32,9 +32,13 @@ def pick_device(setting: str) -> "torch.device":
     except RuntimeError as error:
         raise ValueError(f"unknown device {setting!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {setting!r} asks for CUDA, but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise ValueError(
+            f"device {setting!r} asks for CUDA, but torch sees no CUDA device; use 'auto' or 'cpu'"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {setting!r} does not exist; torch sees {torch.cuda.device_count()} CUDA devices")
+        raise ValueError(
+            f"device {setting!r} does not exist; torch sees {torch.cuda.device_count()} CUDA devices"
+        )
     return device
 
 
@@ -74,9 +78,15 @@ def load_pipeline(folder: Path, task: str, device: "torch.device", dtype: "torch
         # (config values of the wrong type), ImportError (a component needs a package that is not installed).
         pipe = loader.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, TypeError, ImportError) as error:
-        raise BadModel(f"cannot load {folder} for {task}: {type(error).__name__}: {_first_line(error)}") from error
-    if task == "unconditional" and not (hasattr(pipe, "unet") and hasattr(pipe, "scheduler")):
-        raise BadModel(f"cannot load {folder} for unconditional: {type(pipe).__name__} has no unet and scheduler")
+        raise BadModel(
+            f"cannot load {folder} for {task}: {type(error).__name__}: {_first_line(error)}"
+        ) from error
+    if task == "unconditional" and (
+        getattr(pipe, "unet", None) is None or getattr(pipe, "scheduler", None) is None
+    ):
+        raise BadModel(
+            f"cannot load {folder} for unconditional: {type(pipe).__name__} lacks a unet or a scheduler"
+        )
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,4 +1,4 @@
-"""Turn a job's model reference into a local diffusers folder: a folder under the models dir, or a Hub download.
+"""Turn a job's model reference into a local diffusers folder: under the models dir, or a Hub download.
 
 A reference comes from a user, so it is treated as untrusted: it may not name a path outside the models dir,
 and only safetensors weights are accepted, because pickle weights (`.bin`, `.ckpt`, ...) can run code when
@@ -102,7 +102,12 @@ def _local_path(ref: str, root: Path) -> Path:
             f"model reference {ref!r} is an absolute path; give a folder name relative to {root} "
             "or a Hub repo id 'org/name'"
         )
-    local = (root / ref).resolve()  # follows symlinks and `..`
+    try:
+        local = (root / ref).resolve()  # follows symlinks and `..`
+        local.exists()  # raises here, not later, for names the OS refuses: too long, a NUL byte
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise BadModel(f"model reference {ref[:100]!r} is not a valid path: {reason}") from error
     if not local.is_relative_to(root):
         raise BadModel(
             f"model reference {ref!r} escapes the models dir; give a folder name under {root} "
@@ -128,7 +133,11 @@ def _weight_folders(folder: Path, name: str) -> list[Path]:
 
 
 def _components(index_file: Path, name: str) -> list[str]:
-    """Names of the components a `model_index.json` lists, leaving out the unset ones (`[null, null]`)."""
+    """Names of the components a `model_index.json` lists, leaving out the unset ones (`[null, null]`).
+
+    Only identifiers count, as diffusers needs them for attribute names: a key such as `../x` must never
+    become a path to look into.
+    """
     try:
         index = json.loads(index_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -138,7 +147,11 @@ def _components(index_file: Path, name: str) -> list[str]:
     return sorted(
         key
         for key, value in index.items()
-        if not key.startswith("_") and isinstance(value, list) and len(value) == 2 and value[1] is not None
+        if key.isidentifier()
+        and not key.startswith("_")
+        and isinstance(value, list)
+        and len(value) == 2
+        and value[1] is not None
     )
 
 
@@ -181,7 +194,9 @@ def _download(repo_id: str, root: Path) -> Path:
     except HfHubHTTPError as error:
         raise BadModel(f"downloading model {repo_id!r} from the Hub failed: {_first_line(error)}") from error
     except HFValidationError as error:
-        raise BadModel(f"model reference {repo_id!r} is not a valid Hub repo id: {_first_line(error)}") from error
+        raise BadModel(
+            f"model reference {repo_id!r} is not a valid Hub repo id: {_first_line(error)}"
+        ) from error
     except OSError as error:
         raise BadModel(f"downloading model {repo_id!r} from the Hub failed: {_first_line(error)}") from error
 

@@ -12,6 +12,11 @@ import json
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import DDPMPipeline, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
 TINY_SD = "tiny-sd"
 TINY_DDPM = "tiny-ddpm"
@@ -61,8 +66,8 @@ def make_tiny_models(models_dir: Path, overwrite: bool = False) -> list[Path]:
     return folders
 
 
-def _build_tiny_sd(seed: int, folder: Path):
-    """A Stable Diffusion 1.x layout (CLIP text encoder, cross-attention UNet, KL VAE with a scale factor of 8)."""
+def _build_tiny_sd(seed: int, folder: Path) -> "StableDiffusionPipeline":
+    """A Stable Diffusion 1.x layout: CLIP text encoder, cross-attention UNet, KL VAE with a factor of 8."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -129,7 +134,7 @@ def _build_tiny_sd(seed: int, folder: Path):
     )
 
 
-def _build_tiny_ddpm(seed: int, folder: Path):
+def _build_tiny_ddpm(seed: int, folder: Path) -> "DDPMPipeline":
     """An unconditional 32 px DDPM, the layout of `google/ddpm-cifar10-32` at a fraction of the width.
 
     `folder` is unused: nothing needs writing before `save_pretrained`, unlike the SD tokenizer's files.
@@ -150,8 +155,8 @@ def _build_tiny_ddpm(seed: int, folder: Path):
     return DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
 
 
-def _build_clip_tokenizer(folder: Path):
-    """A CLIP BPE tokenizer over the 256 byte-level symbols, padded with `<|endoftext|>` to 77 tokens like CLIP's.
+def _build_clip_tokenizer(folder: Path) -> "CLIPTokenizer":
+    """A CLIP BPE tokenizer over the 256 byte-level symbols, padded with `<|endoftext|>` to 77 like CLIP's.
 
     `vocab.json` and `merges.txt` are written into `folder` and the tokenizer is built from them, as CLIP's
     own is. They stay there next to the `tokenizer.json` that `save_pretrained` adds, as in SD's repos,
@@ -180,7 +185,11 @@ def _build_clip_tokenizer(folder: Path):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's (and GPT-2's) map from each byte to a printable unicode character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = printable[:]
     extra = 0
     for b in range(256):

@@ -18,8 +18,9 @@ from tests.utils.services import free_port
 
 PG_SERVER = os.environ.get("DIFFQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("DIFFQ_TEST_REDIS", "redis://127.0.0.1:6379")
-TEST_DB = "diffq_test"
-REDIS_DB = 13
+# Separate names let several checkouts run their suites on one machine at once.
+TEST_DB = os.environ.get("DIFFQ_TEST_DB", "diffq_test")
+REDIS_DB = int(os.environ.get("DIFFQ_TEST_REDIS_DB", "13"))
 S3_PORT = free_port()
 BUCKET = "diffq-test"
 TMP = Path(tempfile.mkdtemp(prefix="diffq-tests-"))

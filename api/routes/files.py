@@ -12,7 +12,9 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 def get_file(key: str) -> FileResponse:
     storage = get_storage()
     if not isinstance(storage, LocalStorage):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="outputs are in S3; use the job's presigned URLs")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail="outputs are in S3; use the job's presigned URLs"
+        )
     try:
         path = storage.path(key)
     except ValueError as error:

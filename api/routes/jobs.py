@@ -68,7 +68,9 @@ def get_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPubl
 def list_jobs(
     session: SessionDep,
     request: Request,
-    status_: Annotated[str | None, Query(alias="status", pattern="^(" + "|".join(JobStatus.ALL) + ")$")] = None,
+    status_: Annotated[
+        str | None, Query(alias="status", pattern="^(" + "|".join(JobStatus.ALL) + ")$")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:

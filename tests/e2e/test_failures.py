@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from core.config import get_settings
 from core.db import db_session
 from core.models import Job
 from core.queue import RUN_JOB_TASK, get_celery
@@ -73,7 +74,7 @@ def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:
 
 def test_duplicate_delivery_runs_once(client) -> None:  # type: ignore[no-untyped-def]
     job = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
-    get_celery().send_task(RUN_JOB_TASK, args=[job["id"]], queue="diffq-test")
+    get_celery().send_task(RUN_JOB_TASK, args=[job["id"]], queue=get_settings().queue)
     done = wait_finished(client, job["id"])
     assert done["status"] == "succeeded"
     assert done["attempts"] == 1

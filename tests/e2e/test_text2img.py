@@ -84,7 +84,10 @@ def test_seed_is_picked_and_recorded(client) -> None:  # type: ignore[no-untyped
     assert isinstance(job["params"]["seed"], int)
     done = wait_finished(client, job["id"])
     assert done["status"] == "succeeded"
-    assert read_png_parameters(client.download(done["outputs"][0]["url"]))["params"]["seed"] == job["params"]["seed"]
+    assert (
+        read_png_parameters(client.download(done["outputs"][0]["url"]))["params"]["seed"]
+        == job["params"]["seed"]
+    )
 
 
 def test_list_jobs_by_status(client) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +103,11 @@ def test_unconditional_matches_ddpm_pipeline(client, models_dir) -> None:  # typ
     from diffusers import DDPMPipeline
 
     job = client.submit(
-        {"type": "unconditional", "model": "tiny-ddpm", "params": {"num_inference_steps": 10, "seed": 7, "num_images": 2}}
+        {
+            "type": "unconditional",
+            "model": "tiny-ddpm",
+            "params": {"num_inference_steps": 10, "seed": 7, "num_images": 2},
+        }
     )
     done = wait_finished(client, job["id"])
     assert done["status"] == "succeeded", done["error"]
@@ -108,7 +115,9 @@ def test_unconditional_matches_ddpm_pipeline(client, models_dir) -> None:  # typ
     pipe = DDPMPipeline.from_pretrained(models_dir / "tiny-ddpm", use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     for index, output in enumerate(done["outputs"]):
-        expected = pipe(num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(7 + index)).images[0]
+        expected = pipe(
+            num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(7 + index)
+        ).images[0]
         got = Image.open(io.BytesIO(client.download(output["url"])))
         diff = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(expected, dtype=np.int16)).max()
         assert diff <= 1

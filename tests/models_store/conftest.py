@@ -1,8 +1,21 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from models_store.tiny import make_tiny_models
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread: the tiny models gain nothing from more, and on a machine busy with other
+    processes torch's spinning worker threads make each step ten to thirty times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,9 @@ def test_text2img_generates_images_of_the_requested_size(sd) -> None:  # type: i
 def test_unconditional_generates_32px_images(tiny_models_dir: Path) -> None:
     pipe = load_pipeline(tiny_models_dir / "tiny-ddpm", "unconditional", CPU, torch.float32)
     assert type(pipe).__name__ == "DDPMPipeline"
-    images = pipe(batch_size=2, num_inference_steps=20, generator=torch.Generator("cpu").manual_seed(0)).images
+    images = pipe(
+        batch_size=2, num_inference_steps=20, generator=torch.Generator("cpu").manual_seed(0)
+    ).images
     assert [im.size for im in images] == [(32, 32), (32, 32)]
 
 
@@ -67,8 +69,12 @@ def test_batch_with_a_generator_per_image_matches_single_images(sd) -> None:  # 
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(2)]
     batch = sd([PROMPT] * 2, generator=generators, output_type="np", **kwargs).images
     singles = np.concatenate(
-        [sd(PROMPT, generator=torch.Generator("cpu").manual_seed(seed + i), output_type="np", **kwargs).images
-         for i in range(2)]
+        [
+            sd(
+                PROMPT, generator=torch.Generator("cpu").manual_seed(seed + i), output_type="np", **kwargs
+            ).images
+            for i in range(2)
+        ]
     )
     assert np.abs(batch - singles).max() < 1e-4
     assert np.abs(_to_255(batch) - _to_255(singles)).max() <= 1

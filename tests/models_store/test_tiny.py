@@ -8,8 +8,11 @@ def test_tiny_models_are_diffusers_folders_with_safetensors_only(tiny_models_dir
     for name in TINY_MODELS:
         folder = tiny_models_dir / name
         assert (folder / "model_index.json").is_file()
-        weights = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in {
-            ".safetensors", ".bin", ".pt", ".pth", ".ckpt"})
+        weights = sorted(
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
+        )
         assert weights and all(w.endswith(".safetensors") for w in weights), weights
     assert (tiny_models_dir / "tiny-sd" / "tokenizer" / "vocab.json").is_file()
     assert (tiny_models_dir / "tiny-sd" / "tokenizer" / "merges.txt").is_file()
@@ -39,7 +42,9 @@ def test_clip_tokenizer_pads_to_77_with_endoftext(tiny_models_dir: Path) -> None
     from transformers import CLIPTextConfig, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_models_dir / "tiny-sd" / "tokenizer")
-    ids = tokenizer("a squirrel in Picasso style", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    ids = tokenizer(
+        "a squirrel in Picasso style", padding="max_length", max_length=tokenizer.model_max_length
+    ).input_ids
     assert tokenizer.model_max_length == 77 and len(ids) == 77
     assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
     assert ids[0] == tokenizer.bos_token_id

@@ -31,8 +31,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):  # ty
 class WorkerProcess:
     """A real `diffq worker` process; `extra_code` runs first (for fault injection in tests)."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], name: str, queues: str | None = None,
-                 preload: str | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str],
+        name: str,
+        queues: str | None = None,
+        preload: str | None = None,
+    ) -> None:
         self.log_path = log_path
         args = [sys.executable]
         if preload:
@@ -44,7 +50,11 @@ class WorkerProcess:
             args += ["--queues", queues]
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
-            args, cwd=ROOT, env=os.environ | env, stdout=self.log, stderr=subprocess.STDOUT,
+            args,
+            cwd=ROOT,
+            env=os.environ | env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

@@ -37,7 +37,6 @@ def run(job: JobRun) -> list[dict[str, Any]]:
 
     base = params.model_dump(exclude={"num_images", "seed"}) | {"width": width, "height": height}
     parameters = [
-        {"type": job.type, "model": job.model, "params": base | {"seed": s, "num_images": 1}}
-        for s in seeds
+        {"type": job.type, "model": job.model, "params": base | {"seed": s, "num_images": 1}} for s in seeds
     ]
     return job.save_images(result.images, parameters)
