@@ -44,7 +44,7 @@ def bare_loop(models_dir: Path, jobs: int) -> float:
     from diffusers import AutoPipelineForText2Image
 
     pipe = AutoPipelineForText2Image.from_pretrained(
-        models_dir / "tiny-sd", torch_dtype=torch.float32, use_safetensors=True
+        models_dir / "tiny-sd", dtype=torch.float32, use_safetensors=True
     )
     pipe.set_progress_bar_config(disable=True)
     params = {k: v for k, v in PARAMS.items() if k != "num_images"}

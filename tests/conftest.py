@@ -40,6 +40,9 @@ os.environ.update(
         "AWS_DEFAULT_REGION": "us-east-1",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # Two torch threads per process on a 2-core machine shared by the tests and the workers
+        # thrash; one each keeps runs steady.
+        "OMP_NUM_THREADS": "1",
     }
 )
 

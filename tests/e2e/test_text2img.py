@@ -17,7 +17,7 @@ def reference_pipe(models_dir):  # type: ignore[no-untyped-def]
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        models_dir / "tiny-sd", torch_dtype=torch.float32, use_safetensors=True
+        models_dir / "tiny-sd", dtype=torch.float32, use_safetensors=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -139,3 +139,23 @@ def test_broken_folder_is_bad_model(tiny_models_dir: Path, tmp_path: Path, break
     assert str(folder) in info.value.message
     assert cause in info.value.message
     assert "\n" not in info.value.message
+
+
+def test_unconditional_needs_a_unet(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """A DiT is a class-conditional transformer pipeline: it loads, but cannot run as "unconditional"."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    )
+    vae = AutoencoderKL.from_pretrained(tiny_models_dir / "tiny-sd" / "vae")
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "dit")
+    with pytest.raises(BadModel, match="for unconditional: DiTPipeline lacks a unet or a scheduler"):
+        load_pipeline(tmp_path / "dit", "unconditional", CPU, torch.float32)
