@@ -62,11 +62,18 @@ class S3Storage:
 
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, expires_s: int) -> None:
         import boto3
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.expires_s = expires_s
-        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+        # SigV4 presigned URLs work on AWS and MinIO alike; path-style addressing lets a custom
+        # endpoint such as http://minio:9000 work without per-bucket DNS names.
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+        )
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
     def object_key(self, key: str) -> str:
         key = _clean_key(key)

@@ -23,7 +23,7 @@ def reference_pipe(models_dir):  # type: ignore[no-untyped-def]
     return pipe
 
 
-def direct_image(pipe, seed: int, **params) -> np.ndarray:  # type: ignore[no-untyped-def]
+def direct_image(pipe, image_seed: int, **params) -> np.ndarray:  # type: ignore[no-untyped-def]
     import torch
 
     image = pipe(
@@ -32,7 +32,7 @@ def direct_image(pipe, seed: int, **params) -> np.ndarray:  # type: ignore[no-un
         guidance_scale=params["guidance_scale"],
         width=params["width"],
         height=params["height"],
-        generator=torch.Generator("cpu").manual_seed(seed),
+        generator=torch.Generator("cpu").manual_seed(image_seed),
     ).images[0]
     return np.asarray(image, dtype=np.int16)
 
