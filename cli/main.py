@@ -48,6 +48,22 @@ def worker(
     )
 
 
+@app.command()
+def beat(loglevel: str = "INFO") -> None:
+    """Start the single beat process: due schedules become jobs, lost jobs are requeued."""
+    from workers.celery_app import app as celery_app
+
+    celery_app.start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
+
+
+@app.command()
+def reconcile() -> None:
+    """Requeue jobs whose worker died, once (beat does this every DIFFQ_RECONCILE_INTERVAL_S)."""
+    from core.reconcile import reconcile_once
+
+    typer.echo(json.dumps(reconcile_once()))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Create or upgrade the database schema."""

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     pipeline_cache_size: int = 2
     progress_min_interval_s: float = Field(default=0.5, ge=0)
     task_time_limit_s: int = 6 * 3600
+    # A running job's worker renews its lease every lease_s / 3; a job whose lease ran out is
+    # taken over (its worker died) until it has been tried max_attempts times.
+    lease_s: float = Field(default=60, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    reconcile_interval_s: float = Field(default=15, gt=0)
     queue: str = "diffq"
 
     @model_validator(mode="after")

@@ -1,58 +1,123 @@
 """Job state changes. Each one is a single conditional UPDATE, so two processes racing on the
-same job can never both win: a job is claimed once, finished once, canceled once."""
+same job can never both win: a job is claimed once per attempt, finished once, canceled once.
+
+A running job holds a lease that its worker renews (`renew_lease`). When the lease runs out the
+worker is taken for dead: the job can be claimed again, up to `max_attempts` times. Every write a
+worker makes names the attempt it runs (`attempt`), so a worker that was taken for dead but comes
+back can no longer write to a job that another worker now runs.
+"""
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
+from core.config import get_settings
 from core.db import db_session
 from core.models import Job, JobStatus, utcnow
 
+WORKER_LOST = {
+    "code": "worker_lost",
+    "message": "the worker running this job stopped answering {attempts} times; "
+    "check the workers' logs and memory, then submit the job again",
+}
+
+
+def lease_until() -> Any:
+    return utcnow() + timedelta(seconds=get_settings().lease_s)
+
+
+def _claimable(now: Any) -> Any:
+    """Queued, or running under a lease that ran out."""
+    return or_(
+        Job.status == JobStatus.QUEUED,
+        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    )
+
 
 def claim_job(job_id: uuid.UUID, worker: str) -> Job | None:
-    """Move a queued job to running for `worker`; None if someone else has it or it is finished."""
+    """Take a job for `worker` and start a new attempt; None if it is not this worker's to run.
+
+    A job whose attempts are used up is failed with `worker_lost` instead of being run again.
+    """
+    max_attempts = get_settings().max_attempts
+    now = utcnow()
     with db_session() as session:
         claimed = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .where(Job.id == job_id, _claimable(now), Job.attempts < max_attempts)
             .values(
                 status=JobStatus.RUNNING,
                 worker=worker,
                 attempts=Job.attempts + 1,
-                started_at=utcnow(),
-                updated_at=utcnow(),
+                lease_expires_at=lease_until(),
+                started_at=now,
+                updated_at=now,
                 error=None,
             )
         ).rowcount
-        if claimed != 1:
-            return None
-        return session.scalars(select(Job).where(Job.id == job_id)).one()
+        if claimed == 1:
+            return session.scalars(select(Job).where(Job.id == job_id)).one()
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
+            .values(
+                status=JobStatus.FAILED,
+                error={**WORKER_LOST, "message": WORKER_LOST["message"].format(attempts=max_attempts)},
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        return None
 
 
-def record_progress(job_id: uuid.UUID, progress: dict[str, Any]) -> bool:
-    """Write a running job's progress. False when the job is no longer running (e.g. canceled)."""
+def _running(job_id: uuid.UUID, attempt: int) -> Any:
+    return and_(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt)
+
+
+def renew_lease(job_id: uuid.UUID, attempt: int) -> bool:
+    """Extend the lease of a job this worker runs. False once the job is not its own any more."""
+    with db_session() as session:
+        return (
+            session.execute(
+                update(Job).where(_running(job_id, attempt)).values(lease_expires_at=lease_until())
+            ).rowcount
+            == 1
+        )
+
+
+def record_progress(job_id: uuid.UUID, attempt: int, progress: dict[str, Any]) -> bool:
+    """Write a running job's progress. False when the job is no longer this attempt's to run
+    (a user canceled it, or its lease ran out and another worker took it)."""
     with db_session() as session:
         written = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(progress=progress, updated_at=utcnow())
+            .where(_running(job_id, attempt))
+            .values(progress=progress, lease_expires_at=lease_until(), updated_at=utcnow())
         ).rowcount
     return written == 1
 
 
 def finish_job(
     job_id: uuid.UUID,
+    attempt: int,
     status: str,
     *,
     outputs: list[dict[str, Any]] | None = None,
     error: dict[str, str] | None = None,
     progress: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a running job to a final status. False if it was not running any more."""
+    """Move a running job to a final status. False if this attempt no longer runs it."""
     if status not in JobStatus.FINISHED:
         raise ValueError(f"{status!r} is not a final status")
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "updated_at": utcnow()}
+    values: dict[str, Any] = {
+        "status": status,
+        "lease_expires_at": None,
+        "finished_at": utcnow(),
+        "updated_at": utcnow(),
+    }
     if outputs is not None:
         values["outputs"] = outputs
     if error is not None:
@@ -60,9 +125,16 @@ def finish_job(
     if progress is not None:
         values["progress"] = progress
     with db_session() as session:
-        return (
-            session.execute(
-                update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(**values)
-            ).rowcount
-            == 1
+        return session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
+
+
+def expired_jobs(limit: int = 1000) -> list[uuid.UUID]:
+    """Running jobs whose lease ran out: their workers are gone."""
+    with db_session() as session:
+        return list(
+            session.scalars(
+                select(Job.id)
+                .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow())
+                .limit(limit)
+            )
         )

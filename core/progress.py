@@ -13,19 +13,21 @@ from core.jobs import record_progress
 
 
 class JobCanceled(Exception):
-    """The job stopped being `running` while it ran (a user canceled it)."""
+    """The job is no longer this attempt's to run: a user canceled it, or it was taken over."""
 
 
 class ProgressReporter:
     def __init__(
         self,
         job_id: uuid.UUID,
+        attempt: int,
         total: int,
         min_interval_s: float,
-        write: Callable[[uuid.UUID, dict[str, Any]], bool] = record_progress,
+        write: Callable[[uuid.UUID, int, dict[str, Any]], bool] = record_progress,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job_id = job_id
+        self.attempt = attempt
         self.total = total
         self.min_interval_s = min_interval_s
         self.write = write
@@ -57,5 +59,5 @@ class ProgressReporter:
     def flush(self) -> None:
         self.last_write = self.clock()
         self.writes += 1
-        if not self.write(self.job_id, self.current):
+        if not self.write(self.job_id, self.attempt, self.current):
             raise JobCanceled(str(self.job_id))

@@ -16,6 +16,7 @@ from core.storage import Storage, get_storage
 @dataclass
 class JobRun:
     job_id: uuid.UUID
+    attempt: int
     type: str
     model: str | None
     params: dict[str, Any]
@@ -25,10 +26,14 @@ class JobRun:
 
     @classmethod
     def from_job(cls, job: Job) -> "JobRun":
-        return cls(job_id=job.id, type=job.type, model=job.model, params=dict(job.params))
+        return cls(
+            job_id=job.id, attempt=job.attempts, type=job.type, model=job.model, params=dict(job.params)
+        )
 
     def start_progress(self, total: int) -> ProgressReporter:
-        self.reporter = ProgressReporter(self.job_id, total, self.settings.progress_min_interval_s)
+        self.reporter = ProgressReporter(
+            self.job_id, self.attempt, total, self.settings.progress_min_interval_s
+        )
         self.reporter.flush()
         return self.reporter
 

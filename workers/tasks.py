@@ -12,6 +12,7 @@ from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
 from workers.celery_app import app
 from workers.job_run import JobRun
+from workers.lease import hold_lease
 from workers.runners import RUNNERS
 
 logger = logging.getLogger(__name__)
@@ -41,15 +42,16 @@ def run_job(self: Task, job_id: str) -> str:
         runner = RUNNERS.get(job.type)
         if runner is None:
             raise JobError(f"this worker has no runner for job type '{job.type}'", code="bad_input")
-        outputs = runner(run)
+        with hold_lease(job.id, job.attempts, run.settings.lease_s):
+            outputs = runner(run)
     except JobCanceled:
-        logger.info("job %s was canceled while running", job_id)
+        logger.info("job %s was canceled or taken over while running; stopped", job_id)
         return JobStatus.CANCELED
     except Exception as exc:
         logger.exception("job %s failed", job_id)
         progress = run.reporter.current if run.reporter else None
-        finish_job(job.id, JobStatus.FAILED, error=error_for(exc), progress=progress)
+        finish_job(job.id, job.attempts, JobStatus.FAILED, error=error_for(exc), progress=progress)
         return JobStatus.FAILED
     progress = run.reporter.current if run.reporter else None
-    finish_job(job.id, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
+    finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
     return JobStatus.SUCCEEDED
