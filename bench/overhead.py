@@ -1,12 +1,13 @@
 """What the job system costs: the same text2img workload as a bare diffusers loop and as jobs.
 
-(a) a bare loop: one process, the pipeline loaded once, one call per job;
+(a) a bare loop: this process, the pipeline loaded once, one call per job;
 (b) diffq: API → Redis → worker → storage, on a warm worker (one job run before timing).
 
-Both run in this one process run, one after the other, on the tiny model (64×64, 20 steps).
-Needs the machine's Postgres and Redis; uses its own database (diffq_bench) and Redis db 14.
+Both run in this one process run on the tiny model (64×64, 20 steps), in alternating rounds so
+that other load on the machine falls on both alike. Needs the machine's Postgres and Redis; uses
+its own database (diffq_bench) and Redis db 14.
 
-    .venv/bin/python bench/overhead.py [--jobs 20]
+    .venv/bin/python bench/overhead.py [--jobs 20] [--rounds 4]
 """
 
 import argparse
@@ -14,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +41,7 @@ PARAMS = {
 }
 
 
-def bare_loop(models_dir: Path, jobs: int) -> float:
+def load_bare_pipeline(models_dir: Path):  # type: ignore[no-untyped-def]
     import torch
     from diffusers import AutoPipelineForText2Image
 
@@ -47,22 +49,44 @@ def bare_loop(models_dir: Path, jobs: int) -> float:
         models_dir / "tiny-sd", dtype=torch.float32, use_safetensors=True
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bare_round(pipe, seeds: range) -> float:  # type: ignore[no-untyped-def]
+    """Seconds for one call per seed."""
+    import torch
+
     params = {k: v for k, v in PARAMS.items() if k != "num_images"}
-    pipe(**params, generator=torch.Generator("cpu").manual_seed(0))  # warm, like the worker
     start = time.perf_counter()
-    for seed in range(jobs):
+    for seed in seeds:
         pipe(**params, generator=torch.Generator("cpu").manual_seed(seed))
-    return jobs / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def through_diffq(jobs: int) -> float:
+def diffq_round(client, seeds: range) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    """Seconds from the first submission to the last finish (server clock), and per-job hold times."""
+    from tests.utils.jobs import wait_finished
+
+    ids = [
+        client.submit({"type": "text2img", "model": "tiny-sd", "params": PARAMS | {"seed": s}})["id"]
+        for s in seeds
+    ]
+    # Poll slowly: the poller shares the CPU with the worker being measured.
+    done = [wait_finished(client, job_id, timeout=600, poll_s=0.5) for job_id in ids]
+    assert all(job["status"] == "succeeded" for job in done), [job["error"] for job in done]
+    at = {key: [datetime.fromisoformat(job[key]) for job in done] for key in done[0] if key.endswith("_at")}
+    elapsed = (max(at["finished_at"]) - min(at["created_at"])).total_seconds()
+    held = [(f - s).total_seconds() for s, f in zip(at["started_at"], at["finished_at"], strict=True)]
+    return elapsed, held
+
+
+def start_stack():  # type: ignore[no-untyped-def]
     import psycopg
     import redis
 
     from cli.client import Client
     from cli.quickstart import free_port, start_api
     from migrations.run import upgrade
-    from tests.utils.jobs import wait_finished
     from tests.utils.services import WorkerProcess
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
@@ -76,25 +100,13 @@ def through_diffq(jobs: int) -> float:
         TMP / "worker.log", env={"DIFFQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}, name="bench@%h"
     )
     worker.wait_ready()
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        warm = client.submit({"type": "text2img", "model": "tiny-sd", "params": PARAMS | {"seed": 0}})
-        assert wait_finished(client, warm["id"])["status"] == "succeeded"
-        start = time.perf_counter()
-        ids = [
-            client.submit({"type": "text2img", "model": "tiny-sd", "params": PARAMS | {"seed": s}})["id"]
-            for s in range(jobs)
-        ]
-        for job_id in ids:
-            assert wait_finished(client, job_id, timeout=600)["status"] == "succeeded"
-        return jobs / (time.perf_counter() - start)
-    finally:
-        worker.stop()
+    return Client(f"http://127.0.0.1:{port}"), worker
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
     from core.config import get_settings
@@ -102,10 +114,27 @@ def main() -> None:
 
     models_dir = get_settings().models_dir
     make_tiny_models(models_dir)
-    bare = bare_loop(models_dir, args.jobs)
-    queued = through_diffq(args.jobs)
-    print(f"bare diffusers loop : {bare:7.2f} jobs/s")
-    print(f"API → Redis → worker: {queued:7.2f} jobs/s")
+    pipe = load_bare_pipeline(models_dir)
+    client, worker = start_stack()
+    try:
+        bare_round(pipe, range(1))  # warm both sides alike
+        diffq_round(client, range(1))
+        per_round = args.jobs // args.rounds
+        bare_s = diffq_s = 0.0
+        held: list[float] = []
+        for r in range(args.rounds):
+            seeds = range(r * per_round, (r + 1) * per_round)
+            bare_s += bare_round(pipe, seeds)
+            elapsed, round_held = diffq_round(client, seeds)
+            diffq_s += elapsed
+            held += round_held
+    finally:
+        worker.stop()
+    jobs = per_round * args.rounds
+    bare, queued = jobs / bare_s, jobs / diffq_s
+    print(f"bare diffusers loop : {bare:7.2f} jobs/s ({1000 / bare:6.1f} ms a job)")
+    print(f"API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
+    print(f"  of which a worker held each job {1000 * sum(held) / len(held):6.1f} ms on average")
     print(f"ratio (diffq / bare): {queued / bare:7.3f}")
 
 

@@ -6,13 +6,13 @@ from typing import Any
 from cli.client import FINISHED, Client
 
 
-def wait_finished(client: Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+def wait_finished(client: Client, job_id: str, timeout: float = 120, poll_s: float = 0.05) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.job(job_id)
         if job["status"] in FINISHED:
             return job
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s: {client.job(job_id)}")
 
 
