@@ -8,6 +8,7 @@ back can no longer write to a job that another worker now runs.
 """
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -126,6 +127,37 @@ def finish_job(
         values["progress"] = progress
     with db_session() as session:
         return session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
+
+
+def release_lease(job_id: uuid.UUID, worker: str) -> bool:
+    """End the lease of a job whose worker process died, so that it can be taken over at once.
+
+    Only a job that `worker` runs is touched: a duplicate delivery that died while another worker
+    runs the job leaves that worker's lease alone. False if there was nothing to release.
+    """
+    # Well in the past, so that a worker whose clock lags a little can take it over too.
+    expired = utcnow() - timedelta(seconds=get_settings().lease_s)
+    with db_session() as session:
+        return (
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker)
+                .values(lease_expires_at=expired)
+            ).rowcount
+            == 1
+        )
+
+
+def mark_enqueued(job_ids: Sequence[uuid.UUID]) -> None:
+    """Note that the broker accepted these jobs' messages (see `core.reconcile`)."""
+    now = utcnow()
+    with db_session() as session:
+        for start in range(0, len(job_ids), 500):
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids[start : start + 500]), Job.status == JobStatus.QUEUED)
+                .values(enqueued_at=now)
+            )
 
 
 def expired_jobs(limit: int = 1000) -> list[uuid.UUID]:
