@@ -129,23 +129,43 @@ def finish_job(
         return session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
 
 
-def release_lease(job_id: uuid.UUID, worker: str) -> bool:
-    """End the lease of a job whose worker process died, so that it can be taken over at once.
+def requeue_or_fail(job_id: uuid.UUID, *lost: Any) -> str | None:
+    """Put a running job that lost its worker back in the queue, or fail it with `worker_lost`
+    once its attempts are used up. `lost` says which running job lost its worker (its lease ran
+    out; it ran on a given worker). Returns the job's new status, or None when nothing qualified.
 
-    Only a job that `worker` runs is touched: a duplicate delivery that died while another worker
-    runs the job leaves that worker's lease alone. False if there was nothing to release.
+    The job is left without `enqueued_at`: the caller sends it, or else the reconciler does.
     """
-    # Well in the past, so that a worker whose clock lags a little can take it over too.
-    expired = utcnow() - timedelta(seconds=get_settings().lease_s)
+    max_attempts = get_settings().max_attempts
+    now = utcnow()
+    running = (Job.id == job_id, Job.status == JobStatus.RUNNING, *lost)
     with db_session() as session:
-        return (
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker)
-                .values(lease_expires_at=expired)
-            ).rowcount
-            == 1
-        )
+        requeued = session.execute(
+            update(Job)
+            .where(*running, Job.attempts < max_attempts)
+            .values(status=JobStatus.QUEUED, lease_expires_at=None, enqueued_at=None, updated_at=now)
+        ).rowcount
+        if requeued:
+            return JobStatus.QUEUED
+        failed = session.execute(
+            update(Job)
+            .where(*running, Job.attempts >= max_attempts)
+            .values(
+                status=JobStatus.FAILED,
+                error={**WORKER_LOST, "message": WORKER_LOST["message"].format(attempts=max_attempts)},
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        ).rowcount
+        return JobStatus.FAILED if failed else None
+
+
+def hand_back(job_id: uuid.UUID, worker: str) -> str | None:
+    """Requeue (or fail) a job whose worker process died: `worker` knows, no need to wait for the
+    lease to run out. Only a job that `worker` runs is touched: a duplicate delivery that died
+    while another worker runs the job leaves it alone."""
+    return requeue_or_fail(job_id, Job.worker == worker)
 
 
 def mark_enqueued(job_ids: Sequence[uuid.UUID]) -> None:

@@ -20,14 +20,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from celery import Celery
 from sqlalchemy import select, update
 
 from core.config import get_settings
 from core.db import db_session
-from core.jobs import WORKER_LOST, expired_jobs
+from core.jobs import expired_jobs, requeue_or_fail
 from core.models import Job, JobStatus, utcnow
 from core.queue import enqueue_jobs, get_celery
 
@@ -73,37 +72,16 @@ BROKER_WATCH = BrokerWatch()
 def requeue_expired() -> dict[str, int]:
     """Requeue running jobs whose lease ran out, or fail them with `worker_lost` when their
     attempts are used up. Each change is conditional, so two reconcilers never both act."""
-    max_attempts = get_settings().max_attempts
     requeued: list[uuid.UUID] = []
     failed = 0
     for job_id in expired_jobs():
-        now = utcnow()
-        expired = (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        with db_session() as session:
-            back = session.execute(
-                update(Job)
-                .where(*expired, Job.attempts < max_attempts)
-                .values(status=JobStatus.QUEUED, lease_expires_at=None, enqueued_at=None, updated_at=now)
-            ).rowcount
-            if back:
-                requeued.append(job_id)
-                logger.warning("job %s lost its worker; requeued", job_id)
-                continue
-            error: dict[str, Any] = {
-                **WORKER_LOST,
-                "message": WORKER_LOST["message"].format(attempts=max_attempts),
-            }
-            failed += session.execute(
-                update(Job)
-                .where(*expired, Job.attempts >= max_attempts)
-                .values(
-                    status=JobStatus.FAILED,
-                    error=error,
-                    lease_expires_at=None,
-                    finished_at=now,
-                    updated_at=now,
-                )
-            ).rowcount
+        status = requeue_or_fail(job_id, Job.lease_expires_at < utcnow())
+        if status == JobStatus.QUEUED:
+            requeued.append(job_id)
+            logger.warning("job %s lost its worker; requeued", job_id)
+        elif status == JobStatus.FAILED:
+            failed += 1
+            logger.warning("job %s lost its worker; attempts used up, failed", job_id)
     try:
         enqueue_jobs(requeued)
     except Exception:
@@ -136,14 +114,15 @@ def send_unsent(queued_before: datetime | None) -> int:
     return len(job_ids)
 
 
-def reconcile_once(watch: BrokerWatch = BROKER_WATCH) -> dict[str, int]:
+def reconcile_once(watch: BrokerWatch = BROKER_WATCH, resend_queued: bool = False) -> dict[str, int]:
+    """One pass. `resend_queued` sends every queued job again, as after a broker loss: for an
+    operator who knows the broker lost messages that its marker could not tell."""
     counts = requeue_expired()
     forgot = watch.broker_forgot(get_celery())
-    if forgot:
+    if forgot or resend_queued:
         lost = forget_enqueued()
-        logger.warning(
-            "the broker lost its messages (new, flushed or restarted); sending %d queued jobs", lost
-        )
+        why = "the broker lost its messages (new, flushed or restarted)" if forgot else "asked to"
+        logger.warning("%s: sending all %d queued jobs again", why, lost)
     resend_after = timedelta(seconds=get_settings().resend_after_s)
-    counts["resent"] = send_unsent(None if forgot else utcnow() - resend_after)
+    counts["resent"] = send_unsent(None if forgot or resend_queued else utcnow() - resend_after)
     return counts

@@ -11,7 +11,7 @@ from celery.worker.request import Request
 
 from core.db import get_engine
 from core.errors import JobError
-from core.jobs import claim_job, finish_job, release_lease
+from core.jobs import claim_job, finish_job, hand_back
 from core.models import JobStatus
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
@@ -45,9 +45,9 @@ def _own_db_connections(**_: object) -> None:
 class RunJobRequest(Request):
     """Hands a job back at once when the pool process running it dies (SIGKILL, the OOM killer).
 
-    Celery then puts the message back in the queue (`reject_on_worker_lost`). Ending the dead
-    attempt's lease first lets that redelivery take the job over as its next attempt, instead of
-    being skipped while the lease runs out and waiting for the reconciler.
+    Celery then puts the message back in the queue (`reject_on_worker_lost`). Requeuing the job
+    first lets that redelivery run it as its next attempt, instead of being skipped while the dead
+    attempt's lease runs out and waiting for the reconciler.
     """
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):  # type: ignore[no-untyped-def]
@@ -56,8 +56,9 @@ class RunJobRequest(Request):
             exc = exc.exc
         if isinstance(exc, WorkerLostError):
             try:
-                if release_lease(uuid.UUID(self.args[0]), self.hostname):
-                    logger.warning("the process running job %s died; job handed back", self.args[0])
+                status = hand_back(uuid.UUID(self.args[0]), self.hostname)
+                if status:
+                    logger.warning("the process running job %s died; job %s", self.args[0], status)
             except Exception:
                 logger.exception("could not hand back job %s; its lease will run out", self.args[0])
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)

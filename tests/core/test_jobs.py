@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from core.db import db_session
-from core.jobs import claim_job, finish_job, record_progress, release_lease, renew_lease
+from core.jobs import claim_job, finish_job, hand_back, record_progress, renew_lease
 from core.models import Job, utcnow
 from core.reconcile import requeue_expired
 
@@ -67,14 +67,21 @@ def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:  # type: 
     assert "2 times" in job.error["message"]
 
 
-def test_a_dead_process_releases_only_its_own_job(job_id) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from core.config import get_settings
+
+    monkeypatch.setattr(get_settings(), "max_attempts", 2)
     claim_job(job_id, "a")
-    assert not release_lease(job_id, "b")  # a duplicate delivery died on another worker
+    assert hand_back(job_id, "b") is None  # a duplicate delivery died on another worker
     assert claim_job(job_id, "b") is None
-    assert release_lease(job_id, "a")
+    assert hand_back(job_id, "a") == "queued"
+    assert load(job_id).enqueued_at is None  # to be sent again
     taken = claim_job(job_id, "b")
     assert taken is not None and taken.attempts == 2 and taken.worker == "b"
     assert not finish_job(job_id, 1, "succeeded", outputs=[])
+    assert hand_back(job_id, "b") == "failed"
+    job = load(job_id)
+    assert job.error["code"] == "worker_lost" and job.lease_expires_at is None
 
 
 def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -97,6 +97,13 @@ def test_every_queued_job_is_sent_again_when_the_broker_forgot(broker, queue, wa
     assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]
 
 
+def test_resend_queued_sends_every_queued_job_again(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+    enqueue_job(job_id)
+    reconcile_once(watch, resend_queued=True)
+    assert messages_for(broker, queue, job_id) == 2  # the second one is skipped by its claim
+
+
 def test_an_older_marker_means_the_broker_went_back_in_time(watch) -> None:  # type: ignore[no-untyped-def]
     app = get_celery()
     assert not watch.broker_forgot(app)

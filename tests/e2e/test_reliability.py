@@ -2,7 +2,7 @@
 
 These tests kill workers and flush the broker, so they run on services of their own: a private
 redis-server on a spare port, a database of their own, real worker processes and a real
-`diffq beat`, with short leases (DIFFQ_LEASE_S=3) and a reconciler pass every second.
+`diffq beat` with a reconciler pass every second.
 """
 
 import os
@@ -40,8 +40,10 @@ SETTINGS = {
     "DIFFQ_RESEND_AFTER_S": "2",
     "DIFFQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
 }
-# For workers whose jobs must come back through the worker itself, not through lease expiry.
-LONG_LEASE = {"DIFFQ_LEASE_S": "120"}
+# Worker settings of their own. "a" holds its leases longer than any test, so that its jobs come
+# back through its own main process when its pool process dies; "b"'s jobs come back through
+# lease expiry and the reconciler when the whole of "b" is killed.
+WORKERS = {"a": {"DIFFQ_LEASE_S": "120"}, "b": {}}
 FINISH_TIMEOUT_S = 240
 
 
@@ -59,21 +61,26 @@ class Cluster:
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def start_workers(self, *names: str, **settings: str) -> None:
+    def start_workers(self, *names: str) -> None:
         """Start the named workers that are not running, and wait until all are ready."""
         started = []
         for name in names:
             worker = self.workers.get(name)
             if worker is None or worker.process.poll() is not None:
                 self.workers[name] = WorkerProcess(
-                    self.tmp / f"{name}.log", env=self.env | settings, name=f"{name}@%h", queues=QUEUE
+                    self.tmp / f"{name}.log", env=self.env | WORKERS[name], name=f"{name}@%h", queues=QUEUE
                 )
                 started.append(name)
         for name in started:
             self.workers[name].wait_ready(timeout=180)
 
-    def stop_workers(self) -> None:
-        for worker in self.workers.values():
+    def stop_workers(self, *names: str) -> None:
+        """Stop the named workers, or all."""
+        workers = [self.workers[name] for name in names or self.workers if name in self.workers]
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.terminate()  # all at once: each waits for its pool to stop
+        for worker in workers:
             worker.stop()
 
     def kill_worker(self, name: str) -> None:
@@ -85,7 +92,8 @@ class Cluster:
     def kill_pool_process(self, name: str) -> None:
         """SIGKILL only the pool process running the job, as the kernel's OOM killer would."""
         pid = self.workers[name].process.pid
-        [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        [child] = [child for task in tasks for child in (task / "children").read_text().split()]
         os.kill(int(child), signal.SIGKILL)
 
     def submit(self, count: int, send: bool = True, **params: object) -> list[uuid.UUID]:
@@ -225,6 +233,23 @@ def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -
         engine.dispose()
 
 
+def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster.stop_workers()  # nothing consumes: the jobs wait in the broker
+    job_ids = cluster.submit(4, num_inference_steps=10, num_images=1)
+    assert cluster.broker.llen(QUEUE) == 4
+    assert cluster.broker.flushdb()
+    # And one committed job whose send failed: it never reached the broker.
+    job_ids += cluster.submit(1, send=False, num_inference_steps=10, num_images=1)
+
+    cluster.start_workers("a", "b")
+    jobs = cluster.wait_finished(job_ids)
+    assert [(job.status, job.attempts) for job in jobs] == [(JobStatus.SUCCEEDED, 1)] * len(jobs)
+    for job in jobs:
+        assert cluster.successes(job.id) == 1
+        assert_one_set_of_outputs(job, 1)
+    assert "the broker lost its messages" in cluster.log("beat")
+
+
 def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:  # type: ignore[no-untyped-def]
     cluster.start_workers("a", "b")
     [job_id] = cluster.submit(1, num_inference_steps=250, num_images=1)
@@ -269,43 +294,29 @@ def test_sigkill_a_worker_mid_job_and_every_job_succeeds_once(cluster) -> None: 
     assert f"job {victim.id} lost its worker; requeued" in cluster.log("beat")
 
 
-def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster.stop_workers()  # nothing consumes: the jobs wait in the broker
-    job_ids = cluster.submit(4, num_inference_steps=10, num_images=1)
-    assert cluster.broker.llen(QUEUE) == 4
-    assert cluster.broker.flushdb()
-    # And one committed job whose send failed: it never reached the broker.
-    job_ids += cluster.submit(1, send=False, num_inference_steps=10, num_images=1)
-
-    cluster.start_workers("c", **LONG_LEASE)
-    jobs = cluster.wait_finished(job_ids)
-    assert [(job.status, job.attempts) for job in jobs] == [(JobStatus.SUCCEEDED, 1)] * len(jobs)
-    for job in jobs:
-        assert cluster.successes(job.id) == 1
-        assert_one_set_of_outputs(job, 1)
-    assert "the broker lost its messages" in cluster.log("beat")
-
-
 def test_killed_pool_process_hands_its_job_back(cluster) -> None:  # type: ignore[no-untyped-def]
-    # A lease that outlasts the test: the job comes back through its worker, not the reconciler.
-    cluster.start_workers("c", **LONG_LEASE)
+    cluster.stop_workers("b")
+    cluster.start_workers("a")  # whose lease outlasts the test: no help from the reconciler
     [job_id] = cluster.submit(1, num_inference_steps=150, num_images=1)
     job = cluster.wait_job(job_id, "to run", running(1))
-    cluster.kill_pool_process(worker_name(job))
+    assert worker_name(job) == "a"
+    cluster.kill_pool_process("a")
 
     [done] = cluster.wait_finished([job_id])
     assert done.status == JobStatus.SUCCEEDED and done.attempts == 2
     assert cluster.successes(job_id) == 1
     assert_one_set_of_outputs(done, 1)
-    assert f"the process running job {job_id} died; job handed back" in cluster.log(worker_name(job))
+    assert f"the process running job {job_id} died; job queued" in cluster.log("a")
 
 
 def test_a_job_killed_max_attempts_times_fails_with_worker_lost(cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster.start_workers("c", **LONG_LEASE)
+    cluster.stop_workers("b")
+    cluster.start_workers("a")
     [job_id] = cluster.submit(1, num_inference_steps=150, num_images=1)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         job = cluster.wait_job(job_id, f"to run attempt {attempt}", running(attempt))
-        cluster.kill_pool_process(worker_name(job))
+        assert worker_name(job) == "a"
+        cluster.kill_pool_process("a")
 
     [done] = cluster.wait_finished([job_id])
     assert done.status == JobStatus.FAILED and done.attempts == MAX_ATTEMPTS
@@ -313,3 +324,4 @@ def test_a_job_killed_max_attempts_times_fails_with_worker_lost(cluster) -> None
     assert f"{MAX_ATTEMPTS} times" in done.error["message"]
     assert done.outputs == [] and get_storage().list(f"jobs/{job_id}/") == []
     assert cluster.successes(job_id) == 0
+    assert f"the process running job {job_id} died; job failed" in cluster.log("a")
