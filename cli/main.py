@@ -57,11 +57,16 @@ def beat(loglevel: str = "INFO") -> None:
 
 
 @app.command()
-def reconcile() -> None:
-    """Requeue jobs whose worker died, once (beat does this every DIFFQ_RECONCILE_INTERVAL_S)."""
+def reconcile(
+    resend_queued: Annotated[
+        bool, typer.Option(help="Send every queued job again (after restoring or emptying the broker).")
+    ] = False,
+) -> None:
+    """Requeue jobs whose worker died and send queued jobs the broker lacks, once (beat does
+    this every DIFFQ_RECONCILE_INTERVAL_S)."""
     from core.reconcile import reconcile_once
 
-    typer.echo(json.dumps(reconcile_once()))
+    typer.echo(json.dumps(reconcile_once(resend_queued=resend_queued)))
 
 
 @db_app.command("upgrade")

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=60, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_s: float = Field(default=15, gt=0)
+    # The reconciler sends a queued job again when the broker has not accepted its message this
+    # long after it was queued (the send failed, or the sender died before recording it).
+    resend_after_s: float = Field(default=30, ge=0)
     queue: str = "diffq"
 
     @model_validator(mode="after")

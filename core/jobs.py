@@ -8,6 +8,7 @@ back can no longer write to a job that another worker now runs.
 """
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -126,6 +127,57 @@ def finish_job(
         values["progress"] = progress
     with db_session() as session:
         return session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
+
+
+def requeue_or_fail(job_id: uuid.UUID, *lost: Any) -> str | None:
+    """Put a running job that lost its worker back in the queue, or fail it with `worker_lost`
+    once its attempts are used up. `lost` says which running job lost its worker (its lease ran
+    out; it ran on a given worker). Returns the job's new status, or None when nothing qualified.
+
+    The job is left without `enqueued_at`: the caller sends it, or else the reconciler does.
+    """
+    max_attempts = get_settings().max_attempts
+    now = utcnow()
+    running = (Job.id == job_id, Job.status == JobStatus.RUNNING, *lost)
+    with db_session() as session:
+        requeued = session.execute(
+            update(Job)
+            .where(*running, Job.attempts < max_attempts)
+            .values(status=JobStatus.QUEUED, lease_expires_at=None, enqueued_at=None, updated_at=now)
+        ).rowcount
+        if requeued:
+            return JobStatus.QUEUED
+        failed = session.execute(
+            update(Job)
+            .where(*running, Job.attempts >= max_attempts)
+            .values(
+                status=JobStatus.FAILED,
+                error={**WORKER_LOST, "message": WORKER_LOST["message"].format(attempts=max_attempts)},
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        ).rowcount
+        return JobStatus.FAILED if failed else None
+
+
+def hand_back(job_id: uuid.UUID, worker: str) -> str | None:
+    """Requeue (or fail) a job whose worker process died: `worker` knows, no need to wait for the
+    lease to run out. Only a job that `worker` runs is touched: a duplicate delivery that died
+    while another worker runs the job leaves it alone."""
+    return requeue_or_fail(job_id, Job.worker == worker)
+
+
+def mark_enqueued(job_ids: Sequence[uuid.UUID]) -> None:
+    """Note that the broker accepted these jobs' messages (see `core.reconcile`)."""
+    now = utcnow()
+    with db_session() as session:
+        for start in range(0, len(job_ids), 500):
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids[start : start + 500]), Job.status == JobStatus.QUEUED)
+                .values(enqueued_at=now)
+            )
 
 
 def expired_jobs(limit: int = 1000) -> list[uuid.UUID]:

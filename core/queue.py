@@ -5,11 +5,13 @@ reserves one task at a time, and a task whose worker dies is handed back to the 
 """
 
 import uuid
+from collections.abc import Sequence
 from functools import lru_cache
 
 from celery import Celery
 
 from core.config import Settings, get_settings
+from core.jobs import mark_enqueued
 
 RUN_JOB_TASK = "diffq.run_job"
 
@@ -30,6 +32,9 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # How long a worker waits for the result of a pool process that died before it calls
+        # the task lost. Results live in the jobs table, so there is nothing to wait for.
+        worker_lost_wait=1.0,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         task_ignore_result=True,
@@ -51,4 +56,21 @@ def get_celery() -> Celery:
 
 def enqueue_job(job_id: uuid.UUID) -> None:
     """Hand a committed job to the broker. Call only after the job row is committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=get_settings().queue)
+    enqueue_jobs([job_id])
+
+
+def enqueue_jobs(job_ids: Sequence[uuid.UUID]) -> None:
+    """Hand committed jobs to the broker, then record when it accepted them (`enqueued_at`).
+
+    Call only after the rows are committed. A job left without `enqueued_at` (the broker was
+    down, or this process died before recording it) is sent again by the reconciler.
+    """
+    app, queue = get_celery(), get_settings().queue
+    sent: list[uuid.UUID] = []
+    try:
+        for job_id in job_ids:
+            app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue)
+            sent.append(job_id)
+    finally:
+        if sent:
+            mark_enqueued(sent)

@@ -1,57 +1,128 @@
-"""Brings back jobs that lost their worker. Run periodically by `diffq beat`."""
+"""Makes the broker agree with the jobs table again. Run every DIFFQ_RECONCILE_INTERVAL_S by
+`diffq beat`, or once by `diffq reconcile`.
+
+The jobs table is the source of truth; the broker only carries messages, and can lose them. Each
+pass:
+
+- requeues running jobs whose lease ran out (their worker died), or fails them with
+  `worker_lost` when their attempts are used up;
+- sends queued jobs that never reached the broker: those without `enqueued_at`, once they have
+  been queued for DIFFQ_RESEND_AFTER_S (the send failed, or its sender died before recording it);
+- sends every queued job again when the broker lost the messages it held (Redis flushed, or
+  restarted without its data), which `BrokerWatch` notices.
+
+A job sent twice is harmless: a worker runs a job only if its claim succeeds, so the second
+delivery is skipped. Each job is sent again once per loss, never on every pass, so a deep
+backlog of queued jobs is not multiplied in the broker.
+"""
 
 import logging
-from typing import Any
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from celery import Celery
+from sqlalchemy import select, update
 
 from core.config import get_settings
 from core.db import db_session
-from core.jobs import WORKER_LOST, expired_jobs
+from core.jobs import expired_jobs, requeue_or_fail
 from core.models import Job, JobStatus, utcnow
-from core.queue import enqueue_job
+from core.queue import enqueue_jobs, get_celery
 
 logger = logging.getLogger(__name__)
+
+MARKER_QUEUE = "diffq.broker-marker"
+
+
+@dataclass
+class BrokerWatch:
+    """Tells whether the broker lost the messages it held since the last check.
+
+    The broker keeps one numbered marker message in a queue of its own, which no worker reads.
+    Each check takes the marker out and puts the next number in. No marker, or an older one than
+    this watch last put in (Redis brought back from an old snapshot), means the broker forgot
+    what it held. Only kombu's generic queue operations are used, so it works on every broker.
+    """
+
+    queue: str = MARKER_QUEUE
+    last_put: int | None = None
+
+    def broker_forgot(self, app: Celery) -> bool:
+        with (
+            app.connection_for_write() as connection,
+            connection.SimpleQueue(self.queue, no_ack=True) as marker,
+        ):
+            found: list[int] = []
+            while True:
+                try:
+                    found.append(int(marker.get(block=False).payload))
+                except marker.Empty:
+                    break
+            newest = max(found, default=None)
+            forgot = newest is None or (self.last_put is not None and newest < self.last_put)
+            self.last_put = max(newest or 0, self.last_put or 0) + 1
+            marker.put(self.last_put)
+        return forgot
+
+
+BROKER_WATCH = BrokerWatch()
 
 
 def requeue_expired() -> dict[str, int]:
     """Requeue running jobs whose lease ran out, or fail them with `worker_lost` when their
     attempts are used up. Each change is conditional, so two reconcilers never both act."""
-    max_attempts = get_settings().max_attempts
-    requeued = failed = 0
+    requeued: list[uuid.UUID] = []
+    failed = 0
     for job_id in expired_jobs():
-        now = utcnow()
-        expired = (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        with db_session() as session:
-            back = session.execute(
-                update(Job)
-                .where(*expired, Job.attempts < max_attempts)
-                .values(status=JobStatus.QUEUED, lease_expires_at=None, updated_at=now)
-            ).rowcount
-            lost = 0
-            if not back:
-                error: dict[str, Any] = {
-                    **WORKER_LOST,
-                    "message": WORKER_LOST["message"].format(attempts=max_attempts),
-                }
-                lost = session.execute(
-                    update(Job)
-                    .where(*expired, Job.attempts >= max_attempts)
-                    .values(
-                        status=JobStatus.FAILED,
-                        error=error,
-                        lease_expires_at=None,
-                        finished_at=now,
-                        updated_at=now,
-                    )
-                ).rowcount
-        if back:
-            enqueue_job(job_id)
-            requeued += 1
+        status = requeue_or_fail(job_id, Job.lease_expires_at < utcnow())
+        if status == JobStatus.QUEUED:
+            requeued.append(job_id)
             logger.warning("job %s lost its worker; requeued", job_id)
-        failed += lost
-    return {"requeued": requeued, "worker_lost": failed}
+        elif status == JobStatus.FAILED:
+            failed += 1
+            logger.warning("job %s lost its worker; attempts used up, failed", job_id)
+    try:
+        enqueue_jobs(requeued)
+    except Exception:
+        # They stay without enqueued_at, so a later pass sends them.
+        logger.exception("could not send %d requeued jobs to the broker", len(requeued))
+    return {"requeued": len(requeued), "worker_lost": failed}
 
 
-def reconcile_once() -> dict[str, int]:
-    return requeue_expired()
+def forget_enqueued() -> int:
+    """The broker lost its messages: mark every queued job as not in it any more."""
+    with db_session() as session:
+        return session.execute(
+            update(Job)
+            .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
+            .values(enqueued_at=None)
+        ).rowcount
+
+
+def send_unsent(queued_before: datetime | None) -> int:
+    """Send the queued jobs the broker has not accepted; with `queued_before`, only those that
+    have been queued since before then (so as not to race a sender that is about to record it)."""
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+    if queued_before is not None:
+        query = query.where(Job.updated_at < queued_before)
+    with db_session() as session:
+        job_ids = list(session.scalars(query.order_by(Job.created_at)))
+    enqueue_jobs(job_ids)
+    if job_ids:
+        logger.warning("sent %d queued jobs that were not in the broker", len(job_ids))
+    return len(job_ids)
+
+
+def reconcile_once(watch: BrokerWatch = BROKER_WATCH, resend_queued: bool = False) -> dict[str, int]:
+    """One pass. `resend_queued` sends every queued job again, as after a broker loss: for an
+    operator who knows the broker lost messages that its marker could not tell."""
+    counts = requeue_expired()
+    forgot = watch.broker_forgot(get_celery())
+    if forgot or resend_queued:
+        lost = forget_enqueued()
+        why = "the broker lost its messages (new, flushed or restarted)" if forgot else "asked to"
+        logger.warning("%s: sending all %d queued jobs again", why, lost)
+    resend_after = timedelta(seconds=get_settings().resend_after_s)
+    counts["resent"] = send_unsent(None if forgot or resend_queued else utcnow() - resend_after)
+    return counts

@@ -4,6 +4,7 @@
 (`jobs/<id>/0.png`); each backend adds its own prefix.
 """
 
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,11 @@ class Storage(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def url(self, key: str, base_url: str | None = None) -> str: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+# Local files being written; never listed.
+PARTIAL_SUFFIX = ".part"
 
 
 def _clean_key(key: str) -> str:
@@ -39,7 +45,8 @@ class LocalStorage:
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
+        # A name of its own per write, so that two writers of one key never mix their bytes.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
         tmp.write_bytes(data)
         tmp.replace(path)  # readers never see half a file
 
@@ -55,6 +62,20 @@ class LocalStorage:
     def url(self, key: str, base_url: str | None = None) -> str:
         base = (base_url or self.public_url).rstrip("/")
         return f"{base}/v1/files/{quote(_clean_key(key))}"
+
+    def list(self, prefix: str) -> list[str]:
+        """The keys that start with `prefix`, sorted."""
+        prefix = prefix.lstrip("/")
+        head = prefix.rpartition("/")[0]
+        folder = self.root / _clean_key(head) if head else self.root
+        if not folder.is_dir():
+            return []
+        keys = (
+            path.relative_to(self.root).as_posix()
+            for path in folder.rglob("*")
+            if path.is_file() and not path.name.endswith(PARTIAL_SUFFIX)
+        )
+        return sorted(key for key in keys if key.startswith(prefix))
 
 
 class S3Storage:
@@ -108,6 +129,14 @@ class S3Storage:
             Params={"Bucket": self.bucket, "Key": self.object_key(key)},
             ExpiresIn=self.expires_s,
         )
+
+    def list(self, prefix: str) -> list[str]:
+        """The keys that start with `prefix`, sorted."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root + prefix.lstrip("/")
+        )
+        return sorted(item["Key"][len(root) :] for page in pages for item in page.get("Contents", []))
 
 
 def make_storage(settings: Settings) -> Storage:

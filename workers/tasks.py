@@ -3,10 +3,15 @@
 import logging
 import uuid
 
+from billiard.einfo import ExceptionWithTraceback
 from celery import Task
+from celery.exceptions import WorkerLostError
+from celery.signals import worker_process_init
+from celery.worker.request import Request
 
+from core.db import get_engine
 from core.errors import JobError
-from core.jobs import claim_job, finish_job
+from core.jobs import claim_job, finish_job, hand_back
 from core.models import JobStatus
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
@@ -30,7 +35,36 @@ def error_for(exc: BaseException) -> dict[str, str]:
     return {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}
 
 
-@app.task(name=RUN_JOB_TASK, bind=True)
+@worker_process_init.connect
+def _own_db_connections(**_: object) -> None:
+    # A pool process forked after the main process used the database (see RunJobRequest) must
+    # not share its connections.
+    get_engine().dispose(close=False)
+
+
+class RunJobRequest(Request):
+    """Hands a job back at once when the pool process running it dies (SIGKILL, the OOM killer).
+
+    Celery then puts the message back in the queue (`reject_on_worker_lost`). Requeuing the job
+    first lets that redelivery run it as its next attempt, instead of being skipped while the dead
+    attempt's lease runs out and waiting for the reconciler.
+    """
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):  # type: ignore[no-untyped-def]
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):  # how the pool hands over its errors
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError):
+            try:
+                status = hand_back(uuid.UUID(self.args[0]), self.hostname)
+                if status:
+                    logger.warning("the process running job %s died; job %s", self.args[0], status)
+            except Exception:
+                logger.exception("could not hand back job %s; its lease will run out", self.args[0])
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+@app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest)
 def run_job(self: Task, job_id: str) -> str:
     job = claim_job(uuid.UUID(job_id), worker=self.request.hostname or "worker")
     if job is None:
@@ -53,5 +87,9 @@ def run_job(self: Task, job_id: str) -> str:
         finish_job(job.id, job.attempts, JobStatus.FAILED, error=error_for(exc), progress=progress)
         return JobStatus.FAILED
     progress = run.reporter.current if run.reporter else None
-    finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
+    if not finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress):
+        # Canceled or taken over after its last step: the outputs recorded are another attempt's.
+        logger.info("job %s attempt %d ended but the job is no longer its own", job_id, job.attempts)
+        return JobStatus.CANCELED
+    logger.info("job %s succeeded in attempt %d", job_id, job.attempts)
     return JobStatus.SUCCEEDED

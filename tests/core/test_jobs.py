@@ -3,12 +3,12 @@
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from core.db import db_session
-from core.jobs import claim_job, finish_job, record_progress, renew_lease
+from core.jobs import claim_job, finish_job, hand_back, record_progress, renew_lease
 from core.models import Job, utcnow
-from core.reconcile import reconcile_once
+from core.reconcile import requeue_expired
 
 
 @pytest.fixture
@@ -16,7 +16,10 @@ def job_id(database: str):  # type: ignore[no-untyped-def]
     with db_session() as session:
         job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"})
         session.add(job)
-    return job.id
+    yield job.id
+    # Leave no running or queued job behind for the tests that count them.
+    with db_session() as session:
+        session.execute(delete(Job).where(Job.id == job.id))
 
 
 def expire_lease(job_id) -> None:  # type: ignore[no-untyped-def]
@@ -64,6 +67,23 @@ def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:  # type: 
     assert "2 times" in job.error["message"]
 
 
+def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from core.config import get_settings
+
+    monkeypatch.setattr(get_settings(), "max_attempts", 2)
+    claim_job(job_id, "a")
+    assert hand_back(job_id, "b") is None  # a duplicate delivery died on another worker
+    assert claim_job(job_id, "b") is None
+    assert hand_back(job_id, "a") == "queued"
+    assert load(job_id).enqueued_at is None  # to be sent again
+    taken = claim_job(job_id, "b")
+    assert taken is not None and taken.attempts == 2 and taken.worker == "b"
+    assert not finish_job(job_id, 1, "succeeded", outputs=[])
+    assert hand_back(job_id, "b") == "failed"
+    job = load(job_id)
+    assert job.error["code"] == "worker_lost" and job.lease_expires_at is None
+
+
 def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import redis
 
@@ -75,8 +95,9 @@ def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:  
     expire_lease(job_id)
     queue = redis.Redis.from_url(broker)
     before = queue.llen(get_settings().queue)
-    assert reconcile_once()["requeued"] >= 1
+    assert requeue_expired()["requeued"] >= 1
     job = load(job_id)
     assert job.status == "queued" and job.lease_expires_at is None
+    assert job.enqueued_at is not None  # sent, and the broker took it
     assert queue.llen(get_settings().queue) == before + 1
-    assert reconcile_once()["requeued"] == 0  # nothing left to do
+    assert requeue_expired()["requeued"] == 0  # nothing left to do

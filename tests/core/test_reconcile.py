@@ -1,0 +1,130 @@
+"""Queued jobs whose message never reached the broker, or that the broker lost, are sent again."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import delete, update
+
+from core.config import get_settings
+from core.db import db_session
+from core.models import Job, utcnow
+from core.queue import enqueue_job, get_celery, make_celery
+from core.reconcile import BrokerWatch, reconcile_once
+
+
+@pytest.fixture
+def queue(broker, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """A queue of this test's own, which no worker consumes, so its messages can be read."""
+    name = f"diffq-test-reconcile-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(get_settings(), "queue", name)
+    yield name
+    redis.Redis.from_url(broker).delete(name)
+
+
+@pytest.fixture
+def watch(broker) -> BrokerWatch:  # type: ignore[no-untyped-def]
+    """A watch on a marker queue of its own, already holding its first marker."""
+    watch = BrokerWatch(queue=f"diffq-test-marker-{uuid.uuid4().hex[:8]}")
+    assert watch.broker_forgot(get_celery())  # a new broker holds no marker yet
+    yield watch
+    redis.Redis.from_url(broker).delete(watch.queue)
+
+
+@pytest.fixture
+def new_job(database):  # type: ignore[no-untyped-def]
+    """Makes queued jobs, as the API commits them before sending; deletes them afterwards."""
+    made: list[uuid.UUID] = []
+
+    def make(queued_for_s: float = 0) -> uuid.UUID:
+        since = utcnow() - timedelta(seconds=queued_for_s)
+        with db_session() as session:
+            job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"}, updated_at=since)
+            session.add(job)
+        made.append(job.id)
+        return job.id
+
+    yield make
+    with db_session() as session:
+        session.execute(delete(Job).where(Job.id.in_(made)))
+
+
+def messages_for(broker: str, queue: str, job_id: uuid.UUID) -> int:
+    """How many messages in `queue` carry `job_id` (Celery puts the arguments in the headers)."""
+    return sum(str(job_id) in raw.decode() for raw in redis.Redis.from_url(broker).lrange(queue, 0, -1))
+
+
+def enqueued_at(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    with db_session() as session:
+        return session.get_one(Job, job_id).enqueued_at
+
+
+def test_enqueue_records_that_the_broker_took_the_job(broker, queue, new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+    assert enqueued_at(job_id) is None
+    enqueue_job(job_id)
+    assert enqueued_at(job_id) is not None
+    assert messages_for(broker, queue, job_id) == 1
+
+
+def test_a_job_that_never_reached_the_broker_is_sent_once(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+    unsent = new_job(queued_for_s=get_settings().resend_after_s + 60)
+    just_committed = new_job()  # its sender may be about to send it
+    reconcile_once(watch)
+    assert messages_for(broker, queue, unsent) == 1
+    assert enqueued_at(unsent) is not None
+    assert messages_for(broker, queue, just_committed) == 0
+    reconcile_once(watch)
+    assert messages_for(broker, queue, unsent) == 1  # not again: the broker has it
+
+
+def test_every_queued_job_is_sent_again_when_the_broker_forgot(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+    job_ids = [new_job(), new_job()]
+    for job_id in job_ids:
+        enqueue_job(job_id)
+    reconcile_once(watch)
+    assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]  # nothing lost
+
+    # What a FLUSHDB or a restart without persistence does to this test's keys.
+    redis.Redis.from_url(broker).delete(queue, watch.queue)
+    with db_session() as session:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(updated_at=utcnow()))
+    reconcile_once(watch)
+    assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]
+    assert all(enqueued_at(job_id) is not None for job_id in job_ids)
+    reconcile_once(watch)
+    assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]
+
+
+def test_resend_queued_sends_every_queued_job_again(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+    enqueue_job(job_id)
+    reconcile_once(watch, resend_queued=True)
+    assert messages_for(broker, queue, job_id) == 2  # the second one is skipped by its claim
+
+
+def test_an_older_marker_means_the_broker_went_back_in_time(watch) -> None:  # type: ignore[no-untyped-def]
+    app = get_celery()
+    assert not watch.broker_forgot(app)
+    old = watch.last_put
+    assert not watch.broker_forgot(app)
+    # Redis restarted from a snapshot taken before the last marker was put in.
+    with app.connection_for_write() as connection, connection.SimpleQueue(watch.queue) as marker:
+        marker.clear()
+        marker.put(old)
+    assert watch.broker_forgot(app)
+    assert not watch.broker_forgot(app)
+    # A watch that put nothing in yet (a restarted beat) trusts any marker it finds.
+    assert not BrokerWatch(queue=watch.queue).broker_forgot(app)
+
+
+def test_broker_watch_on_the_filesystem_broker(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings().model_copy(update={"home": tmp_path, "broker_url": "filesystem://"})
+    app = make_celery(settings)
+    watch = BrokerWatch()
+    assert watch.broker_forgot(app)
+    assert not watch.broker_forgot(app)
+    for message in (tmp_path / "broker" / "queue").iterdir():
+        message.unlink()  # the broker's folder emptied
+    assert watch.broker_forgot(app)
