@@ -5,6 +5,7 @@ reserves one task at a time, and a task whose worker dies is handed back to the 
 """
 
 import uuid
+from collections.abc import Iterable
 from functools import lru_cache
 
 from celery import Celery
@@ -52,3 +53,15 @@ def get_celery() -> Celery:
 def enqueue_job(job_id: uuid.UUID) -> None:
     """Hand a committed job to the broker. Call only after the job row is committed."""
     get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=get_settings().queue)
+
+
+def enqueue_jobs(job_ids: Iterable[uuid.UUID]) -> int:
+    """Hand many committed jobs to the broker over one producer (one connection and channel) instead of
+    acquiring one per message; return how many were sent. Call only after the rows are committed."""
+    app, queue = get_celery(), get_settings().queue
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, producer=producer)
+            sent += 1
+    return sent

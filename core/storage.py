@@ -17,6 +17,7 @@ class Storage(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def url(self, key: str, base_url: str | None = None) -> str: ...
+    def delete(self, key: str) -> None: ...
 
 
 def _clean_key(key: str) -> str:
@@ -51,6 +52,9 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
     def url(self, key: str, base_url: str | None = None) -> str:
         base = (base_url or self.public_url).rstrip("/")
@@ -101,6 +105,9 @@ class S3Storage:
                 return False
             raise
         return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def url(self, key: str, base_url: str | None = None) -> str:
         return self.client.generate_presigned_url(

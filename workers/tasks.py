@@ -6,7 +6,7 @@ import uuid
 from celery import Task
 
 from core.errors import JobError
-from core.jobs import claim_job, finish_job
+from core.jobs import claim_job, finish_job, job_status, record_canceled_progress
 from core.models import JobStatus
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
@@ -43,7 +43,10 @@ def run_job(self: Task, job_id: str) -> str:
             raise JobError(f"this worker has no runner for job type '{job.type}'", code="bad_input")
         outputs = runner(run)
     except JobCanceled:
+        # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
         logger.info("job %s was canceled while running", job_id)
+        if run.reporter is not None:
+            record_canceled_progress(job.id, run.reporter.current)
         return JobStatus.CANCELED
     except Exception as exc:
         logger.exception("job %s failed", job_id)
@@ -51,5 +54,11 @@ def run_job(self: Task, job_id: str) -> str:
         finish_job(job.id, JobStatus.FAILED, error=error_for(exc), progress=progress)
         return JobStatus.FAILED
     progress = run.reporter.current if run.reporter else None
-    finish_job(job.id, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
+    finished = finish_job(job.id, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
+    if not finished and job_status(job.id) == JobStatus.CANCELED:
+        # Canceled between the last check and the finish: a canceled job keeps no outputs.
+        logger.info("job %s was canceled as it finished; deleting its outputs", job_id)
+        for output in outputs:
+            run.storage.delete(output["key"])
+        return JobStatus.CANCELED
     return JobStatus.SUCCEEDED
