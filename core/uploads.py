@@ -51,6 +51,19 @@ def inspect_image(data: bytes) -> ImageInfo:
     The size is the one the image has once its EXIF orientation is applied, as diffusers' `load_image`
     does. Raises `BadImage`.
     """
+    return _decode(data)[1]
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Check and decode image bytes, with the EXIF orientation applied (as diffusers' `load_image` does)."""
+    image = _decode(data)[0]
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block; `_oriented_size` ignored it too
+        return image
+
+
+def _decode(data: bytes) -> tuple[Image.Image, ImageInfo]:
     settings = get_settings()
     if len(data) > settings.max_upload_bytes:
         raise BadImage(
@@ -62,18 +75,18 @@ def inspect_image(data: bytes) -> ImageInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                info = ImageInfo(*_oriented_size(image), format=str(image.format))
-                pixels = info.width * info.height
-                if pixels > settings.max_upload_pixels:
+                width, height = image.size
+                if width * height > settings.max_upload_pixels:
                     raise BadImage(
-                        f"the image is {info.width}×{info.height} = {pixels} pixels; the limit is "
+                        f"the image is {width}×{height} = {width * height} pixels; the limit is "
                         f"{settings.max_upload_pixels} (DIFFQ_MAX_UPLOAD_PIXELS)",
                         too_large=True,
                     )
                 image.verify()
             # `verify` leaves the image unusable and does not decode every format: decode it for real.
-            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                image.load()
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image.load()
+            info = ImageInfo(*_oriented_size(image), format=str(image.format))
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -82,21 +95,9 @@ def inspect_image(data: bytes) -> ImageInfo:
         # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
         # struct.error, ...); to a user they all mean the same thing.
         reason = str(error) or type(error).__name__
-        raise BadImage(
-            f"not a decodable image ({reason}); send a {', '.join(ALLOWED_FORMATS)} file"
-        ) from error
-    return info
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Decode checked image bytes, with the EXIF orientation applied (as diffusers' `load_image` does)."""
-    inspect_image(data)
-    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-        image.load()
-        try:
-            return ImageOps.exif_transpose(image)
-        except Exception:  # a malformed EXIF block; `_oriented_size` ignored it too
-            return image.copy()
+        formats = ", ".join(ALLOWED_FORMATS[:-1]) + f" or {ALLOWED_FORMATS[-1]}"
+        raise BadImage(f"not a decodable image ({reason}); send a {formats} file") from error
+    return image, info
 
 
 def store_upload(data: bytes, storage: Storage) -> tuple[str, ImageInfo]:

@@ -92,7 +92,7 @@ class JobRun:
                     "content_type": "image/png",
                     "width": image.width,
                     "height": image.height,
-                    "seed": image_parameters.get("seed"),
+                    "seed": image_parameters.get("params", {}).get("seed"),
                 }
             )
         return outputs

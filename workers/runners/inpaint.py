@@ -3,6 +3,9 @@
 `AutoPipelineForInpainting` picks the pipeline for the model's family; it works with inpainting
 checkpoints (a UNet with 9 input channels) and with regular ones (4 channels, blending the kept part
 back in the latents at each step). Image i is made with a CPU generator seeded `seed + i`.
+
+The image and mask are passed once per output: the pipeline encodes each image of its batch with that
+image's generator, so each output draws from its generator exactly as a call for it alone would.
 """
 
 from typing import Any
@@ -28,8 +31,8 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     result = pipe(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt or None,
-        image=image,
-        mask_image=mask,
+        image=[image] * params.num_images,
+        mask_image=[mask] * params.num_images,
         strength=params.strength,
         width=width,
         height=height,
