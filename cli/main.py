@@ -60,7 +60,7 @@ def db_upgrade(revision: str = "head") -> None:
 
 @models_app.command("make-tiny")
 def make_tiny(overwrite: bool = False) -> None:
-    """Write small random-weight models (tiny-sd, tiny-ddpm) into the models dir."""
+    """Write small random-weight models (tiny-sd, tiny-ddpm, tiny-sd-depth) into the models dir."""
     from models_store.tiny import make_tiny_models
 
     for path in make_tiny_models(get_settings().models_dir, overwrite=overwrite):

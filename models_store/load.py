@@ -135,12 +135,17 @@ def pipeline_for_task(base: Any, task: str, scheduler: Any = None) -> Any:
 
 
 def _check_fits_task(pipe: Any, task: str, name: str) -> None:
-    if task == "unconditional" and (
-        getattr(pipe, "unet", None) is None or getattr(pipe, "scheduler", None) is None
-    ):
-        raise BadModel(
-            f"cannot load {name} for unconditional: {type(pipe).__name__} lacks a unet or a scheduler"
-        )
+    if task == "unconditional":
+        unet = getattr(pipe, "unet", None)
+        if unet is None or getattr(pipe, "scheduler", None) is None:
+            raise BadModel(
+                f"cannot load {name} for unconditional: {type(pipe).__name__} lacks a unet or a scheduler"
+            )
+        if getattr(unet.config, "cross_attention_dim", None) is not None:
+            raise BadModel(
+                f"cannot run {name} for unconditional: its {type(unet).__name__} is conditioned on text; "
+                "run text2img jobs on it, or use a UNet2DModel model such as google/ddpm-cat-256"
+            )
     if task == "depth2img" and pipe.unet.config.in_channels != 5:
         raise BadModel(
             f"cannot run {name} for depth2img: its UNet takes {pipe.unet.config.in_channels} input channels, "

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.admission import Admission, job_values, unprocessable
 from api.deps import SessionDep
-from api.routes.uploads import read_upload
+from api.forms import multipart_body, read_upload
 from api.schemas import BatchCreate, BatchPublic
 from core.batches import (
     BatchState,
@@ -54,25 +54,11 @@ EXAMPLE = {
     },
 }
 
-_JSONL_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "JSON Lines"},
-                        "type": {"type": "string", "description": "Job type for lines that name none."},
-                        "model": {"type": "string", "description": "Model for lines that name none."},
-                        "name": {"type": "string"},
-                    },
-                }
-            }
-        },
-    }
-}
+_JSONL_BODY = multipart_body(
+    type={"type": "string", "description": "Job type of the lines that name none (text2img)."},
+    model={"type": "string", "description": "Model of the lines that name none."},
+    name={"type": "string", "description": "A name for the batch."},
+)
 
 
 def _cap(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

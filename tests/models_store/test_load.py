@@ -195,3 +195,8 @@ def test_depth2img_shares_modules_and_needs_a_depth_model(tiny_models_dir: Path)
         pipeline_for_task(sd, "depth2img")
     with pytest.raises(BadModel, match="cannot load .*tiny-sd for depth2img"):
         load_pipeline(tiny_models_dir / "tiny-sd", "depth2img", CPU, torch.float32)
+
+
+def test_text_conditioned_model_refused_for_unconditional(tiny_models_dir: Path) -> None:
+    with pytest.raises(BadModel, match="UNet2DConditionModel is conditioned on text; run text2img jobs"):
+        load_pipeline(tiny_models_dir / "tiny-sd", "unconditional", CPU, torch.float32)
