@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from api.routes import files, jobs
+from api.routes import batches, files, jobs, schedulers, uploads
 
 app = FastAPI(
     title="diffq",
@@ -10,6 +10,9 @@ app = FastAPI(
 )
 app.include_router(jobs.router)
 app.include_router(files.router)
+app.include_router(uploads.router)
+app.include_router(batches.router)
+app.include_router(schedulers.router)
 
 
 @app.get("/healthz", tags=["health"])

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +28,39 @@ class Client:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        with path.open("rb") as file:
+            return self._json(self.http.post("/v1/uploads", files={"file": (path.name, file)}))
+
+    def submit_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json(self.http.post("/v1/batches", json=body))
+
+    def submit_batch_jsonl(self, path: Path, **defaults: str | None) -> dict[str, Any]:
+        fields = {key: value for key, value in defaults.items() if value is not None}
+        with path.open("rb") as file:
+            response = self.http.post(
+                "/v1/batches/jsonl", files={"file": (path.name, file, "application/jsonl")}, data=fields
+            )
+        return self._json(response)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/batches/{batch_id}"))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/batches/{batch_id}/cancel"))
+
+    def manifest(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/batches/{batch_id}/manifest.json"))
+
+    def manifest_csv(self, batch_id: str) -> str:
+        response = self.http.get(f"/v1/batches/{batch_id}/manifest.csv")
+        if response.is_error:
+            raise ApiError(f"{response.status_code} from {response.request.url}: {response.text}")
+        return response.text
 
     def download(self, url: str) -> bytes:
         response = self.http.get(url)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,7 +81,7 @@ def db_upgrade(revision: str = "head") -> None:
 
 @models_app.command("make-tiny")
 def make_tiny(overwrite: bool = False) -> None:
-    """Write small random-weight models (tiny-sd, tiny-ddpm) into the models dir."""
+    """Write small random-weight models (tiny-sd, tiny-ddpm, tiny-sd-depth) into the models dir."""
     from models_store.tiny import make_tiny_models
 
     for path in make_tiny_models(get_settings().models_dir, overwrite=overwrite):
@@ -142,6 +143,90 @@ def watch(job_id: str, api_url: ApiUrl = None) -> None:
     if job["status"] != "succeeded":
         typer.echo(f"job {job_id} {job['status']}: {job.get('error')}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def batch(
+    file: Annotated[Path, typer.Argument(help="JSON Lines: one job a line, its params or a whole spec.")],
+    model: Annotated[str | None, typer.Option(help="Model of the lines that name none.")] = None,
+    type: Annotated[str, typer.Option(help="Job type of the lines that name none.")] = "text2img",
+    name: Annotated[str | None, typer.Option(help="A name for the batch.")] = None,
+    watch: Annotated[bool, typer.Option(help="Show progress until every job has ended.")] = False,
+    download: Annotated[
+        Path | None, typer.Option(help="When done, write the outputs and manifests into this folder.")
+    ] = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Submit a batch from a JSON Lines file and print its id.
+
+    A line like {"prompt": "a cat", "seed": 1} is the params of one job of --type on --model; a line
+    with a "params" key is a whole job spec, whose type and model default to --type and --model.
+    With --watch or --download, exit 1 unless every job succeeded.
+    """
+    from cli.client import ApiError, Client
+    from cli.download import download_batch
+    from cli.progress import watch_batch
+
+    client = Client(api_url or get_settings().public_url)
+    try:
+        submitted = client.submit_batch_jsonl(file, type=type, model=model, name=name)
+    except ApiError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    batch_id = submitted["id"]
+    typer.echo(batch_id)
+    if not (watch or download):
+        return
+    if watch:
+        final = watch_batch(client, batch_id)
+    else:
+        final = client.batch(batch_id)
+        while not final["done"]:
+            time.sleep(1.0)
+            final = client.batch(batch_id)
+    counts = ", ".join(f"{count} {status}" for status, count in final["counts"].items() if count)
+    typer.echo(f"batch {batch_id} {final['status']}: {counts}")
+    if download:
+        paths = download_batch(client, batch_id, download)
+        typer.echo(f"{len(paths)} images and the manifests in {download}")
+    if final["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    ids: Annotated[list[str], typer.Argument(help="Job ids, or batch ids with --batch.")],
+    batch: Annotated[bool, typer.Option("--batch", help="The ids are batch ids.")] = False,
+    api_url: ApiUrl = None,
+) -> None:
+    """Cancel jobs or batches: queued jobs never run, running ones stop at their next step."""
+    from cli.client import ApiError, Client
+
+    client = Client(api_url or get_settings().public_url)
+    failed = False
+    for item in ids:
+        try:
+            result = client.cancel_batch(item) if batch else client.cancel(item)
+        except ApiError as error:
+            typer.echo(str(error), err=True)
+            failed = True
+            continue
+        typer.echo(f"{item} {result['status']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def upload(file: Path, api_url: ApiUrl = None) -> None:
+    """Upload an input image; print the reference a job's params take (e.g. --param image=...)."""
+    from cli.client import ApiError, Client
+
+    try:
+        uploaded = Client(api_url or get_settings().public_url).upload(file)
+    except ApiError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(uploaded["image"]))
 
 
 @app.command()

@@ -3,7 +3,7 @@
 import time
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from cli.client import FINISHED, Client
 
@@ -36,3 +36,38 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
                     final[job_id] = job
             time.sleep(poll_s)
     return [final[job_id] for job_id in job_ids]
+
+
+def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str, Any]:
+    """Show the batch's overall bar and one line per running job until every job has ended."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeRemainingColumn(),
+    ) as bars:
+        overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="")
+        lines: dict[str, TaskID] = {}
+        while True:
+            batch = client.batch(batch_id)
+            counts = batch["counts"]
+            detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
+            bars.update(overall, total=1.0, completed=batch["progress"]["fraction"], detail=detail)
+            running = {job["id"]: job for job in batch["running"]}
+            for job_id in [job_id for job_id in lines if job_id not in running]:
+                bars.remove_task(lines.pop(job_id))
+            for job_id, job in running.items():
+                progress = job.get("progress") or {}
+                if job_id not in lines:
+                    lines[job_id] = bars.add_task(
+                        f"  #{job['batch_index']} {job_id[:8]}", total=None, detail=""
+                    )
+                bars.update(
+                    lines[job_id],
+                    total=progress.get("total"),
+                    completed=progress.get("step", 0),
+                    detail=f"{progress.get('step', 0)}/{progress.get('total', '?')} on {job.get('worker')}",
+                )
+            if batch["done"]:
+                return batch
+            time.sleep(poll_s)

@@ -28,12 +28,20 @@ class Settings(BaseSettings):
     # Validation limits.
     max_pixels: int = 1024 * 1024
     max_num_images: int = 16
+    # Input images: a byte limit on uploads, and a pixel limit checked from the image header before any
+    # decoding, so that a small file that decodes to a huge bitmap (a decompression bomb) is refused.
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=1)
+    max_batch_jobs: int = Field(default=50_000, ge=1)
 
     # Worker behaviour.
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     dtype: str = "auto"  # "auto" (fp16 on CUDA, fp32 on CPU), "float32", "float16", "bfloat16"
     pipeline_cache_size: int = 2
     progress_min_interval_s: float = Field(default=0.5, ge=0)
+    # Between progress writes, a running job reads its own status at most this often, so that a cancel
+    # stops it within a step or two; 0 checks at every step.
+    cancel_check_interval_s: float = Field(default=0.1, ge=0)
     task_time_limit_s: int = 6 * 3600
     # A running job's worker renews its lease every lease_s / 3; a job whose lease ran out is
     # taken over (its worker died) until it has been tried max_attempts times.

@@ -190,3 +190,43 @@ def expired_jobs(limit: int = 1000) -> list[uuid.UUID]:
                 .limit(limit)
             )
         )
+
+
+CANCELABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def cancel_jobs(*conditions: Any) -> int:
+    """Cancel the queued and running jobs that match `conditions`; return how many were canceled.
+
+    A queued job is then never claimed (the claim wants `queued`); a running one sees the change at its
+    next status check and stops, and its worker's `finish_job` no-ops (it wants `running`).
+    """
+    now = utcnow()
+    with db_session() as session:
+        return session.execute(
+            update(Job)
+            .where(Job.status.in_(CANCELABLE), *conditions)
+            .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
+        ).rowcount
+
+
+def cancel_job(job_id: uuid.UUID) -> bool:
+    """Cancel one job; False if it does not exist or has already finished."""
+    return cancel_jobs(Job.id == job_id) == 1
+
+
+def job_status(job_id: uuid.UUID) -> str | None:
+    """A job's status, read fresh: what a running job checks between steps to learn it was canceled."""
+    with db_session() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def record_canceled_progress(job_id: uuid.UUID, progress: dict[str, Any]) -> bool:
+    """Record where a canceled job stopped (its last finished step)."""
+    with db_session() as session:
+        written = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.CANCELED)
+            .values(progress=progress, updated_at=utcnow())
+        ).rowcount
+    return written == 1

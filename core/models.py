@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Uuid
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -47,3 +47,22 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Set for the jobs of a batch: which batch, and the job's place in it (the order it was submitted in).
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("batches.id", name="fk_jobs_batch_id_batches"), index=True
+    )
+    batch_index: Mapped[int | None] = mapped_column(Integer)
+
+
+class Batch(Base):
+    """Many jobs submitted at once. Their state lives on the jobs; a batch only groups them."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str | None] = mapped_column(String(200))
+    total: Mapped[int] = mapped_column(Integer)
+    # How the jobs were given: {"source": "jobs" | "jsonl" | "sweep", ...} with a sweep's template and axes.
+    source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -2,6 +2,10 @@
 
 A step is written when `min_interval_s` has passed since the last write, and the last step is
 always written. Status changes go through `core.jobs` and are never coalesced.
+
+A write fails once the job is no longer running, which is how a run learns it was canceled. Writes
+are too far apart for a prompt stop, so between them the reporter also reads the job's status, at most
+every `check_interval_s`: a canceled job stops at the next step boundary after that.
 """
 
 import time
@@ -9,7 +13,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from core.jobs import record_progress
+from core.jobs import job_status, record_progress
+from core.models import JobStatus
 
 
 class JobCanceled(Exception):
@@ -25,6 +30,9 @@ class ProgressReporter:
         min_interval_s: float,
         write: Callable[[uuid.UUID, int, dict[str, Any]], bool] = record_progress,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        check_interval_s: float | None = None,
+        status: Callable[[uuid.UUID], str | None] = job_status,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -35,6 +43,10 @@ class ProgressReporter:
         self.started = clock()
         self.last_write: float | None = None
         self.writes = 0
+        self.check_interval_s = check_interval_s
+        self.status = status
+        self.last_check: float | None = None
+        self.checks = 0
         self.current: dict[str, Any] = self._snapshot(0, {})
 
     def _snapshot(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -55,9 +67,20 @@ class ProgressReporter:
         due = self.last_write is None or now - self.last_write >= self.min_interval_s
         if due or step >= self.total:
             self.flush()
+        elif self.check_interval_s is not None and (
+            self.last_check is None or now - self.last_check >= self.check_interval_s
+        ):
+            self.check()
 
     def flush(self) -> None:
-        self.last_write = self.clock()
+        self.last_write = self.last_check = self.clock()
         self.writes += 1
         if not self.write(self.job_id, self.attempt, self.current):
+            raise JobCanceled(str(self.job_id))
+
+    def check(self) -> None:
+        """Raise JobCanceled if the job is no longer running; a read, cheaper than a write."""
+        self.last_check = self.clock()
+        self.checks += 1
+        if self.status(self.job_id) != JobStatus.RUNNING:
             raise JobCanceled(str(self.job_id))

@@ -59,8 +59,9 @@ def enqueue_job(job_id: uuid.UUID) -> None:
     enqueue_jobs([job_id])
 
 
-def enqueue_jobs(job_ids: Sequence[uuid.UUID]) -> None:
-    """Hand committed jobs to the broker, then record when it accepted them (`enqueued_at`).
+def enqueue_jobs(job_ids: Sequence[uuid.UUID]) -> int:
+    """Hand committed jobs to the broker over one producer (one connection and channel), then
+    record when it accepted them (`enqueued_at`); return how many were sent.
 
     Call only after the rows are committed. A job left without `enqueued_at` (the broker was
     down, or this process died before recording it) is sent again by the reconciler.
@@ -68,9 +69,11 @@ def enqueue_jobs(job_ids: Sequence[uuid.UUID]) -> None:
     app, queue = get_celery(), get_settings().queue
     sent: list[uuid.UUID] = []
     try:
-        for job_id in job_ids:
-            app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue)
-            sent.append(job_id)
+        with app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, producer=producer)
+                sent.append(job_id)
     finally:
         if sent:
             mark_enqueued(sent)
+    return len(sent)

@@ -19,6 +19,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def url(self, key: str, base_url: str | None = None) -> str: ...
     def list(self, prefix: str) -> list[str]: ...
+    def delete(self, key: str) -> None: ...
 
 
 # Local files being written; never listed.
@@ -58,6 +59,9 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
     def url(self, key: str, base_url: str | None = None) -> str:
         base = (base_url or self.public_url).rstrip("/")
@@ -122,6 +126,9 @@ class S3Storage:
                 return False
             raise
         return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def url(self, key: str, base_url: str | None = None) -> str:
         return self.client.generate_presigned_url(

@@ -12,7 +12,7 @@ from core.errors import BadModel
 if TYPE_CHECKING:
     import torch
 
-TASKS = ("text2img", "unconditional")
+TASKS = ("text2img", "img2img", "inpaint", "depth2img", "unconditional")
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -59,19 +59,21 @@ def pick_dtype(setting: str, device: "torch.device") -> "torch.dtype":
 def load_pipeline(folder: Path, task: str, device: "torch.device", dtype: "torch.dtype") -> Any:
     """Load the pipeline in `folder` for `task`, move it to `device` and silence its progress bars.
 
-    "text2img" goes through `AutoPipelineForText2Image`, which also maps an img2img or inpaint checkpoint to
-    its text-to-image pipeline; "unconditional" loads whatever pipeline `model_index.json` names and checks
-    that it has the `unet` and `scheduler` an unconditional run needs. Only safetensors weights are read.
-    A folder that does not load raises `BadModel`.
+    "text2img", "img2img" and "inpaint" go through diffusers' `AutoPipelineFor*`, which map any Stable
+    Diffusion family checkpoint (SD 1.x, 2.x, SDXL; a text-to-image, img2img or inpainting one) to the
+    pipeline for the task; "depth2img" loads a `StableDiffusionDepth2ImgPipeline`; "unconditional" loads
+    whatever pipeline `model_index.json` names and checks that it has the `unet` and `scheduler` an
+    unconditional run needs. Only safetensors weights are read. A folder that does not load raises
+    `BadModel`. The result may serve the other tasks too, through `pipeline_for_task`.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    import diffusers
 
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise BadModel(f"cannot load {folder} as a pipeline: it has no model_index.json")
-    loader = AutoPipelineForText2Image if task == "text2img" else DiffusionPipeline
+    loader = getattr(diffusers, _LOADERS[task])
     try:
         # `dtype`, not `torch_dtype`: diffusers 0.42 deprecates the latter. What from_pretrained raises for
         # a bad folder: OSError (missing or corrupt files), ValueError (wrong class or shapes), TypeError
@@ -81,15 +83,74 @@ def load_pipeline(folder: Path, task: str, device: "torch.device", dtype: "torch
         raise BadModel(
             f"cannot load {folder} for {task}: {type(error).__name__}: {_first_line(error)}"
         ) from error
-    if task == "unconditional" and (
-        getattr(pipe, "unet", None) is None or getattr(pipe, "scheduler", None) is None
-    ):
-        raise BadModel(
-            f"cannot load {folder} for unconditional: {type(pipe).__name__} lacks a unet or a scheduler"
-        )
+    _check_fits_task(pipe, task, str(folder))
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+_LOADERS = {
+    "text2img": "AutoPipelineForText2Image",
+    "img2img": "AutoPipelineForImage2Image",
+    "inpaint": "AutoPipelineForInpainting",
+    "depth2img": "StableDiffusionDepth2ImgPipeline",
+    "unconditional": "DiffusionPipeline",
+}
+
+
+def pipeline_for_task(base: Any, task: str, scheduler: Any = None) -> Any:
+    """A pipeline for `task` around `base`'s modules, with `scheduler` if given: no weights are loaded.
+
+    A job gets a pipeline object of its own (its own scheduler, its own call state) while the UNet, VAE
+    and text encoder stay the cached ones, in the dtype they were loaded in: `AutoPipelineFor*.from_pipe`
+    never casts. `DiffusionPipeline.from_pipe` would cast every shared module with `.to(dtype)` (to float32
+    unless told otherwise), so a depth2img pipeline, whose class is the one that was loaded, is built from
+    the same modules directly. An unconditional job drives `base.unet` with a scheduler of its own and
+    gets `base` itself. Raises `BadModel` when `base` cannot serve `task`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    import diffusers
+
+    name = type(base).__name__
+    if task == "unconditional":
+        _check_fits_task(base, task, name)
+        return base
+    modules = {"scheduler": scheduler} if scheduler is not None else {}
+    if task == "depth2img":
+        if not isinstance(base, diffusers.StableDiffusionDepth2ImgPipeline):
+            raise BadModel(
+                f"a {name} model cannot run depth2img jobs: it has no depth estimator; use a depth model "
+                "(a StableDiffusionDepth2ImgPipeline such as stabilityai/stable-diffusion-2-depth)"
+            )
+        pipe = diffusers.StableDiffusionDepth2ImgPipeline(**(base.components | modules))
+    else:
+        try:
+            pipe = getattr(diffusers, _LOADERS[task]).from_pipe(base, **modules)
+        except ValueError as error:
+            raise BadModel(f"a {name} model cannot run {task} jobs: {_first_line(error)}") from error
+    _check_fits_task(pipe, task, name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_fits_task(pipe: Any, task: str, name: str) -> None:
+    if task == "unconditional":
+        unet = getattr(pipe, "unet", None)
+        if unet is None or getattr(pipe, "scheduler", None) is None:
+            raise BadModel(
+                f"cannot load {name} for unconditional: {type(pipe).__name__} lacks a unet or a scheduler"
+            )
+        if getattr(unet.config, "cross_attention_dim", None) is not None:
+            raise BadModel(
+                f"cannot run {name} for unconditional: its {type(unet).__name__} is conditioned on text; "
+                "run text2img jobs on it, or use a UNet2DModel model such as google/ddpm-cat-256"
+            )
+    if task == "depth2img" and pipe.unet.config.in_channels != 5:
+        raise BadModel(
+            f"cannot run {name} for depth2img: its UNet takes {pipe.unet.config.in_channels} input channels, "
+            "not the 5 (latents and depth) of a depth model such as stabilityai/stable-diffusion-2-depth"
+        )
 
 
 def _first_line(error: BaseException) -> str:

@@ -12,18 +12,19 @@ import json
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from diffusers import DDPMPipeline, StableDiffusionPipeline
+    from diffusers import DDPMPipeline, StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
 TINY_SD = "tiny-sd"
 TINY_DDPM = "tiny-ddpm"
-TINY_MODELS = (TINY_SD, TINY_DDPM)
+TINY_SD_DEPTH = "tiny-sd-depth"
+TINY_MODELS = (TINY_SD, TINY_DDPM, TINY_SD_DEPTH)
 
 # Fixed seeds so that rebuilding a tiny model gives the same weights, hence the same images.
-_SEEDS = {TINY_SD: 0, TINY_DDPM: 1}
+_SEEDS = {TINY_SD: 0, TINY_DDPM: 1, TINY_SD_DEPTH: 2}
 
 # A few merges so that the tokenizer's BPE path is exercised; each result is added to the vocabulary.
 _MERGES = (("t", "h"), ("i", "n</w>"), ("q", "u"), ("r", "e"), ("s", "t"), ("a", "n"), ("th", "e</w>"))
@@ -42,7 +43,7 @@ def make_tiny_models(models_dir: Path, overwrite: bool = False) -> list[Path]:
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    builders = {TINY_SD: _build_tiny_sd, TINY_DDPM: _build_tiny_ddpm}
+    builders = {TINY_SD: _build_tiny_sd, TINY_DDPM: _build_tiny_ddpm, TINY_SD_DEPTH: _build_tiny_sd_depth}
     folders = []
     for name in TINY_MODELS:
         folder = models_dir / name
@@ -68,8 +69,73 @@ def make_tiny_models(models_dir: Path, overwrite: bool = False) -> list[Path]:
 
 def _build_tiny_sd(seed: int, folder: Path) -> "StableDiffusionPipeline":
     """A Stable Diffusion 1.x layout: CLIP text encoder, cross-attention UNet, KL VAE with a factor of 8."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    # SD 1.x's own scheduler config.
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        **_tiny_sd_modules(seed, folder, unet_in_channels=4),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_tiny_sd_depth(seed: int, folder: Path) -> "StableDiffusionDepth2ImgPipeline":
+    """The layout of `stabilityai/stable-diffusion-2-depth`: tiny-sd's modules, a UNet that takes the depth
+    map as a fifth input channel, and a DPT depth estimator (a plain ViT DPT, not SD 2's DPT-Hybrid)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionDepth2ImgPipeline
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    modules = _tiny_sd_modules(seed, folder, unet_in_channels=5)
+    torch.manual_seed(seed)
+    depth_estimator = DPTForDepthEstimation(
+        DPTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=4,
+            backbone_out_indices=(0, 1, 2, 3),
+            num_attention_heads=4,
+            intermediate_size=37,
+            neck_hidden_sizes=(16, 16, 32, 32),
+            fusion_hidden_size=16,
+            use_auxiliary_head=False,
+        )
+    ).eval()
+    feature_extractor = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False)
+    # SD 2's scheduler config.
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionDepth2ImgPipeline(
+        **modules,
+        scheduler=scheduler,
+        depth_estimator=depth_estimator,
+        feature_extractor=feature_extractor,
+    )
+
+
+def _tiny_sd_modules(seed: int, folder: Path, unet_in_channels: int) -> dict[str, Any]:
+    """tiny-sd's VAE, text encoder, tokenizer and UNet; the UNet takes `unet_in_channels` latent channels."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _build_clip_tokenizer(folder / "tokenizer")
@@ -77,7 +143,7 @@ def _build_tiny_sd(seed: int, folder: Path) -> "StableDiffusionPipeline":
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,  # 64 px images with the VAE's factor of 8
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -112,26 +178,7 @@ def _build_tiny_sd(seed: int, folder: Path) -> "StableDiffusionPipeline":
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    # SD 1.x's own scheduler config.
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet}
 
 
 def _build_tiny_ddpm(seed: int, folder: Path) -> "DDPMPipeline":

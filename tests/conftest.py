@@ -34,6 +34,10 @@ os.environ.update(
         "DIFFQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         "DIFFQ_MODELS_DIR": str(TMP / "models"),
         "DIFFQ_PROGRESS_MIN_INTERVAL_S": "0.05",
+        # A running job reads its status at every step, so that a cancel lands at the next step.
+        "DIFFQ_CANCEL_CHECK_INTERVAL_S": "0",
+        # Small enough that the tests can send a file over it.
+        "DIFFQ_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "DIFFQ_QUEUE": "diffq-test",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -10,7 +10,9 @@ from core.config import Settings, get_settings
 from core.images import encode_png
 from core.models import Job
 from core.progress import ProgressReporter
+from core.specs import ImageRef
 from core.storage import Storage, get_storage
+from core.uploads import load_input_image
 
 
 @dataclass
@@ -32,10 +34,33 @@ class JobRun:
 
     def start_progress(self, total: int) -> ProgressReporter:
         self.reporter = ProgressReporter(
-            self.job_id, self.attempt, total, self.settings.progress_min_interval_s
+            self.job_id,
+            self.attempt,
+            total,
+            self.settings.progress_min_interval_s,
+            check_interval_s=self.settings.cancel_check_interval_s,
         )
         self.reporter.flush()
         return self.reporter
+
+    def start_diffusers_progress(
+        self, pipe: Any, num_inference_steps: int, strength: float | None = None
+    ) -> ProgressReporter:
+        """Start progress with the number of timesteps `pipe` will really run, known before it runs.
+
+        Schedulers may run more steps than asked (PNDM one more, Heun two per step but the last) and
+        `strength` skips the first ones; the pipeline's own scheduler and `get_timesteps` say how many.
+        The job's scheduler is its own, and the call sets its timesteps again.
+        """
+        pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.device)
+        timesteps = pipe.scheduler.timesteps
+        if strength is not None:
+            timesteps, _ = pipe.get_timesteps(num_inference_steps, strength, pipe.device)
+        return self.start_progress(total=len(timesteps))
+
+    def load_image(self, ref: ImageRef) -> Image.Image:
+        """An input image of the job, decoded (EXIF orientation applied); `bad_input` if it is gone."""
+        return load_input_image(self.storage, ref)
 
     def diffusers_callback(self, reporter: ProgressReporter):  # type: ignore[no-untyped-def]
         """A `callback_on_step_end` that records each finished timestep."""
@@ -55,7 +80,12 @@ class JobRun:
     def save_images(
         self, images: list[Image.Image], parameters: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Store each image as a PNG carrying its parameters; return the job's output records."""
+        """Store each image as a PNG carrying its parameters; return the job's output records.
+
+        A job canceled since its last step (during the VAE decode, say) stores nothing.
+        """
+        if self.reporter is not None:
+            self.reporter.check()
         outputs = []
         for index, (image, image_parameters) in enumerate(zip(images, parameters, strict=True)):
             key = self.output_key(f"{index}.png")
@@ -66,7 +96,7 @@ class JobRun:
                     "content_type": "image/png",
                     "width": image.width,
                     "height": image.height,
-                    "seed": image_parameters.get("seed"),
+                    "seed": image_parameters.get("params", {}).get("seed"),
                 }
             )
         return outputs

@@ -1,4 +1,9 @@
-"""The worker's pipeline cache: a job on a model that is already loaded does not reload it."""
+"""The worker's pipeline cache: a job on a model that is already loaded does not reload it.
+
+A model is cached once, whichever task loaded it; each job then gets a pipeline of its own for its
+task (`pipeline_for_task`) around the cached modules, with a scheduler of its own, so that one job's
+scheduler choice or state never leaks into the next.
+"""
 
 from functools import lru_cache
 from typing import Any
@@ -6,8 +11,9 @@ from typing import Any
 import torch
 
 from core.config import get_settings
+from core.schedulers import make_scheduler
 from models_store.cache import PipelineCache
-from models_store.load import load_pipeline, pick_device, pick_dtype
+from models_store.load import load_pipeline, pick_device, pick_dtype, pipeline_for_task
 from models_store.resolve import resolve_model
 
 
@@ -23,9 +29,20 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return device, pick_dtype(settings.dtype, device)
 
 
-def get_pipeline(model_ref: str, task: str) -> Any:
+def get_base_pipeline(model_ref: str, task: str) -> Any:
+    """The cached pipeline of `model_ref`, loaded for `task` if no task loaded it before."""
     settings = get_settings()
     folder = resolve_model(model_ref, settings.models_dir)
     device, dtype = device_and_dtype()
-    key = (str(folder), task, str(device), str(dtype))
+    key = (str(folder), str(device), str(dtype))
     return get_cache().get_or_load(key, lambda: load_pipeline(folder, task, device, dtype))
+
+
+def get_pipeline(model_ref: str, task: str, scheduler: str | None = None) -> Any:
+    """A pipeline of the job's own for `task` on `model_ref`, with the named scheduler (None: the
+    model's own, copied). For "unconditional", the cached pipeline itself: that runner drives the UNet
+    with a scheduler it makes."""
+    base = get_base_pipeline(model_ref, task)
+    if task == "unconditional":
+        return pipeline_for_task(base, task)
+    return pipeline_for_task(base, task, make_scheduler(scheduler, base.scheduler))

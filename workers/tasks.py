@@ -11,7 +11,7 @@ from celery.worker.request import Request
 
 from core.db import get_engine
 from core.errors import JobError
-from core.jobs import claim_job, finish_job, hand_back
+from core.jobs import claim_job, finish_job, hand_back, job_status, record_canceled_progress
 from core.models import JobStatus
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
@@ -79,7 +79,10 @@ def run_job(self: Task, job_id: str) -> str:
         with hold_lease(job.id, job.attempts, run.settings.lease_s):
             outputs = runner(run)
     except JobCanceled:
+        # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
         logger.info("job %s was canceled or taken over while running; stopped", job_id)
+        if run.reporter is not None:
+            record_canceled_progress(job.id, run.reporter.current)
         return JobStatus.CANCELED
     except Exception as exc:
         logger.exception("job %s failed", job_id)
@@ -88,8 +91,14 @@ def run_job(self: Task, job_id: str) -> str:
         return JobStatus.FAILED
     progress = run.reporter.current if run.reporter else None
     if not finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress):
-        # Canceled or taken over after its last step: the outputs recorded are another attempt's.
-        logger.info("job %s attempt %d ended but the job is no longer its own", job_id, job.attempts)
+        if job_status(job.id) == JobStatus.CANCELED:
+            # Canceled between the last check and the finish: a canceled job keeps no outputs.
+            logger.info("job %s was canceled as it finished; deleting its outputs", job_id)
+            for output in outputs:
+                run.storage.delete(output["key"])
+        else:
+            # Taken over after its last step: the outputs recorded are another attempt's.
+            logger.info("job %s attempt %d ended but the job is no longer its own", job_id, job.attempts)
         return JobStatus.CANCELED
     logger.info("job %s succeeded in attempt %d", job_id, job.attempts)
     return JobStatus.SUCCEEDED

@@ -5,13 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from sqlalchemy import select
 
+from api.admission import Admission, job_values, unprocessable
 from api.deps import SessionDep
 from api.schemas import JobPublic, JobsPublic
-from core.config import get_settings
-from core.model_refs import reference_problem
+from core.jobs import cancel_job
 from core.models import Job, JobStatus
 from core.queue import enqueue_job
-from core.specs import JobSpec, new_seed
+from core.specs import JobSpec
 from core.storage import get_storage
 
 logger = logging.getLogger(__name__)
@@ -28,24 +28,14 @@ def public(job: Job, request: Request) -> JobPublic:
     return JobPublic.from_job(job, get_storage(), str(request.base_url))
 
 
-def check_model(ref: str) -> None:
-    problem = reference_problem(ref, get_settings().models_dir)
-    if problem:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["body", "model"], "msg": problem, "type": "unknown_model"}],
-        )
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def create_job(
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE])], session: SessionDep, request: Request
 ) -> JobPublic:
-    check_model(spec.model)
-    params = spec.params.model_dump(mode="json")
-    if "seed" in params and params["seed"] is None:
-        params["seed"] = new_seed()  # recorded, so the job can be remade
-    job = Job(type=spec.type, model=spec.model, params=params, status=JobStatus.QUEUED)
+    errors = Admission(get_storage()).problems(spec, ["body"])
+    if errors:
+        raise unprocessable(errors)
+    job = Job(**job_values(spec), status=JobStatus.QUEUED)
     session.add(job)
     session.commit()
     try:
@@ -64,6 +54,26 @@ def get_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPubl
     return public(job, request)
 
 
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={409: {"description": "The job has already finished."}},
+)
+def cancel(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPublic:
+    """Cancel a job. A queued job never runs; a running one stops at its next step and stores nothing."""
+    canceled = cancel_job(job_id)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    if not canceled:
+        when = f", finished at {job.finished_at.isoformat(timespec='seconds')}" if job.finished_at else ""
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job {job_id} is {job.status}{when}; only queued or running jobs can be canceled",
+        )
+    return public(job, request)
+
+
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
@@ -71,11 +81,16 @@ def list_jobs(
     status_: Annotated[
         str | None, Query(alias="status", pattern="^(" + "|".join(JobStatus.ALL) + ")$")
     ] = None,
+    batch_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit).offset(offset)
+    query = select(Job).limit(limit).offset(offset)
     if status_:
         query = query.where(Job.status == status_)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id).order_by(Job.batch_index)
+    else:
+        query = query.order_by(Job.created_at.desc())
     jobs = session.scalars(query).all()
     return JobsPublic(data=[public(job, request) for job in jobs], count=len(jobs))

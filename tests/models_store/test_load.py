@@ -159,3 +159,44 @@ def test_unconditional_needs_a_unet(tiny_models_dir: Path, tmp_path: Path) -> No
     DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "dit")
     with pytest.raises(BadModel, match="for unconditional: DiTPipeline lacks a unet or a scheduler"):
         load_pipeline(tmp_path / "dit", "unconditional", CPU, torch.float32)
+
+
+def test_pipeline_for_task_shares_modules_and_keeps_their_dtype(tiny_models_dir: Path) -> None:
+    from core.schedulers import make_scheduler
+    from models_store.load import pipeline_for_task
+
+    base = load_pipeline(tiny_models_dir / "tiny-sd", "img2img", CPU, torch.bfloat16)
+    for task, class_name in [
+        ("text2img", "StableDiffusionPipeline"),
+        ("img2img", "StableDiffusionImg2ImgPipeline"),
+        ("inpaint", "StableDiffusionInpaintPipeline"),
+    ]:
+        pipe = pipeline_for_task(base, task, make_scheduler("unipc", base.scheduler))
+        assert type(pipe).__name__ == class_name
+        assert pipe.unet is base.unet and pipe.vae is base.vae
+        assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
+        assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
+    assert type(base.scheduler).__name__ == "PNDMScheduler"
+
+
+def test_depth2img_shares_modules_and_needs_a_depth_model(tiny_models_dir: Path) -> None:
+    from models_store.load import pipeline_for_task
+
+    depth = load_pipeline(tiny_models_dir / "tiny-sd-depth", "depth2img", CPU, torch.bfloat16)
+    pipe = pipeline_for_task(depth, "depth2img")
+    assert pipe is not depth and pipe.unet is depth.unet and pipe.depth_estimator is depth.depth_estimator
+    assert pipe.unet.dtype == torch.bfloat16
+    with pytest.raises(BadModel, match="StableDiffusionDepth2ImgPipeline model cannot run text2img jobs"):
+        pipeline_for_task(depth, "text2img")
+    sd = load_pipeline(tiny_models_dir / "tiny-sd", "text2img", CPU, torch.float32)
+    with pytest.raises(
+        BadModel, match="StableDiffusionPipeline model cannot run depth2img jobs: it has no depth"
+    ):
+        pipeline_for_task(sd, "depth2img")
+    with pytest.raises(BadModel, match="cannot load .*tiny-sd for depth2img"):
+        load_pipeline(tiny_models_dir / "tiny-sd", "depth2img", CPU, torch.float32)
+
+
+def test_text_conditioned_model_refused_for_unconditional(tiny_models_dir: Path) -> None:
+    with pytest.raises(BadModel, match="UNet2DConditionModel is conditioned on text; run text2img jobs"):
+        load_pipeline(tiny_models_dir / "tiny-sd", "unconditional", CPU, torch.float32)

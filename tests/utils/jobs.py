@@ -1,7 +1,10 @@
 """Helpers for driving jobs through the API in tests."""
 
+import io
 import time
 from typing import Any
+
+from PIL import Image
 
 from cli.client import FINISHED, Client
 
@@ -32,3 +35,24 @@ def text2img_spec(**params: Any) -> dict[str, Any]:
         }
         | params,
     }
+
+
+def upload_image(client: Client, image: Image.Image | bytes, name: str = "image.png") -> dict[str, Any]:
+    """Upload an image (or raw bytes) and return the job reference, `{"upload": id}`."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        image = buffer.getvalue()
+    response = client.http.post("/v1/uploads", files={"file": (name, image)})
+    assert response.status_code == 201, response.text
+    return response.json()["image"]
+
+
+def wait_batch_done(client: Client, batch_id: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batch(batch_id)
+        if batch["done"]:
+            return batch
+        time.sleep(0.1)
+    raise TimeoutError(f"batch {batch_id} did not finish in {timeout}s: {client.batch(batch_id)}")

@@ -1,7 +1,7 @@
 """Text-to-image: a Stable-Diffusion-family pipeline, one batched call, one PNG per image.
 
 Image i is made with a CPU generator seeded `seed + i`, so each image equals a direct diffusers
-call with that seed and can be remade alone.
+call with that seed (and scheduler) and can be remade alone.
 """
 
 from typing import Any
@@ -16,13 +16,13 @@ from workers.pipelines import get_pipeline
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = Text2ImgParams.model_validate(job.params)
     assert job.model is not None
-    pipe = get_pipeline(job.model, "text2img")
+    pipe = get_pipeline(job.model, "text2img", params.scheduler)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = params.width or native, params.height or native
     seed = params.seed if params.seed is not None else new_seed()
     seeds = [seed + index for index in range(params.num_images)]
 
-    reporter = job.start_progress(total=params.num_inference_steps)
+    reporter = job.start_diffusers_progress(pipe, params.num_inference_steps)
     result = pipe(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt or None,

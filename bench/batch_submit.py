@@ -1,0 +1,196 @@
+"""How fast a batch of 10,000 jobs is accepted, against writing the jobs one ORM row at a time.
+
+(a) baseline, in this process: validate each spec, `session.add` + `flush` per row, one commit, then
+    one `send_task` per job (what a loop over POST /v1/jobs's code would do, minus HTTP);
+(b) POST /v1/batches over HTTP with the 10,000 specs as JSON: the time until the 201 (validation, one
+    executemany INSERT, commit), then the time until all 10,000 messages are in Redis (sent after the
+    response, one producer);
+(c) the same batch as a JSON Lines upload, and as a template with a 100 × 100 sweep.
+
+Also times the INSERT alone, per-row flush against executemany, in the same process. No worker runs:
+jobs stay queued. Needs the machine's Postgres and Redis; uses its own database and Redis db
+(DIFFQ_BENCH_DB, default diffq_bench_batch; DIFFQ_BENCH_REDIS_DB, default 14).
+
+    .venv/bin/python bench/batch_submit.py [--jobs 10000]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TMP = Path(tempfile.mkdtemp(prefix="diffq-bench-batch-"))
+DB = os.environ.get("DIFFQ_BENCH_DB", "diffq_bench_batch")
+REDIS_DB = int(os.environ.get("DIFFQ_BENCH_REDIS_DB", "14"))
+QUEUE = "diffq-bench-batch"
+os.environ.update(
+    {
+        "DIFFQ_HOME": str(TMP),
+        "DIFFQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}",
+        "DIFFQ_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "DIFFQ_QUEUE": QUEUE,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+
+def spec(index: int) -> dict:
+    return {
+        "type": "text2img",
+        "model": "tiny-sd",
+        "params": {
+            "prompt": f"a squirrel in Picasso style, take {index}",
+            "num_inference_steps": 20,
+            "width": 64,
+            "height": 64,
+            "seed": index,
+            "scheduler": "euler_a",
+        },
+    }
+
+
+def reset() -> None:
+    """Empty the jobs, batches and the bench queue between runs."""
+    import redis
+    from sqlalchemy import text
+
+    from core.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE jobs, batches"))
+    redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).delete(QUEUE)
+
+
+def wait_for_messages(count: int, timeout: float = 600) -> None:
+    import redis
+
+    client = redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"])
+    deadline = time.monotonic() + timeout
+    while (queued := client.llen(QUEUE)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {queued} of {count} messages arrived")
+        time.sleep(0.05)
+
+
+def naive(specs: list[dict]) -> tuple[float, float]:
+    """Seconds to write the rows one flush at a time, and then to send their messages one by one."""
+    from core.db import db_session
+    from core.models import Job
+    from core.queue import enqueue_job
+    from core.specs import JOB_SPEC
+
+    start = time.perf_counter()
+    with db_session() as session:
+        ids = []
+        for raw in specs:
+            parsed = JOB_SPEC.validate_python(raw)
+            job = Job(type=parsed.type, model=parsed.model, params=parsed.params.model_dump(mode="json"))
+            session.add(job)
+            session.flush()
+            ids.append(job.id)
+    written = time.perf_counter() - start
+    start = time.perf_counter()
+    for job_id in ids:
+        enqueue_job(job_id)
+    return written, time.perf_counter() - start
+
+
+def insert_only(specs: list[dict]) -> tuple[float, float]:
+    """Seconds for the INSERT and commit alone: per-row ORM flush, then one executemany INSERT."""
+    from core.batches import insert_batch
+    from core.db import db_session
+    from core.models import Job
+
+    rows = [{"type": s["type"], "model": s["model"], "params": s["params"]} for s in specs]
+    start = time.perf_counter()
+    with db_session() as session:
+        for row in rows:
+            session.add(Job(**row))
+            session.flush()
+    per_row = time.perf_counter() - start
+    reset()
+    start = time.perf_counter()
+    with db_session() as session:
+        insert_batch(session, None, {"source": "bench"}, rows)
+    return per_row, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    args = parser.parse_args()
+
+    import httpx
+    import psycopg
+
+    from cli.quickstart import free_port, start_api
+    from core.config import get_settings
+    from migrations.run import upgrade
+    from models_store.tiny import make_tiny_models
+
+    make_tiny_models(get_settings().models_dir)
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB}")
+    upgrade()
+    reset()
+    port = free_port()
+    start_api(port)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    specs = [spec(i) for i in range(args.jobs)]
+    n = args.jobs
+
+    written, sent = naive(specs)
+    reset()
+
+    start = time.perf_counter()
+    response = http.post("/v1/batches", json={"jobs": specs})
+    accepted = time.perf_counter() - start
+    assert response.status_code == 201, response.text[:1000]
+    wait_for_messages(n)
+    enqueued = time.perf_counter() - start
+    reset()
+
+    jsonl = "\n".join(json.dumps(s["params"]) for s in specs).encode()
+    start = time.perf_counter()
+    form = {"model": "tiny-sd", "type": "text2img"}
+    response = http.post("/v1/batches/jsonl", files={"file": ("jobs.jsonl", jsonl)}, data=form)
+    accepted_jsonl = time.perf_counter() - start
+    assert response.status_code == 201, response.text[:1000]
+    wait_for_messages(n)
+    reset()
+
+    side = int(n**0.5)
+    template = {"type": "text2img", "model": "tiny-sd", "params": {"num_inference_steps": 20, "width": 64}}
+    sweep = {"prompt": [f"a squirrel, take {i}" for i in range(side)], "seed": list(range(side))}
+    start = time.perf_counter()
+    response = http.post("/v1/batches", json={"template": template, "sweep": sweep})
+    accepted_sweep = time.perf_counter() - start
+    assert response.status_code == 201, response.text[:1000]
+    wait_for_messages(side * side)
+    reset()
+
+    per_row, executemany = insert_only(specs)
+    reset()
+
+    naive_accept = written + sent
+    print(f"{n} jobs, Postgres + Redis on this machine, API in this process")
+    print(f"baseline: per-row ORM insert + flush, commit  : {written:7.2f} s")
+    print(f"baseline: then one send_task per job          : {sent:7.2f} s")
+    print(f"POST /v1/batches (JSON): accepted (201)       : {accepted:7.2f} s")
+    print(f"POST /v1/batches (JSON): all messages in Redis: {enqueued:7.2f} s")
+    print(f"POST /v1/batches/jsonl: accepted              : {accepted_jsonl:7.2f} s")
+    print(f"POST /v1/batches sweep {side}×{side}: accepted       : {accepted_sweep:7.2f} s")
+    print(f"INSERT alone: per-row flush {per_row:.2f} s, executemany {executemany:.2f} s")
+    print(f"ratio accept, baseline (insert + send) / batch: {naive_accept / accepted:7.1f}x")
+    print(f"ratio accept, baseline (insert only) / batch  : {written / accepted:7.1f}x")
+    print(f"ratio INSERT alone, per-row / executemany     : {per_row / executemany:7.1f}x")
+
+
+if __name__ == "__main__":
+    main()

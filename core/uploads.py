@@ -1,0 +1,196 @@
+"""Input images: uploads, the checks they pass, and the checks a job's input images pass at submission.
+
+An input image is untrusted. Pillow reads an image's size from its header before decoding anything, so
+the pixel limit is checked there: a small file that would decode to a huge bitmap (a decompression
+bomb) is refused before it costs memory. Only a few formats are parsed at all.
+"""
+
+import io
+import uuid
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from core.config import get_settings
+from core.errors import BadInput
+from core.specs import ImageRef, Params, upload_key
+from core.storage import Storage
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP": "image/bmp"}
+
+# EXIF orientations that turn the image a quarter, so that its width and height swap once applied.
+_QUARTER_TURNS = (5, 6, 7, 8)
+_ORIENTATION_TAG = 0x0112
+
+
+class BadImage(Exception):
+    """An input image diffq refuses; `too_large` tells a size limit (413) from a bad file (422)."""
+
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+
+def inspect_image(data: bytes) -> ImageInfo:
+    """Check that `data` is a whole image within the byte and pixel limits; return its size and format.
+
+    The size is the one the image has once its EXIF orientation is applied, as diffusers' `load_image`
+    does. Raises `BadImage`.
+    """
+    return _decode(data)[1]
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Check and decode image bytes, with the EXIF orientation applied (as diffusers' `load_image` does)."""
+    image = _decode(data)[0]
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block; `_oriented_size` ignored it too
+        return image
+
+
+def _decode(data: bytes) -> tuple[Image.Image, ImageInfo]:
+    settings = get_settings()
+    if len(data) > settings.max_upload_bytes:
+        raise BadImage(
+            f"the file is {len(data)} bytes; the limit is {settings.max_upload_bytes} "
+            "(DIFFQ_MAX_UPLOAD_BYTES)",
+            too_large=True,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+                width, height = image.size
+                if width * height > settings.max_upload_pixels:
+                    raise BadImage(
+                        f"the image is {width}×{height} = {width * height} pixels; the limit is "
+                        f"{settings.max_upload_pixels} (DIFFQ_MAX_UPLOAD_PIXELS)",
+                        too_large=True,
+                    )
+                image.verify()
+            # `verify` leaves the image unusable and does not decode every format: decode it for real.
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image.load()
+            info = ImageInfo(*_oriented_size(image), format=str(image.format))
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImage(f"the image is too large to decode safely: {error}", too_large=True) from error
+    except Exception as error:
+        # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
+        # struct.error, ...); to a user they all mean the same thing.
+        reason = str(error) or type(error).__name__
+        formats = ", ".join(ALLOWED_FORMATS[:-1]) + f" or {ALLOWED_FORMATS[-1]}"
+        raise BadImage(f"not a decodable image ({reason}); send a {formats} file") from error
+    return image, info
+
+
+def store_upload(data: bytes, storage: Storage) -> tuple[str, ImageInfo]:
+    """Check `data` and store it as a new upload; return the upload's id and what the image is."""
+    info = inspect_image(data)
+    upload_id = uuid.uuid4().hex
+    storage.put(upload_key(upload_id), data, info.content_type)
+    return upload_id, info
+
+
+def load_input_image(storage: Storage, ref: ImageRef) -> Image.Image:
+    """The image a job names, for a worker; a missing or bad one fails the job with `bad_input`."""
+    try:
+        data = storage.get(ref.storage_key)
+    except KeyError:
+        raise BadInput(f"{_describe(ref)} no longer exists in storage; upload the image again") from None
+    try:
+        return open_image(data)
+    except BadImage as error:
+        raise BadInput(f"{_describe(ref)}: {error.message}") from error
+
+
+def input_image_problems(
+    params: Params, storage: Storage, seen: dict[str, ImageInfo | str]
+) -> list[tuple[str, str]]:
+    """`(field, message)` for each problem with a job's input images; empty when there is none.
+
+    Each referenced image must exist and be a valid image; the fields that must match `image` must have
+    its size; and the output must fit `DIFFQ_MAX_PIXELS`. `seen` caches what was learnt per storage key,
+    so that a batch whose jobs share an image reads it once.
+    """
+    problems: list[tuple[str, str]] = []
+    infos: dict[str, ImageInfo] = {}
+    for field in params.image_fields:
+        ref = getattr(params, field)
+        if ref is None:
+            continue
+        info = _lookup(storage, ref, seen)
+        if isinstance(info, str):
+            problems.append((field, info))
+        else:
+            infos[field] = info
+    image = infos.get("image")
+    if image is None:
+        return problems
+    for field in params.same_size_as_image:
+        other = infos.get(field)
+        if other is not None and (other.width, other.height) != (image.width, image.height):
+            problems.append(
+                (
+                    field,
+                    f"{field} is {other.width}×{other.height} but image is {image.width}×{image.height}; "
+                    "they must be the same size",
+                )
+            )
+    width, height = params.output_size((image.width, image.height))
+    limit = get_settings().max_pixels
+    if width * height > limit:
+        problems.append(
+            (
+                "image",
+                f"the output would be {width}×{height} = {width * height} pixels; the limit is {limit} "
+                "(DIFFQ_MAX_PIXELS); send a smaller image",
+            )
+        )
+    return problems
+
+
+def _lookup(storage: Storage, ref: ImageRef, seen: dict[str, ImageInfo | str]) -> ImageInfo | str:
+    key = ref.storage_key
+    if key not in seen:
+        try:
+            data = storage.get(key)
+        except KeyError:
+            seen[key] = f"{_describe(ref)} does not exist" + (
+                "; upload the image with POST /v1/uploads first" if ref.upload else ""
+            )
+        else:
+            try:
+                seen[key] = inspect_image(data)
+            except BadImage as error:
+                seen[key] = f"{_describe(ref)}: {error.message}"
+    return seen[key]
+
+
+def _describe(ref: ImageRef) -> str:
+    return f"upload {ref.upload!r}" if ref.upload is not None else f"storage key {ref.key!r}"
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+    except Exception:  # a malformed EXIF block: load_image would not turn the image either
+        orientation = None
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)

@@ -1,0 +1,50 @@
+"""Progress totals are the number of timesteps a pipeline really runs, known before it starts."""
+
+import uuid
+
+import pytest
+
+from core.db import db_session
+from core.models import Job, JobStatus
+from workers.job_run import JobRun
+from workers.pipelines import get_pipeline
+
+
+@pytest.fixture
+def job_run(database, s3) -> JobRun:  # type: ignore[no-untyped-def]
+    with db_session() as session:
+        job = Job(type="text2img", model="tiny-sd", params={}, status=JobStatus.RUNNING)
+        session.add(job)
+    return JobRun.from_job(job)
+
+
+@pytest.mark.parametrize(
+    ("task", "scheduler", "steps", "strength", "total"),
+    [
+        ("text2img", None, 10, None, 11),  # PNDM runs one step more than asked
+        ("text2img", "heun", 5, None, 9),  # two model calls a step but the last
+        ("text2img", "euler", 10, None, 10),
+        ("img2img", None, 10, 0.5, 6),  # the last 6 of PNDM's 11
+        ("img2img", "dpmpp_2m", 10, 0.3, 3),
+        ("inpaint", "ddim", 10, 1.0, 10),
+    ],
+)
+def test_progress_total_is_known_before_the_run(  # type: ignore[no-untyped-def]
+    job_run, models_dir, task: str, scheduler: str | None, steps: int, strength: float | None, total: int
+) -> None:
+    pipe = get_pipeline("tiny-sd", task, scheduler)
+    reporter = job_run.start_diffusers_progress(pipe, steps, strength)
+    assert reporter.total == total
+    with db_session() as session:
+        assert session.get_one(Job, job_run.job_id).progress == {
+            "step": 0,
+            "total": total,
+            "fraction": 0.0,
+            "eta_s": None,
+        }
+
+
+def test_status_of_an_unknown_job_is_none(database) -> None:  # type: ignore[no-untyped-def]
+    from core.jobs import job_status
+
+    assert job_status(uuid.uuid4()) is None

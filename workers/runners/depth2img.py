@@ -1,0 +1,53 @@
+"""Depth-guided image-to-image (`StableDiffusionDepth2ImgPipeline`, as in stable-diffusion-2-depth).
+
+The UNet sees the depth of the input image as a fifth channel, so the output keeps its layout. The
+depth comes from the model's own estimator (a DPT), or from `depth_map`: a greyscale image of the
+input's size, brighter nearer, which the pipeline scales to the latents' size and to [-1, 1] as it
+does its estimator's output. Image i is made with a CPU generator seeded `seed + i`.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.specs import Depth2ImgParams, new_seed
+from workers.job_run import JobRun
+from workers.pipelines import get_pipeline
+
+
+def depth_tensor(depth_map: Image.Image) -> torch.Tensor:
+    """A depth image as the (1, height, width) float tensor the pipeline takes; 16-bit maps keep their
+    precision, colour ones become their luminance."""
+    return torch.from_numpy(np.array(depth_map.convert("F"), dtype=np.float32))[None]
+
+
+def run(job: JobRun) -> list[dict[str, Any]]:
+    params = Depth2ImgParams.model_validate(job.params)
+    assert job.model is not None
+    pipe = get_pipeline(job.model, "depth2img", params.scheduler)
+    image = job.load_image(params.image).convert("RGB")
+    depth_map = depth_tensor(job.load_image(params.depth_map)) if params.depth_map else None
+    seed = params.seed if params.seed is not None else new_seed()
+    seeds = [seed + index for index in range(params.num_images)]
+
+    reporter = job.start_diffusers_progress(pipe, params.num_inference_steps, params.strength)
+    result = pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or None,
+        image=image,
+        depth_map=depth_map,
+        strength=params.strength,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        num_images_per_prompt=params.num_images,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        callback_on_step_end=job.diffusers_callback(reporter),
+    )
+
+    base = params.model_dump(mode="json", exclude={"num_images", "seed"})
+    parameters = [
+        {"type": job.type, "model": job.model, "params": base | {"seed": s, "num_images": 1}} for s in seeds
+    ]
+    return job.save_images(result.images, parameters)
