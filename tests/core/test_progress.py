@@ -24,9 +24,10 @@ def reporter(clock: Clock, statuses: list[str], check_interval_s: float | None) 
 
     return ProgressReporter(
         uuid.uuid4(),
+        attempt=1,
         total=100,
         min_interval_s=1.0,
-        write=lambda job_id, progress: writes.append(progress) or True,
+        write=lambda job_id, attempt, progress: writes.append(progress) or True,
         clock=clock,
         check_interval_s=check_interval_s,
         status=status,
