@@ -10,8 +10,8 @@ from core.db import db_session
 from core.models import Job, JobStatus, utcnow
 
 
-def claim_job(job_id: uuid.UUID, worker: str) -> Job | None:
-    """Move a queued job to running for `worker`; None if someone else has it or it is finished."""
+def claim_job(job_id: uuid.UUID, worker: str, device: str | None = None) -> Job | None:
+    """Move a queued job to running for `worker` on `device`; None if someone else has it or it ended."""
     with db_session() as session:
         claimed = session.execute(
             update(Job)
@@ -19,6 +19,7 @@ def claim_job(job_id: uuid.UUID, worker: str) -> Job | None:
             .values(
                 status=JobStatus.RUNNING,
                 worker=worker,
+                device=device,
                 attempts=Job.attempts + 1,
                 started_at=utcnow(),
                 updated_at=utcnow(),

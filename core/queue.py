@@ -2,14 +2,20 @@
 
 Set up for long GPU jobs: a task is acknowledged only after it ends (acks_late), a worker
 reserves one task at a time, and a task whose worker dies is handed back to the broker.
+Which queue a job goes to is decided in core/routing.py.
 """
 
 import uuid
+from collections.abc import Iterable
 from functools import lru_cache
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from core.config import Settings, get_settings
+from core.db import db_session
+from core.models import Job
+from core.routing import pick_queue
 
 RUN_JOB_TASK = "diffq.run_job"
 
@@ -49,6 +55,42 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: uuid.UUID) -> None:
-    """Hand a committed job to the broker. Call only after the job row is committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=get_settings().queue)
+def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | None = None) -> str:
+    """Hand a committed job to the broker and return the queue it went to.
+
+    Call only after the job row is committed. `job_type` and `model` pick the queue; when `job_type` is
+    not given they are read from the row. In Flower the task shows as `diffq.run_job[<type> <model>]`.
+    """
+    settings = get_settings()
+    with db_session() as session:
+        if job_type is None:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"no job with id {job_id}")
+            job_type, model = job.type, job.model
+        queue = pick_queue(session, settings, job_type, model, queue_depth)
+    get_celery().send_task(
+        RUN_JOB_TASK,
+        args=[str(job_id)],
+        queue=queue,
+        shadow=f"{RUN_JOB_TASK}[{job_type} {model or '-'}]",
+        kwargsrepr=repr({"type": job_type, "model": model}),
+    )
+    return queue
+
+
+def queue_depths(queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each of `queues` on the broker (Redis: the list lengths; filesystem: the files)."""
+    depths: dict[str, int] = {}
+    with get_celery().pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        for queue in queues:
+            try:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:  # Redis drops the key of an empty queue
+                depths[queue] = 0
+    return depths
+
+
+def queue_depth(queue: str) -> int:
+    return queue_depths([queue])[queue]

@@ -1,4 +1,5 @@
-"""The worker's pipeline cache: a job on a model that is already loaded does not reload it."""
+"""The worker's pipeline cache: a job on a model that is already loaded does not reload it, and the
+loaded pipelines fit the cache budget (`DIFFQ_CACHE_BUDGET_MB`, or a share of the device's memory)."""
 
 from functools import lru_cache
 from typing import Any
@@ -8,12 +9,18 @@ import torch
 from core.config import get_settings
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype
+from models_store.memory import cache_budget_bytes, estimate_folder_bytes
 from models_store.resolve import resolve_model
 
 
 @lru_cache
 def get_cache() -> PipelineCache:
-    return PipelineCache(max_items=get_settings().pipeline_cache_size)
+    settings = get_settings()
+    device, _dtype = device_and_dtype()
+    return PipelineCache(
+        max_items=settings.pipeline_cache_size or None,
+        budget_bytes=cache_budget_bytes(device, settings.cache_budget_mb, settings.cache_memory_fraction),
+    )
 
 
 @lru_cache
@@ -28,4 +35,10 @@ def get_pipeline(model_ref: str, task: str) -> Any:
     folder = resolve_model(model_ref, settings.models_dir)
     device, dtype = device_and_dtype()
     key = (str(folder), task, str(device), str(dtype))
-    return get_cache().get_or_load(key, lambda: load_pipeline(folder, task, device, dtype))
+    return get_cache().get_or_load(
+        key,
+        lambda: load_pipeline(folder, task, device, dtype),
+        estimate_bytes=estimate_folder_bytes(folder, dtype),
+        # The model reference, as jobs name it: the fleet's affinity routing matches jobs on it.
+        tag=model_ref,
+    )
