@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from api.routes import files, jobs
+from api.routes import files, jobs, metrics
 
 app = FastAPI(
     title="diffq",
@@ -10,6 +10,7 @@ app = FastAPI(
 )
 app.include_router(jobs.router)
 app.include_router(files.router)
+app.include_router(metrics.router)
 
 
 @app.get("/healthz", tags=["health"])

@@ -2,7 +2,7 @@
 
 Queues. Generation jobs go to `DIFFQ_QUEUE`, training jobs to `DIFFQ_TRAIN_QUEUE`, so a worker that
 serves only generation never waits behind a training run. Each worker also consumes a direct queue of
-its own, `<queue>.<node name>` (e.g. `diffq.gpu0@host`).
+its own, `<queue>.<node name>` (e.g. `diffq.gpu0-host` for node `gpu0@host`).
 
 Affinity. A worker keeps recently used pipelines loaded; a job whose model is already loaded somewhere
 should run there instead of making another worker load it. The API cannot see the workers' memory, so
@@ -19,6 +19,7 @@ the oldest shared job at most one direct job later; and a direct queue never hol
 `DIFFQ_AFFINITY_MAX_BACKLOG` jobs, so warm jobs can't pile up ahead of it either.
 """
 
+import re
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session
@@ -36,8 +37,9 @@ def queue_for(job_type: str, settings: Settings) -> str:
 
 
 def direct_queue(queue: str, node: str) -> str:
-    """The queue that only worker `node` consumes, next to the shared `queue`."""
-    return f"{queue}.{node}"
+    """The queue that only worker `node` consumes next to the shared `queue`: `diffq.gpu0-host` for
+    `gpu0@host` (brokers take only letters, digits, `.`, `_` and `-` in the names of queues)."""
+    return f"{queue}.{re.sub(r'[^A-Za-z0-9._-]', '-', node)}"
 
 
 def pick_queue(
@@ -60,3 +62,15 @@ def pick_queue(
         if backlog < settings.affinity_max_backlog and (best is None or backlog < best[0]):
             best = (backlog, own)
     return best[1] if best else shared
+
+
+def worker_queues(serve: str, node: str, settings: Settings) -> list[str]:
+    """The queues a worker named `node` consumes to serve "generation", "training" or "both"."""
+    if serve not in ("generation", "training", "both"):
+        raise ValueError(f"a worker serves 'generation', 'training' or 'both', not {serve!r}")
+    queues = []
+    if serve in ("generation", "both"):
+        queues += [settings.queue, direct_queue(settings.queue, node)]
+    if serve in ("training", "both"):
+        queues.append(settings.train_queue)
+    return queues

@@ -40,6 +40,9 @@ def run_job(self: Task, job_id: str) -> str:
         logger.info("job %s is not queued; skipping this delivery", job_id)
         return "skipped"
     run = JobRun.from_job(job)
+    outputs: list[dict] = []
+    error: dict[str, str] | None = None
+    # The worker's row says what it has loaded before the job is seen to end (core/fleet.py).
     with running(job, run):
         try:
             runner = RUNNERS.get(job.type)
@@ -51,9 +54,10 @@ def run_job(self: Task, job_id: str) -> str:
             return JobStatus.CANCELED
         except Exception as exc:
             logger.exception("job %s failed", job_id)
-            progress = run.reporter.current if run.reporter else None
-            finish_job(job.id, JobStatus.FAILED, error=error_for(exc), progress=progress)
-            return JobStatus.FAILED
-        progress = run.reporter.current if run.reporter else None
-        finish_job(job.id, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
-        return JobStatus.SUCCEEDED
+            error = error_for(exc)
+    progress = run.reporter.current if run.reporter else None
+    if error is not None:
+        finish_job(job.id, JobStatus.FAILED, error=error, progress=progress)
+        return JobStatus.FAILED
+    finish_job(job.id, JobStatus.SUCCEEDED, outputs=outputs, progress=progress)
+    return JobStatus.SUCCEEDED

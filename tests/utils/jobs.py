@@ -1,6 +1,7 @@
 """Helpers for driving jobs through the API in tests."""
 
 import time
+import uuid
 from typing import Any
 
 from cli.client import FINISHED, Client
@@ -32,3 +33,16 @@ def text2img_spec(**params: Any) -> dict[str, Any]:
         }
         | params,
     }
+
+
+def submit_to_queue(queue: str, spec: dict[str, Any]) -> uuid.UUID:
+    """Write a job row and send its task to `queue`, as the API does for the queue it picks."""
+    from core.db import db_session
+    from core.models import Job
+    from core.queue import RUN_JOB_TASK, get_celery
+
+    with db_session() as session:
+        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
+        session.add(job)
+    get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
+    return job.id
