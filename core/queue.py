@@ -59,7 +59,8 @@ def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | Non
     """Hand a committed job to the broker and return the queue it went to.
 
     Call only after the job row is committed. `job_type` and `model` pick the queue; when `job_type` is
-    not given they are read from the row. In Flower the task shows as `diffq.run_job[<type> <model>]`.
+    not given they are read from the row. Flower and the worker logs show the task's arguments as the job
+    id and, as its keyword arguments, the job's type and model (the row stays the only input).
     """
     settings = get_settings()
     with db_session() as session:
@@ -73,7 +74,6 @@ def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | Non
         RUN_JOB_TASK,
         args=[str(job_id)],
         queue=queue,
-        shadow=f"{RUN_JOB_TASK}[{job_type} {model or '-'}]",
         kwargsrepr=repr({"type": job_type, "model": model}),
     )
     return queue
