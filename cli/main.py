@@ -93,6 +93,32 @@ def worker(
 
 
 @app.command()
+def workers(
+    require: Annotated[
+        list[str] | None,
+        typer.Option(help="A worker node name (gpu0@host) that must be live; exit 1 if one is not."),
+    ] = None,
+) -> None:
+    """List the live workers: device, busy or idle, loaded models, cache hits and misses."""
+    from core.db import db_session
+    from core.fleet import live_workers, resident_models
+
+    with db_session() as session:
+        live = live_workers(session, get_settings().worker_stale_s)
+    for row in live:
+        state = f"busy with {row.current_job}" if row.current_job else "idle"
+        models = ", ".join(sorted(resident_models(row))) or "-"
+        typer.echo(
+            f"{row.name}\t{row.device}\t{state}\tmodels: {models}\t"
+            f"cache hits {row.cache_hits} misses {row.cache_misses}\tjobs {row.jobs_run}"
+        )
+    missing = set(require or []) - {row.name for row in live}
+    if missing:
+        typer.echo(f"not live: {', '.join(sorted(missing))}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def flower(
     address: str = "127.0.0.1",
     port: int = 5555,

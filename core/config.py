@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     broker_url: str = ""
     storage_url: str = ""
     s3_endpoint_url: str | None = None
+    # The endpoint put in presigned URLs, when clients reach the store at another address than the API
+    # and workers do (MinIO inside docker compose: http://minio:9000 inside, http://localhost:9000 outside).
+    s3_public_endpoint_url: str | None = None
     models_dir: Path = Path()
 
     # Public base URL of the API, used for links to locally stored files outside a request.
