@@ -35,6 +35,7 @@ def register_worker(
                 cache_evictions=0,
                 cache_load_seconds=0.0,
                 jobs_run=0,
+                busy_seconds=0.0,
                 denoising_steps=0,
                 denoising_seconds=0.0,
             )
@@ -50,11 +51,12 @@ def update_worker(name: str, **values: Any) -> bool:
     return updated == 1
 
 
-def record_finished_job(name: str, steps: int, seconds: float, **values: Any) -> bool:
-    """Count one finished job and its denoising `steps` taking `seconds` on worker `name`."""
+def record_finished_job(name: str, busy_seconds: float, steps: int, seconds: float, **values: Any) -> bool:
+    """Count one finished job on worker `name`: `busy_seconds` in all, `steps` denoising in `seconds`."""
     return update_worker(
         name,
         jobs_run=WorkerNode.jobs_run + 1,
+        busy_seconds=WorkerNode.busy_seconds + busy_seconds,
         denoising_steps=WorkerNode.denoising_steps + steps,
         denoising_seconds=WorkerNode.denoising_seconds + seconds,
         **values,

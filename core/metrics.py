@@ -126,6 +126,11 @@ def _worker_metrics(workers: list[WorkerNode]) -> Iterator[Metric]:
             "diffq_cache_load_seconds", "Seconds spent loading pipelines.", labels=labels
         ),
         "jobs": CounterMetricFamily("diffq_worker_jobs", "Jobs the worker process ran.", labels=labels),
+        "busy_seconds": CounterMetricFamily(
+            "diffq_worker_busy_seconds",
+            "Seconds the worker spent running jobs, loads included.",
+            labels=labels,
+        ),
         "steps": CounterMetricFamily("diffq_denoising_steps", "Denoising steps run.", labels=labels),
         "step_seconds": CounterMetricFamily(
             "diffq_denoising_seconds", "Seconds spent in denoising loops.", labels=labels
@@ -155,6 +160,7 @@ def _worker_metrics(workers: list[WorkerNode]) -> Iterator[Metric]:
         counters["evictions"].add_metric(key, worker.cache_evictions)
         counters["load_seconds"].add_metric(key, worker.cache_load_seconds)
         counters["jobs"].add_metric(key, worker.jobs_run)
+        counters["busy_seconds"].add_metric(key, worker.busy_seconds)
         counters["steps"].add_metric(key, worker.denoising_steps)
         counters["step_seconds"].add_metric(key, worker.denoising_seconds)
         for model in sorted({entry["model"] for entry in resident}):

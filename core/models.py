@@ -71,6 +71,7 @@ class WorkerNode(Base):
     cache_evictions: Mapped[int] = mapped_column(BigInteger, default=0)
     cache_load_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     jobs_run: Mapped[int] = mapped_column(BigInteger, default=0)
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # from claim to finish, loads included
     denoising_steps: Mapped[int] = mapped_column(BigInteger, default=0)
     denoising_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -23,7 +23,12 @@ RUN_JOB_TASK = "diffq.run_job"
 def make_celery(settings: Settings) -> Celery:
     app = Celery("diffq", broker=settings.broker_url)
     # The broker must redeliver an unacknowledged task only after it could have finished.
-    transport_options: dict[str, object] = {"visibility_timeout": settings.task_time_limit_s + 3600}
+    transport_options: dict[str, object] = {
+        "visibility_timeout": settings.task_time_limit_s + 3600,
+        # A worker takes from its queues in the order it lists them (Redis): its direct queue first,
+        # then shared generation, then training. See core/routing.py.
+        "queue_order_strategy": "priority",
+    }
     if settings.broker_url.startswith("filesystem://"):
         folders = {name: settings.broker_dir / name for name in ("queue", "control")}
         for folder in folders.values():

@@ -1,22 +1,34 @@
 """Which queue a job goes to: by job type, then by model affinity.
 
 Queues. Generation jobs go to `DIFFQ_QUEUE`, training jobs to `DIFFQ_TRAIN_QUEUE`, so a worker that
-serves only generation never waits behind a training run. Each worker also consumes a direct queue of
-its own, `<queue>.<node name>` (e.g. `diffq.gpu0-host` for node `gpu0@host`).
+serves only generation never waits behind a training run. Each generation worker also consumes a direct
+queue of its own, `<queue>.<node name>` (e.g. `diffq.gpu0-host` for node `gpu0@host`). On Redis a worker
+takes from its queues in a fixed order (kombu's "priority" queue order): its direct queue, then the shared
+generation queue, then the training queue, so a worker serving both trains only when no generation job
+waits for it.
 
 Affinity. A worker keeps recently used pipelines loaded; a job whose model is already loaded somewhere
 should run there instead of making another worker load it. The API cannot see the workers' memory, so
-each worker writes its loaded models to its row in the `workers` table (core/fleet.py). When a
-generation job is submitted, `pick_queue` looks for live workers that have its model loaded (or are
-loading it for the job they run now) and whose backlog (the job they run, plus the jobs waiting in their
-direct queue) is below `DIFFQ_AFFINITY_MAX_BACKLOG`; the one with the least backlog gets the job in its
-direct queue. Anything else goes to the shared queue: a model no worker has loaded, or a loaded one whose
-workers are all busy enough.
+each worker writes its loaded models, and its averages, to its row in the `workers` table
+(core/fleet.py). For a generation job, `pick_queue` considers the live workers that consume a direct
+queue and have the job's model loaded (or are loading it for the job they run now) with a backlog (the
+job they run plus those waiting in their direct queue) below `DIFFQ_AFFINITY_MAX_BACKLOG`; of those it
+takes the one with the least backlog, then:
+- if a job waits in the shared queue, the new one queues behind it there: nothing overtakes it;
+- if that worker is idle, the job goes to its direct queue;
+- if it is busy while another worker is idle and the shared queue is empty, the job would wait about
+  `(backlog - 1/2) × its mean warm run time` there (the running job is half done, on average), or cost
+  about `the idle worker's mean load time` elsewhere: it goes to whichever is shorter (the direct queue
+  while either is unknown);
+- if every worker is busy, it goes to the direct queue, since waiting anywhere is the same but there no
+  load follows.
+Anything else goes to the shared queue: a model no worker has loaded, or whose workers are too busy.
 
-Why a cold model never starves: it always goes to the shared queue, which every worker consumes next to
-its direct queue, and a worker takes from its queues in turn (kombu's fair cycle), so a free worker takes
-the oldest shared job at most one direct job later; and a direct queue never holds more than
-`DIFFQ_AFFINITY_MAX_BACKLOG` jobs, so warm jobs can't pile up ahead of it either.
+Why a cold model never starves: it goes to the shared queue, which every generation worker consumes
+right after its direct queue. While it waits there, no job is sent to a direct queue; each direct queue
+holds fewer than `DIFFQ_AFFINITY_MAX_BACKLOG` jobs, so within that many jobs every worker's direct queue
+is empty and the next free worker takes the oldest shared job. A job waits behind at most
+`DIFFQ_AFFINITY_MAX_BACKLOG - 1` affinity jobs per worker, more than it would without affinity.
 """
 
 import re
@@ -26,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.fleet import live_workers, resident_models
+from core.models import WorkerNode
 
 # Job types that train rather than generate; they go to the training queue. Add new ones here.
 TRAINING_JOB_TYPES = frozenset({"train_unconditional", "train_lora"})
@@ -49,28 +62,56 @@ def pick_queue(
     model: str | None,
     queue_depth: Callable[[str], int],
 ) -> str:
-    """The queue to send a job to: a warm, not too busy worker's direct queue, else the shared queue."""
+    """The queue to send a job to: a warm worker's direct queue when that is quicker, else the shared one."""
     shared = queue_for(job_type, settings)
     if not settings.affinity or model is None or job_type in TRAINING_JOB_TYPES:
         return shared
-    best: tuple[int, str] | None = None
-    for worker in live_workers(session, settings.worker_stale_s):
+    serving = [w for w in live_workers(session, settings.worker_stale_s) if shared in w.queues]
+    backlog = {}
+    for worker in serving:
         own = direct_queue(shared, worker.name)
-        if own not in worker.queues or model not in resident_models(worker):
-            continue
-        backlog = queue_depth(own) + (1 if worker.current_job else 0)
-        if backlog < settings.affinity_max_backlog and (best is None or backlog < best[0]):
-            best = (backlog, own)
-    return best[1] if best else shared
+        waiting = queue_depth(own) if own in worker.queues else 0
+        backlog[worker.name] = waiting + (1 if worker.current_job else 0)
+    warm = [
+        w
+        for w in serving
+        if direct_queue(shared, w.name) in w.queues
+        and model in resident_models(w)
+        and backlog[w.name] < settings.affinity_max_backlog
+    ]
+    if not warm:
+        return shared
+    if queue_depth(shared):
+        return shared
+    best = min(warm, key=lambda w: backlog[w.name])
+    idle = [w for w in serving if backlog[w.name] == 0]
+    if backlog[best.name] and idle:
+        run_s = _mean_run_seconds(best)
+        loads = [s for s in map(_mean_load_seconds, idle) if s is not None]
+        if run_s is not None and loads and (backlog[best.name] - 0.5) * run_s >= min(loads):
+            return shared
+    return direct_queue(shared, best.name)
+
+
+def _mean_run_seconds(worker: WorkerNode) -> float | None:
+    """A job's time on `worker` once its model is loaded."""
+    if not worker.jobs_run:
+        return None
+    return max(worker.busy_seconds - worker.cache_load_seconds, 0.0) / worker.jobs_run
+
+
+def _mean_load_seconds(worker: WorkerNode) -> float | None:
+    return worker.cache_load_seconds / worker.cache_misses if worker.cache_misses else None
 
 
 def worker_queues(serve: str, node: str, settings: Settings) -> list[str]:
     """The queues a worker named `node` consumes to serve "generation", "training" or "both"."""
     if serve not in ("generation", "training", "both"):
         raise ValueError(f"a worker serves 'generation', 'training' or 'both', not {serve!r}")
+    # In the order a worker takes from them (see the module's docstring).
     queues = []
     if serve in ("generation", "both"):
-        queues += [settings.queue, direct_queue(settings.queue, node)]
+        queues += [direct_queue(settings.queue, node), settings.queue]
     if serve in ("training", "both"):
         queues.append(settings.train_queue)
     return queues

@@ -9,6 +9,7 @@ marks the worker busy with the job's model, then writes the cache's state and th
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,13 +110,14 @@ def running(job: Job, run: JobRun) -> Iterator[None]:
         update_worker(NODE.name, current_job=job.id, current_model=job.model)
     except Exception:  # the fleet's view is best effort; the job runs regardless
         logger.exception("could not mark worker %s busy with job %s", NODE.name, job.id)
+    started = time.monotonic()
     try:
         yield
     finally:
-        _record_job(run)
+        _record_job(run, time.monotonic() - started)
 
 
-def _record_job(run: JobRun) -> None:
+def _record_job(run: JobRun, busy_seconds: float) -> None:
     from workers.pipelines import get_cache
 
     assert NODE.name is not None
@@ -126,6 +128,7 @@ def _record_job(run: JobRun) -> None:
     try:
         record_finished_job(
             NODE.name,
+            busy_seconds=busy_seconds,
             steps=steps if rate else 0,
             seconds=steps / rate if rate else 0.0,
             current_job=None,

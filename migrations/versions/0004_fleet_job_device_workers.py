@@ -32,6 +32,7 @@ def upgrade() -> None:
     sa.Column('cache_evictions', sa.BigInteger(), nullable=False),
     sa.Column('cache_load_seconds', sa.Float(), nullable=False),
     sa.Column('jobs_run', sa.BigInteger(), nullable=False),
+    sa.Column('busy_seconds', sa.Float(), nullable=False),
     sa.Column('denoising_steps', sa.BigInteger(), nullable=False),
     sa.Column('denoising_seconds', sa.Float(), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),

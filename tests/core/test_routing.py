@@ -50,13 +50,11 @@ def test_job_types_map_to_queues(settings: Settings) -> None:
 def test_worker_queues_by_what_it_serves(settings: Settings) -> None:
     direct = direct_queue(settings.queue, "gpu0@host.example")
     assert direct == f"{settings.queue}.gpu0-host.example"
-    assert worker_queues("generation", "gpu0@host.example", settings) == [settings.queue, direct]
+    # In the order the worker takes from them: direct, shared generation, training.
+    assert worker_queues("generation", "gpu0@host.example", settings) == [direct, settings.queue]
     assert worker_queues("training", "gpu0@host.example", settings) == [settings.train_queue]
-    assert worker_queues("both", "gpu0@host.example", settings) == [
-        settings.queue,
-        direct,
-        settings.train_queue,
-    ]
+    both = [direct, settings.queue, settings.train_queue]
+    assert worker_queues("both", "gpu0@host.example", settings) == both
     with pytest.raises(ValueError, match="generation"):
         worker_queues("everything", "gpu0@host", settings)
 
@@ -74,6 +72,10 @@ def test_busy_warm_worker_takes_jobs_up_to_the_backlog(settings: Settings, worke
     update_worker(workers[0], current_job=uuid.uuid4())
     assert route(settings, "text2img", MODEL) == own  # running one, none waiting: backlog 1 < 2
     assert route(settings, "text2img", MODEL, {own: 1}) == settings.queue  # backlog 2: no more
+
+
+def test_nothing_overtakes_a_job_waiting_in_the_shared_queue(settings: Settings, workers: list[str]) -> None:
+    assert route(settings, "text2img", MODEL, {settings.queue: 1}) == settings.queue
 
 
 def test_least_busy_warm_worker_wins(settings: Settings, workers: list[str]) -> None:
@@ -105,3 +107,19 @@ def test_training_and_disabled_affinity_use_the_shared_queues(settings: Settings
 def test_worker_without_a_direct_queue_is_not_a_target(settings: Settings, workers: list[str]) -> None:
     update_worker(workers[0], queues=[settings.queue])  # started with --queues
     assert route(settings, "text2img", MODEL) == settings.queue
+
+
+def test_busy_warm_worker_loses_to_an_idle_one_when_loading_is_quicker_than_waiting(
+    settings: Settings, workers: list[str]
+) -> None:
+    update_worker(workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=50.0)  # 5 s a job
+    update_worker(workers[1], cache_misses=4, cache_load_seconds=2.0)  # 0.5 s a load
+    assert route(settings, "text2img", MODEL) == settings.queue
+
+
+def test_busy_warm_worker_wins_when_loading_is_slower_than_waiting(
+    settings: Settings, workers: list[str]
+) -> None:
+    update_worker(workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=20.0)  # 2 s a job
+    update_worker(workers[1], cache_misses=2, cache_load_seconds=16.0)  # 8 s a load
+    assert route(settings, "text2img", MODEL) == direct_queue(settings.queue, workers[0])
