@@ -57,8 +57,10 @@ class Settings(BaseSettings):
     worker_stale_s: float = Field(default=30, gt=0)
     # Model affinity: send a job to a worker that has its model loaded, as long as that worker has
     # fewer than `affinity_max_backlog` jobs running or waiting for it; otherwise to the shared queue.
+    # A job queued longer than `affinity_max_wait_s` stops affinity from sending later jobs past it.
     affinity: bool = True
     affinity_max_backlog: int = Field(default=2, ge=1)
+    affinity_max_wait_s: float = Field(default=30, ge=0)
 
     # Flower's basic auth (`diffq flower` refuses to start without it, unless told `--no-auth`).
     flower_user: str = ""

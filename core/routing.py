@@ -14,7 +14,8 @@ each worker writes its loaded models, and its averages, to its row in the `worke
 queue and have the job's model loaded (or are loading it for the job they run now) with a backlog (the
 job they run plus those waiting in their direct queue) below `DIFFQ_AFFINITY_MAX_BACKLOG`; of those it
 takes the one with the least backlog, then:
-- if a job waits in the shared queue, the new one queues behind it there: nothing overtakes it;
+- if a generation job has been queued longer than `DIFFQ_AFFINITY_MAX_WAIT_S`, the new one goes to the
+  shared queue behind it: nothing more overtakes it;
 - if that worker is idle, the job goes to its direct queue;
 - if it is busy while another worker is idle and the shared queue is empty, the job would wait about
   `(backlog - 1/2) × its mean warm run time` there (the running job is half done, on average), or cost
@@ -25,20 +26,23 @@ takes the one with the least backlog, then:
 Anything else goes to the shared queue: a model no worker has loaded, or whose workers are too busy.
 
 Why a cold model never starves: it goes to the shared queue, which every generation worker consumes
-right after its direct queue. While it waits there, no job is sent to a direct queue; each direct queue
-holds fewer than `DIFFQ_AFFINITY_MAX_BACKLOG` jobs, so within that many jobs every worker's direct queue
-is empty and the next free worker takes the oldest shared job. A job waits behind at most
-`DIFFQ_AFFINITY_MAX_BACKLOG - 1` affinity jobs per worker, more than it would without affinity.
+right after its direct queue. Once it has waited `DIFFQ_AFFINITY_MAX_WAIT_S`, no job is sent to a direct
+queue any more; each direct queue holds fewer than `DIFFQ_AFFINITY_MAX_BACKLOG` jobs, so within that many
+jobs every worker's direct queue is empty and the next free worker takes the oldest shared job. So a job
+waits at most `DIFFQ_AFFINITY_MAX_WAIT_S` plus `DIFFQ_AFFINITY_MAX_BACKLOG - 1` jobs per worker longer than
+it would without affinity.
 """
 
 import re
 from collections.abc import Callable
+from datetime import UTC
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.fleet import live_workers, resident_models
-from core.models import WorkerNode
+from core.models import Job, JobStatus, WorkerNode, utcnow
 
 # Job types that train rather than generate; they go to the training queue. Add new ones here.
 TRAINING_JOB_TYPES = frozenset({"train_unconditional", "train_lora"})
@@ -81,7 +85,7 @@ def pick_queue(
     ]
     if not warm:
         return shared
-    if queue_depth(shared):
+    if _oldest_generation_wait_s(session) > settings.affinity_max_wait_s:
         return shared
     best = min(warm, key=lambda w: backlog[w.name])
     idle = [w for w in serving if backlog[w.name] == 0]
@@ -91,6 +95,20 @@ def pick_queue(
         if run_s is not None and loads and (backlog[best.name] - 0.5) * run_s >= min(loads):
             return shared
     return direct_queue(shared, best.name)
+
+
+def _oldest_generation_wait_s(session: Session) -> float:
+    """How long the oldest queued generation job has waited, in seconds (0 when none waits)."""
+    oldest = session.scalar(
+        select(func.min(Job.created_at)).where(
+            Job.status == JobStatus.QUEUED, Job.type.not_in(TRAINING_JOB_TYPES)
+        )
+    )
+    if oldest is None:
+        return 0.0
+    if oldest.tzinfo is None:  # SQLite hands back naive datetimes; all of diffq's are UTC
+        oldest = oldest.replace(tzinfo=UTC)
+    return (utcnow() - oldest).total_seconds()
 
 
 def _mean_run_seconds(worker: WorkerNode) -> float | None:

@@ -5,11 +5,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import delete, update
 
 from core.config import Settings, get_settings
 from core.db import db_session
 from core.fleet import register_worker, remove_worker, update_worker
-from core.models import WorkerNode, utcnow
+from core.models import Job, WorkerNode, utcnow
 from core.routing import direct_queue, pick_queue, queue_for, worker_queues
 
 MODEL = "routing-test-model"
@@ -74,8 +75,29 @@ def test_busy_warm_worker_takes_jobs_up_to_the_backlog(settings: Settings, worke
     assert route(settings, "text2img", MODEL, {own: 1}) == settings.queue  # backlog 2: no more
 
 
-def test_nothing_overtakes_a_job_waiting_in_the_shared_queue(settings: Settings, workers: list[str]) -> None:
-    assert route(settings, "text2img", MODEL, {settings.queue: 1}) == settings.queue
+def test_nothing_overtakes_a_job_that_waited_too_long(settings: Settings, workers: list[str]) -> None:
+    with db_session() as session:
+        waiting = Job(type="text2img", model="cold", params={}, created_at=utcnow() - timedelta(seconds=60))
+        session.add(waiting)
+    try:
+        assert (
+            route(settings.model_copy(update={"affinity_max_wait_s": 120}), "text2img", MODEL)
+            != settings.queue
+        )
+        assert (
+            route(settings.model_copy(update={"affinity_max_wait_s": 30}), "text2img", MODEL)
+            == settings.queue
+        )
+        # Training jobs wait in their own queue: they don't hold generation back.
+        with db_session() as session:
+            session.execute(update(Job).where(Job.id == waiting.id).values(type="train_lora"))
+        assert (
+            route(settings.model_copy(update={"affinity_max_wait_s": 30}), "text2img", MODEL)
+            != settings.queue
+        )
+    finally:
+        with db_session() as session:
+            session.execute(delete(Job).where(Job.id == waiting.id))
 
 
 def test_least_busy_warm_worker_wins(settings: Settings, workers: list[str]) -> None:
