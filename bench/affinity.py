@@ -7,9 +7,9 @@ to end, and submits the next. The same job list runs once with affinity off (eve
 queue) and once with it on, alternating for `--rounds` rounds, in this one process run. Before each
 phase both workers load a fourth model, so every phase starts from the same cold caches.
 
-The gain depends on how a load compares with a run: the default of 4 steps makes a tiny-sd job take
-about as long as loading tiny-sd, as a 25-step SD job on a GPU takes about as long as loading SD onto it.
-The script prints both, measured.
+The gain depends on how a load compares with a run: the more a load costs next to a job, the more
+affinity saves. The script prints both, measured: with tiny models on a CPU a load takes about a third
+of a job; loading a real Stable Diffusion onto a GPU takes about as long as a 25-step job, or longer.
 
 Needs the machine's Postgres and Redis; uses its own database (diffq_bench_affinity) and Redis db 12
 (`DIFFQ_BENCH_REDIS_DB`).

@@ -5,6 +5,7 @@ reserves one task at a time, and a task whose worker dies is handed back to the 
 Which queue a job goes to is decided in core/routing.py.
 """
 
+import logging
 import uuid
 from collections.abc import Iterable
 from functools import lru_cache
@@ -15,7 +16,9 @@ from kombu.exceptions import ChannelError
 from core.config import Settings, get_settings
 from core.db import db_session
 from core.models import Job
-from core.routing import pick_queue
+from core.routing import pick_queue, queue_for
+
+logger = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "diffq.run_job"
 
@@ -74,7 +77,11 @@ def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | Non
             if job is None:
                 raise ValueError(f"no job with id {job_id}")
             job_type, model = job.type, job.model
-        queue = pick_queue(session, settings, job_type, model, queue_depth)
+        try:
+            queue = pick_queue(session, settings, job_type, model, queue_depth)
+        except Exception:  # routing is an optimisation: a job must reach a queue regardless
+            logger.exception("could not route job %s by affinity; sending it to the shared queue", job_id)
+            queue = queue_for(job_type, settings)
     get_celery().send_task(
         RUN_JOB_TASK,
         args=[str(job_id)],

@@ -66,7 +66,10 @@ def _learn_node(sender: str, options: dict, **_: object) -> None:
 def _join_fleet(**_: object) -> None:
     if NODE.name is None:
         return
-    _register()
+    try:
+        _register()
+    except Exception:  # the heartbeat writes the row again; the worker works regardless
+        logger.exception("could not add worker %s to the workers table", NODE.name)
     threading.Thread(target=_heartbeat, name="diffq-fleet-heartbeat", daemon=True).start()
 
 

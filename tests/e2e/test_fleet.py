@@ -3,6 +3,8 @@ device labels on jobs, and what `GET /metrics` reports about all of it."""
 
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -115,10 +117,24 @@ def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:  # type
     main = {"worker": f"main@{HOST}"}
     assert grew("diffq_cache_hits_total", **main) + grew("diffq_cache_misses_total", **main) == 2
     assert grew("diffq_worker_jobs_total", **main) == 2
+    assert grew("diffq_worker_busy_seconds_total", **main) > 0
     # PNDM runs one step more than asked for: 4 per job.
     assert grew("diffq_denoising_steps_total", **main) == 8
     assert value(after, "diffq_denoising_steps_per_second", **main) > 0
     assert value(after, "diffq_worker_busy", **main) == 0
+
+
+def test_diffq_workers_lists_the_live_workers(one_model_worker) -> None:  # type: ignore[no-untyped-def]
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "workers", *args], capture_output=True, text=True, timeout=120
+        )
+
+    listed = run("--require", f"onemodel@{HOST}", "--require", f"main@{HOST}")
+    assert listed.returncode == 0, listed.stderr
+    assert f"onemodel@{HOST}\tcpu\t" in listed.stdout
+    missing = run("--require", "gpu7@nowhere")
+    assert missing.returncode == 1 and "not live: gpu7@nowhere" in missing.stderr
 
 
 def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_queue(client) -> None:  # type: ignore[no-untyped-def]
@@ -143,3 +159,22 @@ def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_
     finally:
         done = wait_finished(client, str(cold.id))
         assert done["error"]["code"] == "bad_model"  # no such model: the shared queue still ran it
+
+
+def test_a_worker_takes_its_direct_queue_then_generation_then_training(client, stack) -> None:  # type: ignore[no-untyped-def]
+    queues = {"DIFFQ_QUEUE": "diffq-test-order", "DIFFQ_TRAIN_QUEUE": "diffq-test-order-train"}
+    own = direct_queue(queues["DIFFQ_QUEUE"], f"order@{HOST}")
+    # Filled before the worker starts, oldest first: training, generation, direct.
+    sent = [
+        (queue, submit_to_queue(queue, text2img_spec(num_inference_steps=1, num_images=1)))
+        for queue in [queues["DIFFQ_TRAIN_QUEUE"], queues["DIFFQ_QUEUE"], own, queues["DIFFQ_QUEUE"], own]
+    ]
+    worker = WorkerProcess(stack.tmp / "order-worker.log", env=queues, name="order@%h")
+    try:
+        worker.wait_ready()
+        done = [(queue, wait_finished(client, str(job_id))) for queue, job_id in sent]
+    finally:
+        worker.stop()
+    assert all(job["status"] == "succeeded" for _, job in done)
+    order = [queue for queue, job in sorted(done, key=lambda pair: pair[1]["started_at"])]
+    assert order == [own, own, queues["DIFFQ_QUEUE"], queues["DIFFQ_QUEUE"], queues["DIFFQ_TRAIN_QUEUE"]]
