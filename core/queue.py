@@ -71,17 +71,18 @@ def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | Non
     id and, as its keyword arguments, the job's type and model (the row stays the only input).
     """
     settings = get_settings()
-    with db_session() as session:
-        if job_type is None:
+    if job_type is None:
+        with db_session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise ValueError(f"no job with id {job_id}")
             job_type, model = job.type, job.model
-        try:
+    try:
+        with db_session() as session:
             queue = pick_queue(session, settings, job_type, model, queue_depth)
-        except Exception:  # routing is an optimisation: a job must reach a queue regardless
-            logger.exception("could not route job %s by affinity; sending it to the shared queue", job_id)
-            queue = queue_for(job_type, settings)
+    except Exception:  # routing is an optimisation: a job must reach a queue regardless
+        logger.exception("could not route job %s by affinity; sending it to the shared queue", job_id)
+        queue = queue_for(job_type, settings)
     get_celery().send_task(
         RUN_JOB_TASK,
         args=[str(job_id)],

@@ -29,8 +29,8 @@ Why a cold model never starves: it goes to the shared queue, which every generat
 right after its direct queue. Once it has waited `DIFFQ_AFFINITY_MAX_WAIT_S`, no job is sent to a direct
 queue any more; each direct queue holds fewer than `DIFFQ_AFFINITY_MAX_BACKLOG` jobs, so within that many
 jobs every worker's direct queue is empty and the next free worker takes the oldest shared job. So a job
-waits at most `DIFFQ_AFFINITY_MAX_WAIT_S` plus `DIFFQ_AFFINITY_MAX_BACKLOG - 1` jobs per worker longer than
-it would without affinity.
+is overtaken by affinity only in its first `DIFFQ_AFFINITY_MAX_WAIT_S`, and after that by at most
+`DIFFQ_AFFINITY_MAX_BACKLOG - 1` jobs per worker.
 """
 
 import re
@@ -89,7 +89,7 @@ def pick_queue(
         return shared
     best = min(warm, key=lambda w: backlog[w.name])
     idle = [w for w in serving if backlog[w.name] == 0]
-    if backlog[best.name] and idle:
+    if backlog[best.name] and idle and queue_depth(shared) == 0:
         run_s = _mean_run_seconds(best)
         loads = [s for s in map(_mean_load_seconds, idle) if s is not None]
         if run_s is not None and loads and (backlog[best.name] - 0.5) * run_s >= min(loads):

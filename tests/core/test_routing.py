@@ -137,6 +137,8 @@ def test_busy_warm_worker_loses_to_an_idle_one_when_loading_is_quicker_than_wait
     update_worker(workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=50.0)  # 5 s a job
     update_worker(workers[1], cache_misses=4, cache_load_seconds=2.0)  # 0.5 s a load
     assert route(settings, "text2img", MODEL) == settings.queue
+    # Work waiting in the shared queue will keep the idle worker busy: wait for the warm one instead.
+    assert route(settings, "text2img", MODEL, {settings.queue: 1}) == direct_queue(settings.queue, workers[0])
 
 
 def test_busy_warm_worker_wins_when_loading_is_slower_than_waiting(
