@@ -232,6 +232,7 @@ def main() -> None:
     print(f"without affinity: {rate(False):6.2f} jobs/s  cache hit rate {hit_rate(False):.0%}")
     print(f"with affinity   : {rate(True):6.2f} jobs/s  cache hit rate {hit_rate(True):.0%}")
     print(f"ratio (with / without): {rate(True) / rate(False):.3f}")
+    shutil.rmtree(TMP, ignore_errors=True)  # kept, with the workers' logs, when a run fails
 
 
 if __name__ == "__main__":
