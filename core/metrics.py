@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
+from sqlalchemy import case, extract, func, select
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
@@ -39,7 +39,7 @@ def _seconds_between(session: Session, start: Any, end: Any) -> Any:
     """SQL for `end - start` in seconds, on Postgres and SQLite."""
     if session.get_bind().dialect.name == "sqlite":
         return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
+    return extract("epoch", end - start)
 
 
 def _histogram(
