@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from api.routes import batches, files, jobs, schedulers, uploads
+from api.routes import batches, files, jobs, metrics, schedulers, uploads
 
 app = FastAPI(
     title="diffq",
@@ -13,6 +13,7 @@ app.include_router(files.router)
 app.include_router(uploads.router)
 app.include_router(batches.router)
 app.include_router(schedulers.router)
+app.include_router(metrics.router)
 
 
 @app.get("/healthz", tags=["health"])

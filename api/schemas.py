@@ -37,6 +37,7 @@ class JobPublic(BaseModel):
     error: JobError | None
     attempts: int
     worker: str | None
+    device: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -60,6 +61,7 @@ class JobPublic(BaseModel):
             error=JobError(**job.error) if job.error else None,
             attempts=job.attempts,
             worker=job.worker,
+            device=job.device,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,26 +28,118 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run("api.main:app", host=host, port=port)
 
 
+class Serve(StrEnum):
+    generation = "generation"
+    training = "training"
+    both = "both"
+
+
 @app.command()
 def worker(
     loglevel: str = "INFO",
-    queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: DIFFQ_QUEUE).")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="'all' or device ids like '0,2': one worker process per CUDA device, each named gpuN@host "
+            "(with no GPU, 'all' runs one CPU worker). Without it: one worker on DIFFQ_DEVICE."
+        ),
+    ] = None,
+    serve: Annotated[
+        Serve,
+        typer.Option(help="Jobs to take: generation (DIFFQ_QUEUE), training (DIFFQ_TRAIN_QUEUE) or both."),
+    ] = Serve.both,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues to consume instead of those --serve picks.")
+    ] = None,
     name: Annotated[str, typer.Option(help="Celery node name.")] = "diffq@%h",
 ) -> None:
-    """Start a worker that runs jobs, one at a time."""
+    """Start a worker that runs jobs, one at a time (or, with --gpus, one such worker per GPU)."""
+    if gpus is not None:
+        import logging
+
+        from workers.supervisor import Supervisor, detect_gpus, parse_gpus, plan_workers
+
+        logging.basicConfig(
+            level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s"
+        )
+
+        worker_args = ["--serve", serve.value, "--loglevel", loglevel]
+        if queues:
+            worker_args += ["--queues", queues]
+        try:
+            specs = plan_workers(parse_gpus(gpus), detect_gpus(), worker_args, dict(os.environ))
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--gpus") from None
+        raise typer.Exit(Supervisor(specs).run())
+
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from core.routing import worker_queues
     from workers.celery_app import app as celery_app
 
-    celery_app.worker_main(
+    node = host_format(default_nodename(name))
+    consumed = queues.split(",") if queues else worker_queues(serve.value, node, get_settings())
+    status = celery_app.start(
         [
             "worker",
             f"--loglevel={loglevel}",
-            f"--queues={queues or get_settings().queue}",
+            f"--queues={','.join(consumed)}",
             "--concurrency=1",
             "--pool=prefork",
-            f"--hostname={name}",
+            f"--hostname={node}",
             "--task-events",
         ]
     )
+    raise typer.Exit(status or 0)
+
+
+@app.command()
+def workers(
+    require: Annotated[
+        list[str] | None,
+        typer.Option(help="A worker node name (gpu0@host) that must be live; exit 1 if one is not."),
+    ] = None,
+) -> None:
+    """List the live workers: device, busy or idle, loaded models, cache hits and misses."""
+    from core.db import db_session
+    from core.fleet import live_workers, resident_models
+
+    with db_session() as session:
+        live = live_workers(session, get_settings().worker_stale_s)
+    for row in live:
+        state = f"busy with {row.current_job}" if row.current_job else "idle"
+        models = ", ".join(sorted(resident_models(row))) or "-"
+        typer.echo(
+            f"{row.name}\t{row.device}\t{state}\tmodels: {models}\t"
+            f"cache hits {row.cache_hits} misses {row.cache_misses}\tjobs {row.jobs_run}"
+        )
+    missing = set(require or []) - {row.name for row in live}
+    if missing:
+        typer.echo(f"not live: {', '.join(sorted(missing))}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def flower(
+    address: str = "127.0.0.1",
+    port: int = 5555,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Run without basic auth (local use only).")
+    ] = False,
+) -> None:
+    """Start Flower against the broker, behind basic auth from DIFFQ_FLOWER_USER / DIFFQ_FLOWER_PASSWORD."""
+    from core.queue import get_celery
+
+    settings = get_settings()
+    argv = ["flower", f"--address={address}", f"--port={port}"]
+    if settings.flower_user and settings.flower_password:
+        argv.append(f"--basic-auth={settings.flower_user}:{settings.flower_password}")
+    elif not no_auth:
+        raise typer.BadParameter(
+            "set DIFFQ_FLOWER_USER and DIFFQ_FLOWER_PASSWORD, or pass --no-auth to run Flower open",
+            param_hint="--no-auth",
+        )
+    get_celery().start(argv)
 
 
 @app.command()

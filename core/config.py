@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     broker_url: str = ""
     storage_url: str = ""
     s3_endpoint_url: str | None = None
+    # The endpoint put in presigned URLs, when clients reach the store at another address than the API
+    # and workers do (MinIO inside docker compose: http://minio:9000 inside, http://localhost:9000 outside).
+    s3_public_endpoint_url: str | None = None
     models_dir: Path = Path()
 
     # Public base URL of the API, used for links to locally stored files outside a request.
@@ -37,7 +40,6 @@ class Settings(BaseSettings):
     # Worker behaviour.
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     dtype: str = "auto"  # "auto" (fp16 on CUDA, fp32 on CPU), "float32", "float16", "bfloat16"
-    pipeline_cache_size: int = 2
     progress_min_interval_s: float = Field(default=0.5, ge=0)
     # Between progress writes, a running job reads its own status at most this often, so that a cancel
     # stops it within a step or two; 0 checks at every step.
@@ -51,7 +53,34 @@ class Settings(BaseSettings):
     # The reconciler sends a queued job again when the broker has not accepted its message this
     # long after it was queued (the send failed, or the sender died before recording it).
     resend_after_s: float = Field(default=30, ge=0)
+    # Generation jobs go to `queue`, training jobs to `train_queue` (see core/routing.py), so that a
+    # worker serving only generation is never held up behind a long training run.
     queue: str = "diffq"
+    train_queue: str = "diffq-train"
+
+    # The pipeline cache. Its budget is what loaded pipelines may take: `cache_budget_mb` when set, else
+    # `cache_memory_fraction` of the device's memory (VRAM on a GPU, RAM on the CPU). `pipeline_cache_size`
+    # also caps how many pipelines stay loaded; 0 leaves that to the budget alone.
+    cache_budget_mb: float = Field(default=0, ge=0)
+    cache_memory_fraction: float = Field(default=0.6, gt=0, le=1)
+    pipeline_cache_size: int = Field(default=0, ge=0)
+
+    # The worker fleet. `device_label` names the device on each job (set by `diffq worker --gpus`);
+    # each worker writes its row in the `workers` table every `worker_heartbeat_s`, and a row older than
+    # `worker_stale_s` counts as a worker that is gone.
+    device_label: str = ""
+    worker_heartbeat_s: float = Field(default=5, gt=0)
+    worker_stale_s: float = Field(default=30, gt=0)
+    # Model affinity: send a job to a worker that has its model loaded, as long as that worker has
+    # fewer than `affinity_max_backlog` jobs running or waiting for it; otherwise to the shared queue.
+    # A job queued longer than `affinity_max_wait_s` stops affinity from sending later jobs past it.
+    affinity: bool = True
+    affinity_max_backlog: int = Field(default=2, ge=1)
+    affinity_max_wait_s: float = Field(default=30, ge=0)
+
+    # Flower's basic auth (`diffq flower` refuses to start without it, unless told `--no-auth`).
+    flower_user: str = ""
+    flower_password: str = ""
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":

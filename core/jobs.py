@@ -37,8 +37,9 @@ def _claimable(now: Any) -> Any:
     )
 
 
-def claim_job(job_id: uuid.UUID, worker: str) -> Job | None:
-    """Take a job for `worker` and start a new attempt; None if it is not this worker's to run.
+def claim_job(job_id: uuid.UUID, worker: str, device: str | None = None) -> Job | None:
+    """Take a job for `worker` on `device` and start a new attempt; None if it is not this
+    worker's to run.
 
     A job whose attempts are used up is failed with `worker_lost` instead of being run again.
     """
@@ -51,6 +52,7 @@ def claim_job(job_id: uuid.UUID, worker: str) -> Job | None:
             .values(
                 status=JobStatus.RUNNING,
                 worker=worker,
+                device=device,
                 attempts=Job.attempts + 1,
                 lease_expires_at=lease_until(),
                 started_at=now,

@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Uuid
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -43,6 +43,8 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     # When the broker last accepted this job's message; None while it has not (see core.reconcile).
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The device the job ran on, as its worker names it: "cuda:2 (NVIDIA H100 80GB HBM3)" or "cpu".
+    device: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -66,3 +68,33 @@ class Batch(Base):
     source: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerNode(Base):
+    """One worker process of the fleet, as it last reported itself (see core/fleet.py).
+
+    The API reads these rows for `/metrics` and for model affinity: it cannot see a worker's memory, so
+    each worker writes what it has loaded here, at every job and every heartbeat.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # the Celery node name, gpu0@host
+    device: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    pid: Mapped[int] = mapped_column(Integer)
+    current_job: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    current_model: Mapped[str | None] = mapped_column(String(512))
+    # [{"model": reference, "bytes": n}, ...], least recently used first.
+    resident: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    cache_budget_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    cache_hits: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_misses: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_evictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_load_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    jobs_run: Mapped[int] = mapped_column(BigInteger, default=0)
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # from claim to finish, loads included
+    denoising_steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    denoising_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

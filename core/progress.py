@@ -57,6 +57,7 @@ class ProgressReporter:
             "total": self.total,
             "fraction": round(step / self.total, 4) if self.total else 1.0,
             "eta_s": round(eta, 2) if eta is not None else None,
+            "steps_per_s": round(step / elapsed, 3) if step and elapsed > 0 else None,
             **extra,
         }
 

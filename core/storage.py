@@ -85,7 +85,14 @@ class LocalStorage:
 class S3Storage:
     """Objects in an S3-compatible bucket; URLs are presigned GETs."""
 
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, expires_s: int) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        endpoint_url: str | None,
+        expires_s: int,
+        public_endpoint_url: str | None = None,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
@@ -99,6 +106,12 @@ class S3Storage:
             s3={"addressing_style": "path" if endpoint_url else "auto"},
         )
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+        # Presigning makes no request; a client for the public address signs URLs for that host.
+        self.presign_client = (
+            boto3.client("s3", endpoint_url=public_endpoint_url, config=config)
+            if public_endpoint_url
+            else self.client
+        )
 
     def object_key(self, key: str) -> str:
         key = _clean_key(key)
@@ -131,7 +144,7 @@ class S3Storage:
         self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def url(self, key: str, base_url: str | None = None) -> str:
-        return self.client.generate_presigned_url(
+        return self.presign_client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.object_key(key)},
             ExpiresIn=self.expires_s,
@@ -151,7 +164,13 @@ def make_storage(settings: Settings) -> Storage:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"DIFFQ_STORAGE_URL {settings.storage_url!r} names no bucket")
-        return S3Storage(parsed.netloc, parsed.path, settings.s3_endpoint_url, settings.presign_expires_s)
+        return S3Storage(
+            parsed.netloc,
+            parsed.path,
+            settings.s3_endpoint_url,
+            settings.presign_expires_s,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+        )
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.path)), settings.public_url)
     raise ValueError(f"DIFFQ_STORAGE_URL {settings.storage_url!r} must start with s3:// or file://")

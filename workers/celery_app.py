@@ -7,4 +7,5 @@ from core.queue import get_celery
 
 app = get_celery()
 
+import workers.fleet  # noqa: E402,F401  (connects the worker's fleet signals)
 import workers.tasks  # noqa: E402,F401  (registers the tasks on `app`)

@@ -1,4 +1,5 @@
-"""The worker's pipeline cache: a job on a model that is already loaded does not reload it.
+"""The worker's pipeline cache: a job on a model that is already loaded does not reload it, and the
+loaded pipelines fit the cache budget (`DIFFQ_CACHE_BUDGET_MB`, or a share of the device's memory).
 
 A model is cached once, whichever task loaded it; each job then gets a pipeline of its own for its
 task (`pipeline_for_task`) around the cached modules, with a scheduler of its own, so that one job's
@@ -14,12 +15,18 @@ from core.config import get_settings
 from core.schedulers import make_scheduler
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype, pipeline_for_task
+from models_store.memory import cache_budget_bytes, estimate_folder_bytes
 from models_store.resolve import resolve_model
 
 
 @lru_cache
 def get_cache() -> PipelineCache:
-    return PipelineCache(max_items=get_settings().pipeline_cache_size)
+    settings = get_settings()
+    device, _dtype = device_and_dtype()
+    return PipelineCache(
+        max_items=settings.pipeline_cache_size or None,
+        budget_bytes=cache_budget_bytes(device, settings.cache_budget_mb, settings.cache_memory_fraction),
+    )
 
 
 @lru_cache
@@ -35,7 +42,13 @@ def get_base_pipeline(model_ref: str, task: str) -> Any:
     folder = resolve_model(model_ref, settings.models_dir)
     device, dtype = device_and_dtype()
     key = (str(folder), str(device), str(dtype))
-    return get_cache().get_or_load(key, lambda: load_pipeline(folder, task, device, dtype))
+    return get_cache().get_or_load(
+        key,
+        lambda: load_pipeline(folder, task, device, dtype),
+        estimate_bytes=estimate_folder_bytes(folder, dtype),
+        # The model reference, as jobs name it: the fleet's affinity routing matches jobs on it.
+        tag=model_ref,
+    )
 
 
 def get_pipeline(model_ref: str, task: str, scheduler: str | None = None) -> Any:

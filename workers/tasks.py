@@ -3,6 +3,7 @@
 import logging
 import uuid
 
+import torch
 from billiard.einfo import ExceptionWithTraceback
 from celery import Task
 from celery.exceptions import WorkerLostError
@@ -16,8 +17,10 @@ from core.models import JobStatus
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
 from workers.celery_app import app
+from workers.fleet import device_label, running
 from workers.job_run import JobRun
 from workers.lease import hold_lease
+from workers.oom import run_with_oom_retry
 from workers.runners import RUNNERS
 
 logger = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ def error_for(exc: BaseException) -> dict[str, str]:
     """The `error` recorded on a job that raised `exc`."""
     if isinstance(exc, JobError):
         return exc.as_dict()
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower():
         return {
             "code": "out_of_memory",
             "message": f"the device ran out of memory ({exc}); try fewer or smaller images",
@@ -66,30 +69,34 @@ class RunJobRequest(Request):
 
 @app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest)
 def run_job(self: Task, job_id: str) -> str:
-    job = claim_job(uuid.UUID(job_id), worker=self.request.hostname or "worker")
+    job = claim_job(uuid.UUID(job_id), worker=self.request.hostname or "worker", device=device_label())
     if job is None:
         # Already taken, finished or canceled: a duplicate delivery must not run it again.
         logger.info("job %s is not queued; skipping this delivery", job_id)
         return "skipped"
     run = JobRun.from_job(job)
-    try:
-        runner = RUNNERS.get(job.type)
-        if runner is None:
-            raise JobError(f"this worker has no runner for job type '{job.type}'", code="bad_input")
-        with hold_lease(job.id, job.attempts, run.settings.lease_s):
-            outputs = runner(run)
-    except JobCanceled:
-        # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
-        logger.info("job %s was canceled or taken over while running; stopped", job_id)
-        if run.reporter is not None:
-            record_canceled_progress(job.id, run.reporter.current)
-        return JobStatus.CANCELED
-    except Exception as exc:
-        logger.exception("job %s failed", job_id)
-        progress = run.reporter.current if run.reporter else None
-        finish_job(job.id, job.attempts, JobStatus.FAILED, error=error_for(exc), progress=progress)
-        return JobStatus.FAILED
+    outputs: list[dict] = []
+    error: dict[str, str] | None = None
+    # The worker's row says what it has loaded before the job is seen to end (core/fleet.py).
+    with running(job, run), hold_lease(job.id, job.attempts, run.settings.lease_s):
+        try:
+            runner = RUNNERS.get(job.type)
+            if runner is None:
+                raise JobError(f"this worker has no runner for job type '{job.type}'", code="bad_input")
+            outputs = run_with_oom_retry(runner, run)
+        except JobCanceled:
+            # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
+            logger.info("job %s was canceled or taken over while running; stopped", job_id)
+            if run.reporter is not None:
+                record_canceled_progress(job.id, run.reporter.current)
+            return JobStatus.CANCELED
+        except Exception as exc:
+            logger.exception("job %s failed", job_id)
+            error = error_for(exc)
     progress = run.reporter.current if run.reporter else None
+    if error is not None:
+        finish_job(job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
+        return JobStatus.FAILED
     if not finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress):
         if job_status(job.id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.

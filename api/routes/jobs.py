@@ -39,7 +39,7 @@ def create_job(
     session.add(job)
     session.commit()
     try:
-        enqueue_job(job.id)
+        enqueue_job(job.id, job.type, job.model)
     except Exception:
         # The row is the source of truth; a job that never reached the broker is requeued later.
         logger.exception("could not enqueue job %s", job.id)

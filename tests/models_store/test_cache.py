@@ -120,3 +120,84 @@ def test_concurrent_requests_load_once() -> None:
 def test_max_items_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PipelineCache(max_items=0)
+
+
+class Sized(Model):
+    def __init__(self, name: str, nbytes: int) -> None:
+        super().__init__(name)
+        self.nbytes = nbytes
+
+
+def sized_cache(budget_bytes: int, max_items: int | None = None) -> PipelineCache:
+    return PipelineCache(max_items=max_items, budget_bytes=budget_bytes, size_of=lambda value: value.nbytes)
+
+
+def test_budget_evicts_least_recently_used_until_the_new_one_fits() -> None:
+    cache = sized_cache(budget_bytes=100)
+    cache.get_or_load("a", lambda: Sized("a", 40), estimate_bytes=40)
+    cache.get_or_load("b", lambda: Sized("b", 40), estimate_bytes=40)
+    cache.get_or_load("a", lambda: Sized("a", 40))  # a is now the most recently used
+    cache.get_or_load("c", lambda: Sized("c", 50), estimate_bytes=50)  # 130 > 100: b goes
+    assert cache.resident() == ["a", "c"]
+    cache.get_or_load("d", lambda: Sized("d", 90), estimate_bytes=90)  # both others go
+    stats = cache.stats()
+    assert stats.resident == [("d", 90)] and stats.resident_bytes == 90 and stats.budget_bytes == 100
+    assert (stats.hits, stats.misses, stats.evictions) == (1, 4, 3)
+
+
+def test_budget_evicts_before_loading_when_the_estimate_does_not_fit() -> None:
+    cache = sized_cache(budget_bytes=100)
+    first = weakref.ref(cache.get_or_load("a", lambda: Sized("a", 60)))
+    seen_during_load: list[bool] = []
+
+    def load_b() -> Sized:
+        seen_during_load.append(first() is None)
+        return Sized("b", 60)
+
+    cache.get_or_load("b", load_b, estimate_bytes=60)
+    assert seen_during_load == [True]
+
+
+def test_budget_evicts_after_loading_when_the_estimate_was_low() -> None:
+    cache = sized_cache(budget_bytes=100)
+    cache.get_or_load("a", lambda: Sized("a", 60))
+    cache.get_or_load("b", lambda: Sized("b", 60), estimate_bytes=10)  # it turned out bigger
+    assert cache.resident() == ["b"]
+    assert cache.stats().evictions == 1
+
+
+def test_an_object_over_the_whole_budget_is_kept_alone(caplog: pytest.LogCaptureFixture) -> None:
+    cache = sized_cache(budget_bytes=100)
+    cache.get_or_load("a", lambda: Sized("a", 30))
+    big = cache.get_or_load("big", lambda: Sized("big", 500), estimate_bytes=500, tag="big-model")
+    assert cache.resident() == ["big"] and big.name == "big"
+    assert "more than the whole cache budget" in caplog.text
+    assert cache.get_or_load("big", lambda: Sized("big", 500)) is big  # and it stays cached
+
+
+def test_tags_name_the_entries_in_stats() -> None:
+    cache = sized_cache(budget_bytes=100)
+    cache.get_or_load(("/models/tiny-sd", "text2img"), lambda: Sized("a", 10), tag="tiny-sd")
+    cache.get_or_load("untagged", lambda: Sized("b", 20))
+    assert cache.stats().resident == [("tiny-sd", 10), ("untagged", 20)]
+
+
+def test_item_cap_and_budget_apply_together() -> None:
+    cache = sized_cache(budget_bytes=1000, max_items=2)
+    for name in "abc":
+        cache.get_or_load(name, lambda name=name: Sized(name, 1))
+    assert cache.resident() == ["b", "c"]
+
+
+def test_clear_counts_evictions_and_empties_stats() -> None:
+    cache = sized_cache(budget_bytes=100)
+    cache.get_or_load("a", lambda: Sized("a", 10))
+    cache.get_or_load("b", lambda: Sized("b", 10))
+    cache.clear()
+    stats = cache.stats()
+    assert stats.resident == [] and stats.resident_bytes == 0 and stats.evictions == 2
+
+
+def test_budget_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="budget_bytes must be at least 1"):
+        PipelineCache(budget_bytes=0)

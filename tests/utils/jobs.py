@@ -2,6 +2,7 @@
 
 import io
 import time
+import uuid
 from typing import Any
 
 from PIL import Image
@@ -56,3 +57,16 @@ def wait_batch_done(client: Client, batch_id: str, timeout: float = 300) -> dict
             return batch
         time.sleep(0.1)
     raise TimeoutError(f"batch {batch_id} did not finish in {timeout}s: {client.batch(batch_id)}")
+
+
+def submit_to_queue(queue: str, spec: dict[str, Any]) -> uuid.UUID:
+    """Write a job row and send its task to `queue`, as the API does for the queue it picks."""
+    from core.db import db_session
+    from core.models import Job
+    from core.queue import RUN_JOB_TASK, get_celery
+
+    with db_session() as session:
+        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
+        session.add(job)
+    get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
+    return job.id

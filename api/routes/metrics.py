@@ -1,0 +1,14 @@
+"""Prometheus metrics: jobs by status, queue depths, job duration and time in queue, the workers' caches
+and denoising rate. What each number means and where it comes from: core/metrics.py."""
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from core.metrics import get_registry
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", response_class=Response)
+def metrics() -> Response:
+    return Response(generate_latest(get_registry()), media_type=CONTENT_TYPE_LATEST)

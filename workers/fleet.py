@@ -1,0 +1,146 @@
+"""This worker as a member of the fleet: its device label, and its row in the `workers` table.
+
+Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues;
+`worker_process_init` (in the pool process, which runs the jobs and holds the pipeline cache) writes the
+row and starts a heartbeat thread; `worker_process_shutdown` removes the row. Around each job, `running`
+marks the worker busy with the job's model, then writes the cache's state and the job's denoising rate.
+"""
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
+
+from core.config import get_settings
+from core.fleet import record_finished_job, register_worker, remove_worker, update_worker
+from core.models import Job
+from workers.job_run import JobRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    name: str | None = None
+    queues: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+NODE = Node()
+
+
+@lru_cache
+def device_label() -> str:
+    """What jobs record as their device: `DIFFQ_DEVICE_LABEL`, else e.g. "cuda:0 (NVIDIA L4)" or "cpu"."""
+    settings = get_settings()
+    if settings.device_label:
+        return settings.device_label
+    import torch
+
+    from workers.pipelines import device_and_dtype
+
+    try:
+        device, _dtype = device_and_dtype()
+    except ValueError:  # a bad DIFFQ_DEVICE; the job's run reports it
+        return settings.device
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
+@celeryd_init.connect
+def _learn_node(sender: str, options: dict, **_: object) -> None:
+    NODE.name = sender
+    queues = options.get("queues") or [get_settings().queue]
+    NODE.queues = queues.split(",") if isinstance(queues, str) else list(queues)
+
+
+@worker_process_init.connect
+def _join_fleet(**_: object) -> None:
+    if NODE.name is None:
+        return
+    try:
+        _register()
+    except Exception:  # the heartbeat writes the row again; the worker works regardless
+        logger.exception("could not add worker %s to the workers table", NODE.name)
+    threading.Thread(target=_heartbeat, name="diffq-fleet-heartbeat", daemon=True).start()
+
+
+@worker_process_shutdown.connect
+def _leave_fleet(**_: object) -> None:
+    if NODE.name is None:
+        return
+    NODE.stop.set()
+    try:
+        remove_worker(NODE.name)
+    except Exception:
+        logger.exception("could not remove worker %s from the workers table", NODE.name)
+
+
+def _register() -> None:
+    from workers.pipelines import get_cache
+
+    assert NODE.name is not None
+    register_worker(
+        NODE.name, device_label(), NODE.queues, os.getpid(), cache_budget_bytes=get_cache().budget_bytes
+    )
+
+
+def _heartbeat() -> None:
+    interval = get_settings().worker_heartbeat_s
+    while not NODE.stop.wait(interval):
+        try:
+            if not update_worker(NODE.name):
+                _register()  # someone removed the row: write it again
+        except Exception:
+            logger.exception("worker heartbeat failed; trying again in %ss", interval)
+
+
+@contextmanager
+def running(job: Job, run: JobRun) -> Iterator[None]:
+    """Mark this worker busy with `job` while the block runs, then record the cache and the job's rate."""
+    if NODE.name is None:  # not started as a worker (a task run in-process)
+        yield
+        return
+    try:
+        update_worker(NODE.name, current_job=job.id, current_model=job.model)
+    except Exception:  # the fleet's view is best effort; the job runs regardless
+        logger.exception("could not mark worker %s busy with job %s", NODE.name, job.id)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        _record_job(run, time.monotonic() - started)
+
+
+def _record_job(run: JobRun, busy_seconds: float) -> None:
+    from workers.pipelines import get_cache
+
+    assert NODE.name is not None
+    stats = get_cache().stats()
+    progress = run.reporter.current if run.reporter else {}
+    steps = progress.get("step") or 0
+    rate = progress.get("steps_per_s")
+    try:
+        record_finished_job(
+            NODE.name,
+            busy_seconds=busy_seconds,
+            steps=steps if rate else 0,
+            seconds=steps / rate if rate else 0.0,
+            current_job=None,
+            current_model=None,
+            resident=[{"model": tag, "bytes": nbytes} for tag, nbytes in stats.resident],
+            cache_hits=stats.hits,
+            cache_misses=stats.misses,
+            cache_evictions=stats.evictions,
+            cache_load_seconds=stats.load_seconds,
+        )
+    except Exception:
+        logger.exception("could not record job %s on worker %s", run.job_id, NODE.name)
