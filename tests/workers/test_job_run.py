@@ -41,6 +41,7 @@ def test_progress_total_is_known_before_the_run(  # type: ignore[no-untyped-def]
             "total": total,
             "fraction": 0.0,
             "eta_s": None,
+            "steps_per_s": None,
         }
 
 
