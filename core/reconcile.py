@@ -27,8 +27,9 @@ from sqlalchemy import select, update
 from core.config import get_settings
 from core.db import db_session
 from core.jobs import expired_jobs, requeue_or_fail
-from core.models import Job, JobStatus, utcnow
+from core.models import Job, JobStatus, WorkerNode, utcnow
 from core.queue import enqueue_jobs, get_celery
+from core.routing import direct_queue
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,36 @@ def send_unsent(queued_before: datetime | None) -> int:
     return len(job_ids)
 
 
+def rescue_direct_queues(app: Celery) -> int:
+    """Move the messages left in the direct queues of workers that are gone (no heartbeat for
+    DIFFQ_WORKER_STALE_S) to the shared queues; return how many jobs were sent again.
+
+    Affinity routing sends a job to one worker's own queue; if that worker never comes back under
+    its name, nothing else reads that queue. A worker restarted under the same name takes them itself.
+    """
+    settings = get_settings()
+    stale_before = utcnow() - timedelta(seconds=settings.worker_stale_s)
+    with db_session() as session:
+        gone = session.scalars(select(WorkerNode).where(WorkerNode.last_seen < stale_before)).all()
+        queues = [direct_queue(settings.queue, worker.name) for worker in gone]
+    job_ids: list[uuid.UUID] = []
+    with app.connection_for_write() as connection:
+        for queue in queues:
+            with connection.SimpleQueue(queue, no_ack=True) as stranded:
+                while True:
+                    try:
+                        message = stranded.get(block=False)
+                    except stranded.Empty:
+                        break
+                    args = message.payload[0] if message.payload else []
+                    if args:
+                        job_ids.append(uuid.UUID(args[0]))
+    if job_ids:
+        logger.warning("moving %d jobs from the queues of workers that are gone", len(job_ids))
+        enqueue_jobs(job_ids)
+    return len(job_ids)
+
+
 def reconcile_once(watch: BrokerWatch = BROKER_WATCH, resend_queued: bool = False) -> dict[str, int]:
     """One pass. `resend_queued` sends every queued job again, as after a broker loss: for an
     operator who knows the broker lost messages that its marker could not tell."""
@@ -125,4 +156,5 @@ def reconcile_once(watch: BrokerWatch = BROKER_WATCH, resend_queued: bool = Fals
         logger.warning("%s: sending all %d queued jobs again", why, lost)
     resend_after = timedelta(seconds=get_settings().resend_after_s)
     counts["resent"] = send_unsent(None if forgot or resend_queued else utcnow() - resend_after)
+    counts["rescued"] = rescue_direct_queues(get_celery())
     return counts

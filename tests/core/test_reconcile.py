@@ -128,3 +128,34 @@ def test_broker_watch_on_the_filesystem_broker(tmp_path) -> None:  # type: ignor
     for message in (tmp_path / "broker" / "queue").iterdir():
         message.unlink()  # the broker's folder emptied
     assert watch.broker_forgot(app)
+
+
+def test_jobs_left_in_a_gone_workers_direct_queue_go_to_the_shared_queue(  # type: ignore[no-untyped-def]
+    queue, new_job, broker
+) -> None:
+    from core.models import WorkerNode
+    from core.queue import RUN_JOB_TASK
+    from core.reconcile import rescue_direct_queues
+    from core.routing import direct_queue
+
+    name = f"gone-{uuid.uuid4().hex[:6]}@host"
+    direct = direct_queue(queue, name)
+    with db_session() as session:
+        session.add(
+            WorkerNode(
+                name=name, device="cpu", queues=[direct, queue], pid=1,
+                last_seen=utcnow() - timedelta(seconds=get_settings().worker_stale_s + 5),
+            )
+        )  # fmt: skip
+    job_id = new_job()
+    get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=direct)
+    client = redis.Redis.from_url(broker)
+    assert client.llen(direct) == 1
+    try:
+        assert rescue_direct_queues(get_celery()) == 1
+        assert client.llen(direct) == 0
+        assert client.llen(queue) == 1
+        assert rescue_direct_queues(get_celery()) == 0  # nothing left to move
+    finally:
+        with db_session() as session:
+            session.execute(delete(WorkerNode).where(WorkerNode.name == name))
