@@ -2,14 +2,18 @@
 
 from fastapi import FastAPI
 
-from api.routes import files, jobs
+from api.routes import files, jobs, models, schedules, uploads
 
 app = FastAPI(
     title="diffq",
-    summary="A job queue for diffusion models: submit generation jobs, watch them run, fetch images.",
+    summary="A job queue for diffusion models: submit generation and training jobs, watch them run, "
+    "fetch images and models.",
 )
 app.include_router(jobs.router)
 app.include_router(files.router)
+app.include_router(uploads.router)
+app.include_router(models.router)
+app.include_router(schedules.router)
 
 
 @app.get("/healthz", tags=["health"])

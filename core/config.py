@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_s: float = Field(default=15, gt=0)
     queue: str = "diffq"
+    # Training jobs go to their own queue when this is set, so that GPU workers sized for training
+    # consume them; unset, they share `queue` with generation jobs.
+    train_queue: str = ""
+    # The most an uploaded dataset zip may unpack to (training data is held in memory).
+    max_dataset_bytes: int = 4 * 1024**3
+    # How often `diffq beat` looks for due schedules.
+    schedule_interval_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":

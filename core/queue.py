@@ -10,6 +10,9 @@ from functools import lru_cache
 from celery import Celery
 
 from core.config import Settings, get_settings
+from core.db import db_session
+from core.models import Job
+from core.specs import TRAINING_TYPES
 
 RUN_JOB_TASK = "diffq.run_job"
 
@@ -49,6 +52,20 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: uuid.UUID) -> None:
-    """Hand a committed job to the broker. Call only after the job row is committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=get_settings().queue)
+def queue_for(job_type: str | None) -> str:
+    """The queue a job of `job_type` goes to: `DIFFQ_TRAIN_QUEUE` for training if set, else `DIFFQ_QUEUE`."""
+    settings = get_settings()
+    if job_type in TRAINING_TYPES and settings.train_queue:
+        return settings.train_queue
+    return settings.queue
+
+
+def enqueue_job(job_id: uuid.UUID, job_type: str | None = None) -> None:
+    """Hand a committed job to the broker. Call only after the job row is committed.
+
+    Without `job_type` the job is looked up, so that a requeued training job finds its queue again.
+    """
+    if job_type is None and get_settings().train_queue:
+        with db_session() as session:
+            job_type = session.get_one(Job, job_id).type
+    get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue_for(job_type))

@@ -17,6 +17,8 @@ class Storage(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def url(self, key: str, base_url: str | None = None) -> str: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, key: str) -> None: ...
 
 
 def _clean_key(key: str) -> str:
@@ -55,6 +57,20 @@ class LocalStorage:
     def url(self, key: str, base_url: str | None = None) -> str:
         base = (base_url or self.public_url).rstrip("/")
         return f"{base}/v1/files/{quote(_clean_key(key))}"
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under the folder `prefix`, sorted; half-written files are left out."""
+        folder = self.path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix()
+            for path in folder.rglob("*")
+            if path.is_file() and not path.name.endswith(".part")
+        )
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
 
 class S3Storage:
@@ -102,12 +118,46 @@ class S3Storage:
             raise
         return True
 
+    def list(self, prefix: str) -> list[str]:
+        """Keys under the folder `prefix`, sorted."""
+        folder = self.object_key(prefix) + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+            keys += [item["Key"][strip:] for item in page.get("Contents", [])]
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
     def url(self, key: str, base_url: str | None = None) -> str:
         return self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.object_key(key)},
             ExpiresIn=self.expires_s,
         )
+
+
+def put_folder(storage: Storage, folder: Path, prefix: str) -> list[str]:
+    """Upload every file under `folder` to `prefix/<relative path>`; return the keys written."""
+    keys = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        storage.put(key, path.read_bytes())
+        keys.append(key)
+    return keys
+
+
+def get_folder(storage: Storage, prefix: str, folder: Path, keys: list[str] | None = None) -> list[Path]:
+    """Download the files under `prefix` (or just `keys`) into `folder`, keeping their relative paths."""
+    paths = []
+    for key in keys if keys is not None else storage.list(prefix):
+        relative = key.removeprefix(f"{_clean_key(prefix)}/")
+        path = Path(folder) / _clean_key(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(storage.get(key))
+        paths.append(path)
+    return paths
 
 
 def make_storage(settings: Settings) -> Storage:

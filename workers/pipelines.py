@@ -8,7 +8,7 @@ import torch
 from core.config import get_settings
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype
-from models_store.resolve import resolve_model
+from models_store.registry import resolve_job_model
 
 
 @lru_cache
@@ -25,7 +25,7 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
 
 def get_pipeline(model_ref: str, task: str) -> Any:
     settings = get_settings()
-    folder = resolve_model(model_ref, settings.models_dir)
+    folder = resolve_job_model(model_ref, settings.models_dir)
     device, dtype = device_and_dtype()
     key = (str(folder), task, str(device), str(dtype))
     return get_cache().get_or_load(key, lambda: load_pipeline(folder, task, device, dtype))

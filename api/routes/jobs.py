@@ -6,13 +6,14 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from sqlalchemy import select
 
 from api.deps import SessionDep
-from api.schemas import JobPublic, JobsPublic
+from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
 from core.config import get_settings
-from core.model_refs import reference_problem
+from core.jobs import job_metrics
 from core.models import Job, JobStatus
 from core.queue import enqueue_job
-from core.specs import JobSpec, new_seed
+from core.specs import JobSpec
 from core.storage import get_storage
+from core.submit import Problem, job_from_spec, spec_problems
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -28,12 +29,16 @@ def public(job: Job, request: Request) -> JobPublic:
     return JobPublic.from_job(job, get_storage(), str(request.base_url))
 
 
-def check_model(ref: str) -> None:
-    problem = reference_problem(ref, get_settings().models_dir)
-    if problem:
+def check_spec(spec: JobSpec, loc: tuple[str, ...] = ("body",)) -> None:
+    """422 for what the spec's own validation can't see: unknown models, taken names, datasets."""
+    raise_problems(spec_problems(spec, get_settings().models_dir, get_storage()), loc)
+
+
+def raise_problems(problems: list[Problem], loc: tuple[str, ...]) -> None:
+    if problems:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["body", "model"], "msg": problem, "type": "unknown_model"}],
+            detail=[{"loc": [*loc, *where], "msg": msg, "type": kind} for where, msg, kind in problems],
         )
 
 
@@ -41,15 +46,12 @@ def check_model(ref: str) -> None:
 def create_job(
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE])], session: SessionDep, request: Request
 ) -> JobPublic:
-    check_model(spec.model)
-    params = spec.params.model_dump(mode="json")
-    if "seed" in params and params["seed"] is None:
-        params["seed"] = new_seed()  # recorded, so the job can be remade
-    job = Job(type=spec.type, model=spec.model, params=params, status=JobStatus.QUEUED)
+    check_spec(spec)
+    job = job_from_spec(spec)  # a seed left unset is picked and recorded, so the job can be remade
     session.add(job)
     session.commit()
     try:
-        enqueue_job(job.id)
+        enqueue_job(job.id, job.type)
     except Exception:
         # The row is the source of truth; a job that never reached the broker is requeued later.
         logger.exception("could not enqueue job %s", job.id)
@@ -64,6 +66,20 @@ def get_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPubl
     return public(job, request)
 
 
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def get_job_metrics(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    after_step: Annotated[int, Query(ge=0, description="Only the steps after this one.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricsPublic:
+    """A training job's loss history: `step`, `epoch`, `loss`, `lr` of each optimizer step."""
+    if session.get(Job, job_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    metrics = [MetricPublic.from_metric(m) for m in job_metrics(job_id, after_step=after_step, limit=limit)]
+    return MetricsPublic(job_id=job_id, data=metrics, count=len(metrics))
+
+
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
@@ -73,9 +89,12 @@ def list_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule made.")] = None,
 ) -> JobsPublic:
     query = select(Job).order_by(Job.created_at.desc()).limit(limit).offset(offset)
     if status_:
         query = query.where(Job.status == status_)
+    if schedule_id:
+        query = query.where(Job.schedule_id == schedule_id)
     jobs = session.scalars(query).all()
     return JobsPublic(data=[public(job, request) for job in jobs], count=len(jobs))
