@@ -68,7 +68,7 @@ class TrainingReporter(ProgressReporter):
 
     Each step's metrics are kept until the next write, which stores them with the progress (one
     insert per write, not per step). A resumed run starts at `start_step`; its ETA counts only the
-    steps it has run itself.
+    steps it has run itself, and its progress says where it resumed (`resumed_from`).
     """
 
     def __init__(
@@ -91,6 +91,8 @@ class TrainingReporter(ProgressReporter):
 
     def _snapshot(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
         snapshot = super()._snapshot(step, extra)
+        if self.start_step:
+            snapshot["resumed_from"] = self.start_step
         done = step - self.start_step
         if done > 0:
             elapsed = self.clock() - self.started

@@ -123,7 +123,10 @@ class TrainingState:
 
 @dataclass
 class Checkpoints:
-    """A job's checkpoints in storage, newest named by `latest.json`; at most `keep` are kept."""
+    """A job's checkpoints in storage, newest named by `latest.json`; at most `keep` are kept.
+
+    They stay after the job ends (a canceled job keeps its last one), within that limit.
+    """
 
     storage: Storage
     job_id: uuid.UUID
@@ -134,7 +137,8 @@ class Checkpoints:
     def prefix(self) -> str:
         return f"checkpoints/{self.job_id}"
 
-    def save(self, accelerator: Any, step: int) -> None:
+    def save(self, accelerator: Any, step: int) -> dict[str, Any]:
+        """Write a checkpoint of `step`; return the job's output record of its latest checkpoint."""
         with tempfile.TemporaryDirectory(prefix="diffq-checkpoint-") as tmp:
             accelerator.save_state(tmp)
             step_prefix = f"{self.prefix}/step-{step:08d}"
@@ -144,6 +148,12 @@ class Checkpoints:
         self.storage.put(f"{self.prefix}/{LATEST}", json.dumps(pointer).encode(), "application/json")
         while len(self.kept) > self.keep:
             self._delete(self.kept.pop(0))
+        return {
+            "kind": "checkpoint",
+            "key": f"{self.prefix}/{LATEST}",
+            "content_type": "application/json",
+            "step": step,
+        }
 
     def resume(self, accelerator: Any) -> int:
         """Load the latest checkpoint into `accelerator`; return its step, or 0 if there is none."""
@@ -156,13 +166,6 @@ class Checkpoints:
             accelerator.load_state(tmp)
         self.kept = list(pointer.get("kept", [pointer["step"]]))
         return int(pointer["step"])
-
-    def delete_all(self) -> None:
-        """Drop the job's checkpoints once its model is stored: they are of no more use."""
-        self.storage.delete(f"{self.prefix}/{LATEST}")
-        for step in self.kept:
-            self._delete(step)
-        self.kept = []
 
     def _delete(self, step: int) -> None:
         for key in self.storage.list(f"{self.prefix}/step-{step:08d}"):

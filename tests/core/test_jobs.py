@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from core.db import db_session
 from core.jobs import claim_job, finish_job, record_progress, renew_lease
@@ -16,7 +16,10 @@ def job_id(database: str):  # type: ignore[no-untyped-def]
     with db_session() as session:
         job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"})
         session.add(job)
-    return job.id
+    yield job.id
+    # Gone afterwards: a job left running here would be requeued by later tests' reconciles.
+    with db_session() as session:
+        session.execute(delete(Job).where(Job.id == job.id))
 
 
 def expire_lease(job_id) -> None:  # type: ignore[no-untyped-def]

@@ -154,6 +154,7 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(lora_parameters, 1.0)
+                step_lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -163,10 +164,10 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
                 step = state.step = step + 1
                 mean_loss = loss_sum / params.gradient_accumulation_steps
                 loss_sum = 0.0
-                reporter.log_step(step, epoch=epoch, loss=mean_loss, lr=lr_scheduler.get_last_lr()[0])
+                reporter.log_step(step, epoch=epoch, loss=mean_loss, lr=step_lr)
                 if step % params.checkpointing_steps == 0 and step < plan.total_steps:
                     reporter.flush()
-                    checkpoints.save(accelerator, step)
+                    reporter.add_output(checkpoints.save(accelerator, step))
                 if step == plan.total_steps:
                     break
         reporter.flush()
@@ -199,7 +200,6 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
     )
     if not registered:
         raise JobCanceled(str(job.job_id))
-    checkpoints.delete_all()
     return reporter.outputs + [model_output]
 
 
