@@ -98,8 +98,9 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int) -> int:
     # One torch thread: the quickstart's model is so small that a second thread only waits on the
     # first, and on a busy machine the spinning threads make each step several times slower.
     threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    queues = ",".join(dict.fromkeys(q for q in (settings.queue, settings.train_queue) if q))
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker", "--loglevel", "WARNING"],
+        [sys.executable, "-m", "cli", "worker", "--loglevel", "WARNING", "--queues", queues],
         env=os.environ | threads | {"DIFFQ_PUBLIC_URL": url},
     )
     try:

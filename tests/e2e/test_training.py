@@ -110,6 +110,14 @@ def test_name_of_a_registered_model_is_refused_unless_overwritten(client) -> Non
     assert model["job_id"] == second["id"] and second["id"] in model["storage_prefix"]
 
 
+def test_fp16_on_a_cpu_worker_fails_with_bad_input(client) -> None:  # type: ignore[no-untyped-def]
+    job = client.submit(train_spec(unique("half"), mixed_precision="fp16"))
+    done = wait_finished(client, job["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "bad_input"
+    assert "'fp16' needs a CUDA GPU" in done["error"]["message"] and "'bf16'" in done["error"]["message"]
+
+
 class Trainer:
     """A worker of its own on its own queue, for tests that stall, cancel or kill training: its lease
     is 3 s and it reads a fault (see tests/utils/train_faults.py) from `fault_file` at every step."""

@@ -46,7 +46,6 @@ LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = TrainLoraParams.model_validate(job.params)
-    assert job.model is not None and job.output_model is not None and params.seed is not None
     with accelerator_for(
         job.settings.device, params.mixed_precision, params.gradient_accumulation_steps
     ) as accelerator:
@@ -118,9 +117,9 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
         raise JobCanceled(str(job.job_id))
 
     unet.train()
+    loss_sum = 0.0  # over the batches of one optimizer step
     for epoch in range(first_epoch, plan.epochs):
         order, flips = epoch_order(params.seed, epoch, len(dataset))
-        loss_sum = 0.0
         for batch in range(first_batch if epoch == first_epoch else 0, plan.batches_per_epoch):
             indices = order[batch * params.train_batch_size : (batch + 1) * params.train_batch_size]
             pixel_values = dataset.batch(indices, flips[indices] & params.random_flip, accelerator.device)
@@ -170,7 +169,6 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
                     reporter.add_output(checkpoints.save(accelerator, step))
                 if step == plan.total_steps:
                     break
-        reporter.flush()
         if step == plan.total_steps:
             break
 

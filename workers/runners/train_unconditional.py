@@ -8,6 +8,8 @@ checkpoint; at the end the `DDPMPipeline` is stored and registered under `output
 """
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,6 @@ from workers.training import (
 
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = TrainUnconditionalParams.model_validate(job.params)
-    assert job.output_model is not None and params.seed is not None
     with accelerator_for(
         job.settings.device, params.mixed_precision, params.gradient_accumulation_steps
     ) as accelerator:
@@ -46,6 +47,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
 
 
 def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> list[dict[str, Any]]:
+    assert job.output_model is not None and params.seed is not None  # the API sets both
     dataset = load_training_images(params.dataset, params.image_size, job.storage)
     plan = TrainingPlan(
         num_images=len(dataset),
@@ -101,9 +103,9 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
         raise JobCanceled(str(job.job_id))
 
     model.train()
+    loss_sum = 0.0  # over the batches of one optimizer step
     for epoch in range(first_epoch, plan.epochs):
         order, flips = epoch_order(params.seed, epoch, len(dataset))
-        loss_sum = 0.0
         for batch in range(first_batch if epoch == first_epoch else 0, plan.batches_per_epoch):
             indices = order[batch * params.train_batch_size : (batch + 1) * params.train_batch_size]
             clean_images = dataset.batch(indices, flips[indices] & params.random_flip, accelerator.device)
@@ -151,7 +153,8 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
         if (epoch + 1) % params.save_model_epochs == 0 and not last_epoch:
             with ema_weights(ema, model):
                 reporter.add_output(snapshot(job, accelerator.unwrap_model(model), noise_scheduler, epoch))
-        reporter.flush()
+        if reporter.outputs_changed:
+            reporter.flush()  # list the new grid or snapshot on the job now
         if last_epoch:
             break
 
@@ -174,20 +177,18 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
     return reporter.outputs + [model_output]
 
 
-class ema_weights:
+@contextmanager
+def ema_weights(ema: EMAModel | None, model: torch.nn.Module) -> Iterator[None]:
     """Within the block, the model holds its EMA weights (if the job keeps an EMA)."""
-
-    def __init__(self, ema: EMAModel | None, model: torch.nn.Module) -> None:
-        self.ema, self.model = ema, model
-
-    def __enter__(self) -> None:
-        if self.ema is not None:
-            self.ema.store(self.model.parameters())
-            self.ema.copy_to(self.model.parameters())
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ema is not None:
-            self.ema.restore(self.model.parameters())
+    if ema is None:
+        yield
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(model.parameters())
 
 
 def sample(unet: UNet2DModel, noise_scheduler: DDPMScheduler, params: TrainUnconditionalParams) -> list:
