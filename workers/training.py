@@ -14,6 +14,7 @@ the pointer is written last, so a worker that dies halfway leaves the previous c
 """
 
 import json
+import logging
 import math
 import tempfile
 import uuid
@@ -34,6 +35,7 @@ from core.storage import Storage, get_folder, put_folder
 from models_store.load import pick_device
 
 LATEST = "latest.json"
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -165,6 +167,7 @@ class Checkpoints:
             get_folder(self.storage, pointer["prefix"], Path(tmp), keys=pointer["keys"])
             accelerator.load_state(tmp)
         self.kept = list(pointer.get("kept", [pointer["step"]]))
+        logger.info("job %s resumes from its checkpoint of step %s", self.job_id, pointer["step"])
         return int(pointer["step"])
 
     def _delete(self, step: int) -> None:
