@@ -40,9 +40,17 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LoraRef(BaseModel):
+    """A registered LoRA to apply to a generation, `scale` times its trained strength."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    scale: float = Field(default=1.0, ge=-10, le=10)
+
+
 class Text2ImgParams(Params):
     prompt: str = Field(min_length=1, max_length=4000)
-    lora: "LoraRef | None" = Field(default=None, description="A registered LoRA to apply, with its scale.")
+    lora: LoraRef | None = Field(default=None, description="A registered LoRA to apply, with its scale.")
     negative_prompt: str = Field(default="", max_length=4000)
     num_inference_steps: int = Field(default=30, ge=1, le=1000)
     guidance_scale: float = Field(default=7.5, ge=0)
@@ -76,14 +84,6 @@ class UnconditionalParams(Params):
     num_images: int = Field(default=1, ge=1)
 
     _num_images_limit = field_validator("num_images")(_check_num_images)
-
-
-class LoraRef(BaseModel):
-    """A registered LoRA to apply to a generation, `scale` times its trained strength."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
-    scale: float = Field(default=1.0, ge=-10, le=10)
 
 
 def _check_dataset(value: str) -> str:
