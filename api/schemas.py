@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.batches import BatchState
-from core.models import Batch, Job
+from core.models import Batch, Job, JobMetric, RegisteredModel, Schedule
+from core.schedules import as_utc
 from core.specs import JobSpec
 from core.storage import Storage
 
@@ -24,6 +25,11 @@ class JobOutput(BaseModel):
     width: int | None = None
     height: int | None = None
     seed: int | None = None
+    # Training outputs: "sample_grid" (with its epoch), "model_snapshot" (epoch), "model" (its name).
+    kind: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    name: str | None = None
 
 
 class JobPublic(BaseModel):
@@ -43,6 +49,10 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     batch_id: uuid.UUID | None = None
     batch_index: int | None = None
+    output_model: str | None = None
+    overwrite_output_model: bool = False
+    schedule_id: uuid.UUID | None = None
+    scheduled_for: datetime | None = None
 
     @classmethod
     def from_job(cls, job: Job, storage: Storage, base_url: str) -> "JobPublic":
@@ -67,6 +77,10 @@ class JobPublic(BaseModel):
             finished_at=job.finished_at,
             batch_id=job.batch_id,
             batch_index=job.batch_index,
+            output_model=job.output_model,
+            overwrite_output_model=bool(job.overwrite_output_model),
+            schedule_id=job.schedule_id,
+            scheduled_for=job.scheduled_for,
         )
 
 
@@ -75,14 +89,99 @@ class JobsPublic(BaseModel):
     count: int
 
 
+class MetricPublic(BaseModel):
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+
+    @classmethod
+    def from_metric(cls, metric: JobMetric) -> "MetricPublic":
+        return cls(step=metric.step, epoch=metric.epoch, loss=metric.loss, lr=metric.lr)
+
+
+class MetricsPublic(BaseModel):
+    job_id: uuid.UUID
+    data: list[MetricPublic]
+    count: int
+
+
+class ModelPublic(BaseModel):
+    name: str
+    kind: str
+    base_model: str | None
+    storage_prefix: str
+    job_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_model(cls, model: RegisteredModel) -> "ModelPublic":
+        return cls(
+            name=model.name,
+            kind=model.kind,
+            base_model=model.base_model,
+            storage_prefix=model.storage_prefix,
+            job_id=model.job_id,
+            created_at=model.created_at,
+            updated_at=model.updated_at,
+        )
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class SchedulePublic(BaseModel):
+    id: uuid.UUID
+    name: str | None
+    job: dict[str, Any]
+    cron: str | None
+    timezone: str
+    run_at: datetime | None
+    enabled: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_schedule(cls, schedule: Schedule) -> "SchedulePublic":
+        def utc(moment: datetime | None) -> datetime | None:
+            return as_utc(moment) if moment is not None else None
+
+        return cls(
+            id=schedule.id,
+            name=schedule.name,
+            job=schedule.job,
+            cron=schedule.cron,
+            timezone=schedule.timezone,
+            run_at=utc(schedule.run_at),
+            enabled=schedule.enabled,
+            next_run_at=utc(schedule.next_run_at),
+            last_run_at=utc(schedule.last_run_at),
+            created_at=utc(schedule.created_at),
+            updated_at=utc(schedule.updated_at),
+        )
+
+
+class SchedulesPublic(BaseModel):
+    data: list[SchedulePublic]
+    count: int
+
+
 class UploadPublic(BaseModel):
     id: str
     key: str
-    width: int
-    height: int
-    format: str
+    kind: str = Field(description='"image" (an input image) or "zip" (a training dataset).')
     bytes: int
-    image: dict[str, str] = Field(description='How a job names this image: {"upload": id}.')
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    image: dict[str, str] | None = Field(
+        default=None, description='How a job names this image: {"upload": id}.'
+    )
 
 
 class SchedulerPublic(BaseModel):

@@ -324,13 +324,15 @@ def upload(file: Path, api_url: ApiUrl = None) -> None:
 
 @app.command()
 def quickstart(
-    prompt: str = "a squirrel in Picasso style",
-    num_images: int = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of 16 steps each.")] = 90,
+    num_images: Annotated[int, typer.Option(min=1, max=16, help="Images to generate.")] = 16,
+    inference_steps: Annotated[int, typer.Option(min=1, max=1000, help="DDPM steps per image.")] = 1000,
 ) -> None:
-    """Run diffq end to end on embedded defaults: tiny models, a worker, the API, two jobs."""
+    """Run diffq end to end on embedded defaults: train a small model on the built-in glyphs dataset
+    through a job, then generate a grid of images with it."""
     from cli.quickstart import run_quickstart
 
-    raise typer.Exit(run_quickstart(prompt=prompt, num_images=num_images))
+    raise typer.Exit(run_quickstart(epochs=epochs, num_images=num_images, inference_steps=inference_steps))
 
 
 def main() -> None:

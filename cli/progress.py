@@ -16,8 +16,11 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
         BarColumn(),
         TextColumn("{task.completed}/{task.total} {task.fields[status]}"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[detail]}"),
     ) as bars:
-        tasks = {job_id: bars.add_task(job_id[:8], total=None, status="queued") for job_id in job_ids}
+        tasks = {
+            job_id: bars.add_task(job_id[:8], total=None, status="queued", detail="") for job_id in job_ids
+        }
         while len(final) < len(job_ids):
             for job_id, task in tasks.items():
                 if job_id in final:
@@ -31,6 +34,7 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
                     total=progress.get("total"),
                     completed=progress.get("step", 0),
                     status=job["status"],
+                    detail=training_detail(progress),
                 )
                 if job["status"] in FINISHED:
                     final[job_id] = job
@@ -71,3 +75,10 @@ def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str,
             if batch["done"]:
                 return batch
             time.sleep(poll_s)
+
+
+def training_detail(progress: dict[str, Any]) -> str:
+    """The epoch and loss of a training job's last step; empty for other jobs."""
+    if progress.get("loss") is None:
+        return ""
+    return f"epoch {progress.get('epoch', 0) + 1} loss {progress['loss']:.4f}"

@@ -93,6 +93,8 @@ def insert_batch(
             "type": job["type"],
             "model": job["model"],
             "params": job["params"],
+            "output_model": job.get("output_model"),
+            "overwrite_output_model": job.get("overwrite_output_model", False),
             "status": JobStatus.QUEUED,
             "outputs": [],
             "attempts": 0,

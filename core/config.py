@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Flower's basic auth (`diffq flower` refuses to start without it, unless told `--no-auth`).
     flower_user: str = ""
     flower_password: str = ""
+    # The most an uploaded dataset zip may unpack to (training data is held in memory).
+    max_dataset_bytes: int = 4 * 1024**3
+    # How often `diffq beat` looks for due schedules.
+    schedule_interval_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":

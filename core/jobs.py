@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.db import db_session
-from core.models import Job, JobStatus, utcnow
+from core.models import Job, JobMetric, JobStatus, utcnow
 
 WORKER_LOST = {
     "code": "worker_lost",
@@ -91,16 +92,62 @@ def renew_lease(job_id: uuid.UUID, attempt: int) -> bool:
         )
 
 
-def record_progress(job_id: uuid.UUID, attempt: int, progress: dict[str, Any]) -> bool:
+def record_progress(
+    job_id: uuid.UUID,
+    attempt: int,
+    progress: dict[str, Any],
+    *,
+    metrics: list[dict[str, Any]] | None = None,
+    outputs: list[dict[str, Any]] | None = None,
+) -> bool:
     """Write a running job's progress. False when the job is no longer this attempt's to run
-    (a user canceled it, or its lease ran out and another worker took it)."""
+    (a user canceled it, or its lease ran out and another worker took it).
+
+    A training job also appends the metrics of the steps since its last write (`step`, `epoch`,
+    `loss`, `lr` each) and replaces its outputs so far, in the same transaction: an attempt that
+    lost the job writes none of them.
+    """
+    values: dict[str, Any] = {"progress": progress, "lease_expires_at": lease_until(), "updated_at": utcnow()}
+    if outputs is not None:
+        values["outputs"] = outputs
     with db_session() as session:
-        written = session.execute(
-            update(Job)
-            .where(_running(job_id, attempt))
-            .values(progress=progress, lease_expires_at=lease_until(), updated_at=utcnow())
-        ).rowcount
+        written = session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount
+        if written == 1 and metrics:
+            session.execute(insert(JobMetric), [{"job_id": job_id, **metric} for metric in metrics])
     return written == 1
+
+
+def lock_running_job(session: Session, job_id: uuid.UUID, attempt: int) -> bool:
+    """Hold the job's row until `session` commits, if `attempt` still runs the job; False if not.
+
+    What a worker writes elsewhere in the same transaction (a registered model, say) is then written
+    only by the attempt that runs the job, and a cancel waits for it.
+    """
+    return (
+        session.execute(update(Job).where(_running(job_id, attempt)).values(updated_at=utcnow())).rowcount
+        == 1
+    )
+
+
+def forget_metrics_after(job_id: uuid.UUID, attempt: int, step: int) -> bool:
+    """Drop a job's metrics past `step`, where a resumed run starts again; False if not this attempt's."""
+    with db_session() as session:
+        if not lock_running_job(session, job_id, attempt):
+            return False
+        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > step))
+    return True
+
+
+def job_metrics(job_id: uuid.UUID, after_step: int = 0, limit: int | None = None) -> list[JobMetric]:
+    """A training job's loss history, by step."""
+    query = (
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.step > after_step)
+        .order_by(JobMetric.step)
+        .limit(limit)
+    )
+    with db_session() as session:
+        return list(session.scalars(query))
 
 
 def finish_job(

@@ -85,3 +85,61 @@ class ProgressReporter:
         self.checks += 1
         if self.status(self.job_id) != JobStatus.RUNNING:
             raise JobCanceled(str(self.job_id))
+
+
+class TrainingReporter(ProgressReporter):
+    """Progress of a training job: per optimizer step, with its metrics history and its outputs so far.
+
+    Each step's metrics are kept until the next write, which stores them with the progress (one
+    insert per write, not per step). A resumed run starts at `start_step`; its ETA counts only the
+    steps it has run itself, and its progress says where it resumed (`resumed_from`).
+    """
+
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        total: int,
+        min_interval_s: float,
+        start_step: int = 0,
+        outputs: list[dict[str, Any]] | None = None,
+        write: Callable[..., bool] = record_progress,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.start_step = start_step
+        self.pending_metrics: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = list(outputs or [])
+        self.outputs_changed = False
+        super().__init__(job_id, attempt, total, min_interval_s, write=write, clock=clock)
+        self.current = self._snapshot(start_step, {})
+
+    def _snapshot(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        snapshot = super()._snapshot(step, extra)
+        if self.start_step:
+            snapshot["resumed_from"] = self.start_step
+        done = step - self.start_step
+        if done > 0:
+            elapsed = self.clock() - self.started
+            snapshot["eta_s"] = round(elapsed / done * (self.total - step), 2)
+        else:
+            snapshot["eta_s"] = None
+        return snapshot
+
+    def log_step(self, step: int, *, epoch: int, loss: float, lr: float) -> None:
+        """Record one optimizer step: its metrics join the history, and progress moves."""
+        self.pending_metrics.append({"step": step, "epoch": epoch, "loss": loss, "lr": lr})
+        self.update(step, epoch=epoch, loss=round(loss, 6), lr=lr)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        """List an output on the job now (a sample grid, a snapshot); written with the next progress."""
+        self.outputs = [o for o in self.outputs if o["key"] != output["key"]] + [output]
+        self.outputs_changed = True
+
+    def flush(self) -> None:
+        self.last_write = self.last_check = self.clock()
+        self.writes += 1
+        metrics, self.pending_metrics = self.pending_metrics, []
+        outputs = self.outputs if self.outputs_changed else None
+        if not self.write(self.job_id, self.attempt, self.current, metrics=metrics, outputs=outputs):
+            raise JobCanceled(str(self.job_id))
+        self.outputs_changed = False

@@ -43,9 +43,10 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.fleet import live_workers, resident_models
 from core.models import Job, JobStatus, WorkerNode, utcnow
+from core.specs import TRAINING_TYPES
 
 # Job types that train rather than generate; they go to the training queue. Add new ones here.
-TRAINING_JOB_TYPES = frozenset({"train_unconditional", "train_lora"})
+TRAINING_JOB_TYPES = frozenset(TRAINING_TYPES)
 
 
 def queue_for(job_type: str, settings: Settings) -> str:

@@ -3,6 +3,7 @@
 Each job type has a params model; `JobSpec` is the union of all job specs, told apart by `type`.
 """
 
+import re
 import secrets
 from typing import Annotated, ClassVar, Literal
 
@@ -19,10 +20,13 @@ from pydantic import (
 )
 
 from core.config import get_settings
+from core.datasets import parse_dataset
 from core.schedulers import scheduler_problem
 from core.storage import _clean_key
 
 MAX_SEED = 2**32 - 1
+# A registered model's name: a single path segment, so it can never be read as a Hub id or a path.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def new_seed() -> int:
@@ -105,6 +109,14 @@ def upload_key(upload_id: str) -> str:
     return f"uploads/{upload_id}"
 
 
+class LoraRef(BaseModel):
+    """A registered LoRA to apply to a generation, `scale` times its trained strength."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    scale: float = Field(default=1.0, ge=-10, le=10)
+
+
 class PromptParams(Params):
     """What every Stable-Diffusion-family mode takes: a prompt, steps, guidance, seeds, a scheduler."""
 
@@ -125,6 +137,7 @@ class PromptParams(Params):
 
 
 class Text2ImgParams(PromptParams):
+    lora: LoraRef | None = Field(default=None, description="A registered LoRA to apply, with its scale.")
     width: int | None = Field(default=None, ge=8, description="Multiple of 8; the model's size if unset.")
     height: int | None = Field(default=None, ge=8, description="Multiple of 8; the model's size if unset.")
 
@@ -205,6 +218,134 @@ class UnconditionalParams(Params):
     _scheduler_known = field_validator("scheduler")(_check_scheduler)
 
 
+def _check_dataset(value: str) -> str:
+    parse_dataset(value)  # its ValueError says what a dataset may be
+    return value
+
+
+UNET_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
+UNET_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
+LR_SCHEDULERS = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+MIXED_PRECISION = Literal["no", "fp16", "bf16"]
+
+
+class TrainingParams(Params):
+    """What every training job takes: the data, the length, the optimizer, checkpoints."""
+
+    dataset: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="'builtin:glyphs', an upload id of a zip (POST /v1/uploads), or a storage prefix.",
+    )
+    train_batch_size: int = Field(default=16, ge=1, le=1024)
+    num_epochs: int = Field(default=50, ge=1, le=100_000)
+    max_train_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Optimizer steps; overrides num_epochs if set."
+    )
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    lr_scheduler: LR_SCHEDULERS = "cosine"
+    lr_warmup_steps: int = Field(default=500, ge=0)
+    mixed_precision: MIXED_PRECISION = Field(
+        default="no", description="'fp16' needs a CUDA GPU; 'bf16' works on CPUs and recent GPUs."
+    )
+    random_flip: bool = Field(default=True, description="Flip half the images left-right, each epoch.")
+    checkpointing_steps: int = Field(default=500, ge=1, description="Checkpoint every this many steps.")
+    checkpoints_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept in storage.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Picked and recorded if unset.")
+
+    _dataset_ref = field_validator("dataset")(_check_dataset)
+
+
+class TrainUnconditionalParams(TrainingParams):
+    """The diffusers training tutorial's `TrainingConfig`, and the shape of the UNet2DModel it trains."""
+
+    image_size: int = Field(default=128, ge=8, le=1024)
+    eval_batch_size: int = Field(default=16, ge=1, le=64, description="Images in each sample grid.")
+    save_image_epochs: int = Field(default=10, ge=1)
+    save_model_epochs: int = Field(default=30, ge=1, description="Store the pipeline every this many epochs.")
+    sample_inference_steps: int = Field(
+        default=1000, ge=1, le=1000, description="DDPM steps of a sample grid."
+    )
+    num_train_timesteps: int = Field(default=1000, ge=1, le=10_000)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    use_ema: bool = False
+    ema_max_decay: float = Field(default=0.9999, gt=0, lt=1)
+    ema_inv_gamma: float = Field(default=1.0, gt=0)
+    ema_power: float = Field(default=3 / 4, gt=0)
+    block_out_channels: list[int] = Field(default=[128, 128, 256, 256, 512, 512], min_length=1, max_length=8)
+    layers_per_block: int = Field(default=2, ge=1, le=8)
+    down_block_types: list[str] = Field(
+        default=["DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]
+    )
+    up_block_types: list[str] = Field(
+        default=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"]
+    )
+    norm_num_groups: int = Field(default=32, ge=1)
+
+    @field_validator("block_out_channels")
+    @classmethod
+    def _positive_channels(cls, value: list[int]) -> list[int]:
+        if any(channels < 1 or channels > 4096 for channels in value):
+            raise ValueError(f"block_out_channels must be between 1 and 4096, got {value}")
+        return value
+
+    @field_validator("down_block_types")
+    @classmethod
+    def _known_down_blocks(cls, value: list[str]) -> list[str]:
+        if unknown := [block for block in value if block not in UNET_DOWN_BLOCKS]:
+            raise ValueError(f"unknown down blocks {unknown}; use {' or '.join(UNET_DOWN_BLOCKS)}")
+        return value
+
+    @field_validator("up_block_types")
+    @classmethod
+    def _known_up_blocks(cls, value: list[str]) -> list[str]:
+        if unknown := [block for block in value if block not in UNET_UP_BLOCKS]:
+            raise ValueError(f"unknown up blocks {unknown}; use {' or '.join(UNET_UP_BLOCKS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_unet(self) -> "TrainUnconditionalParams":
+        levels = len(self.block_out_channels)
+        if len(self.down_block_types) != levels or len(self.up_block_types) != levels:
+            raise ValueError(
+                f"block_out_channels has {levels} levels, so down_block_types and up_block_types need "
+                f"{levels} entries each; got {len(self.down_block_types)} and {len(self.up_block_types)}"
+            )
+        if bad := [c for c in self.block_out_channels if c % self.norm_num_groups]:
+            raise ValueError(
+                f"block_out_channels {bad} are not multiples of norm_num_groups ({self.norm_num_groups})"
+            )
+        factor = 2 ** (levels - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size must be a multiple of {factor} for a UNet of {levels} levels, "
+                f"got {self.image_size}"
+            )
+        return self
+
+
+class TrainLoraParams(TrainingParams):
+    """LoRA fine-tuning of a Stable-Diffusion-family UNet, as diffusers' `train_text_to_image_lora.py`."""
+
+    rank: int = Field(default=4, ge=1, le=256)
+    resolution: int = Field(default=512, ge=8, le=2048)
+    caption_column: str = Field(default="text", min_length=1, max_length=100)
+    random_flip: bool = False
+    num_epochs: int = Field(default=100, ge=1, le=100_000)
+    lr_scheduler: LR_SCHEDULERS = "constant"
+    validation_prompt: str | None = Field(default=None, max_length=4000)
+    num_validation_images: int = Field(default=4, ge=1, le=16)
+    validation_inference_steps: int = Field(default=30, ge=1, le=1000)
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {value}")
+        return value
+
+
 class Text2ImgJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text2img"]
@@ -240,8 +381,55 @@ class UnconditionalJob(BaseModel):
     params: UnconditionalParams = UnconditionalParams()
 
 
+def _check_model_name(value: str) -> str:
+    if not MODEL_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"output_model '{value}' must be 1 to 100 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+class TrainUnconditionalJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["train_unconditional"]
+    output_model: str = Field(description="The name the trained model is registered under.")
+    overwrite_output_model: bool = Field(
+        default=False, description="Replace a registered model of that name (for recurring schedules)."
+    )
+    params: TrainUnconditionalParams
+
+    _output_model_name = field_validator("output_model")(_check_model_name)
+
+    @property
+    def model(self) -> None:
+        """Training from scratch starts from no model."""
+        return None
+
+
+class TrainLoraJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["train_lora"]
+    model: str = Field(min_length=1, max_length=512, description="The base model the LoRA adapts.")
+    output_model: str = Field(description="The name the LoRA is registered under.")
+    overwrite_output_model: bool = False
+    params: TrainLoraParams
+
+    _output_model_name = field_validator("output_model")(_check_model_name)
+
+
+TrainingJob = TrainUnconditionalJob | TrainLoraJob
+TRAINING_TYPES = ("train_unconditional", "train_lora")
+
 JobSpec = Annotated[
-    Text2ImgJob | Img2ImgJob | InpaintJob | Depth2ImgJob | UnconditionalJob, Field(discriminator="type")
+    Text2ImgJob
+    | Img2ImgJob
+    | InpaintJob
+    | Depth2ImgJob
+    | UnconditionalJob
+    | TrainUnconditionalJob
+    | TrainLoraJob,
+    Field(discriminator="type"),
 ]
 JOB_SPEC = TypeAdapter(JobSpec)
 PARAMS_BY_TYPE: dict[str, type[Params]] = {
@@ -250,4 +438,6 @@ PARAMS_BY_TYPE: dict[str, type[Params]] = {
     "inpaint": InpaintParams,
     "depth2img": Depth2ImgParams,
     "unconditional": UnconditionalParams,
+    "train_unconditional": TrainUnconditionalParams,
+    "train_lora": TrainLoraParams,
 }

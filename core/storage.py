@@ -68,18 +68,16 @@ class LocalStorage:
         return f"{base}/v1/files/{quote(_clean_key(key))}"
 
     def list(self, prefix: str) -> list[str]:
-        """The keys that start with `prefix`, sorted."""
-        prefix = prefix.lstrip("/")
-        head = prefix.rpartition("/")[0]
+        """Keys under the folder `prefix` ("" for all), sorted; half-written files are left out."""
+        head = prefix.strip("/")
         folder = self.root / _clean_key(head) if head else self.root
         if not folder.is_dir():
             return []
-        keys = (
+        return sorted(
             path.relative_to(self.root).as_posix()
             for path in folder.rglob("*")
             if path.is_file() and not path.name.endswith(PARTIAL_SUFFIX)
         )
-        return sorted(key for key in keys if key.startswith(prefix))
 
 
 class S3Storage:
@@ -151,12 +149,34 @@ class S3Storage:
         )
 
     def list(self, prefix: str) -> list[str]:
-        """The keys that start with `prefix`, sorted."""
+        """Keys under the folder `prefix` ("" for all), sorted."""
         root = f"{self.prefix}/" if self.prefix else ""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=root + prefix.lstrip("/")
-        )
+        head = prefix.strip("/")
+        folder = root + (_clean_key(head) + "/" if head else "")
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
         return sorted(item["Key"][len(root) :] for page in pages for item in page.get("Contents", []))
+
+
+def put_folder(storage: Storage, folder: Path, prefix: str) -> list[str]:
+    """Upload every file under `folder` to `prefix/<relative path>`; return the keys written."""
+    keys = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        storage.put(key, path.read_bytes())
+        keys.append(key)
+    return keys
+
+
+def get_folder(storage: Storage, prefix: str, folder: Path, keys: list[str] | None = None) -> list[Path]:
+    """Download the files under `prefix` (or just `keys`) into `folder`, keeping their relative paths."""
+    paths = []
+    for key in keys if keys is not None else storage.list(prefix):
+        relative = key.removeprefix(f"{_clean_key(prefix)}/")
+        path = Path(folder) / _clean_key(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(storage.get(key))
+        paths.append(path)
+    return paths
 
 
 def make_storage(settings: Settings) -> Storage:

@@ -14,6 +14,7 @@ from celery.beat import Scheduler
 
 from core.config import get_settings
 from core.reconcile import reconcile_once
+from core.schedules import fire_due_schedules
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Duty:
 
 DUTIES: list[Duty] = [
     Duty("reconcile", lambda: get_settings().reconcile_interval_s, reconcile_once),
+    Duty("schedules", lambda: get_settings().schedule_interval_s, fire_due_schedules),
 ]
 
 

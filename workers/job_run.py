@@ -9,7 +9,7 @@ from PIL import Image
 from core.config import Settings, get_settings
 from core.images import encode_png
 from core.models import Job
-from core.progress import ProgressReporter
+from core.progress import ProgressReporter, TrainingReporter
 from core.specs import ImageRef
 from core.storage import Storage, get_storage
 from core.uploads import load_input_image
@@ -25,11 +25,22 @@ class JobRun:
     settings: Settings = field(default_factory=get_settings)
     storage: Storage = field(default_factory=get_storage)
     reporter: ProgressReporter | None = None
+    # Training jobs: the model name to register, and what an earlier attempt already listed.
+    output_model: str | None = None
+    overwrite_output_model: bool = False
+    outputs: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_job(cls, job: Job) -> "JobRun":
         return cls(
-            job_id=job.id, attempt=job.attempts, type=job.type, model=job.model, params=dict(job.params)
+            job_id=job.id,
+            attempt=job.attempts,
+            type=job.type,
+            model=job.model,
+            params=dict(job.params),
+            output_model=job.output_model,
+            overwrite_output_model=bool(job.overwrite_output_model),
+            outputs=list(job.outputs or []),
         )
 
     def start_progress(self, total: int) -> ProgressReporter:
@@ -61,6 +72,20 @@ class JobRun:
     def load_image(self, ref: ImageRef) -> Image.Image:
         """An input image of the job, decoded (EXIF orientation applied); `bad_input` if it is gone."""
         return load_input_image(self.storage, ref)
+
+    def start_training_progress(self, total: int, start_step: int) -> TrainingReporter:
+        """Progress per optimizer step, from `start_step` when resuming; keeps the earlier outputs."""
+        reporter = TrainingReporter(
+            self.job_id,
+            self.attempt,
+            total,
+            self.settings.progress_min_interval_s,
+            start_step=start_step,
+            outputs=self.outputs,
+        )
+        self.reporter = reporter
+        reporter.flush()
+        return reporter
 
     def diffusers_callback(self, reporter: ProgressReporter):  # type: ignore[no-untyped-def]
         """A `callback_on_step_end` that records each finished timestep."""

@@ -16,7 +16,7 @@ from core.schedulers import make_scheduler
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype, pipeline_for_task
 from models_store.memory import cache_budget_bytes, estimate_folder_bytes
-from models_store.resolve import resolve_model
+from models_store.registry import resolve_job_model
 
 
 @lru_cache
@@ -39,7 +39,7 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
 def get_base_pipeline(model_ref: str, task: str) -> Any:
     """The cached pipeline of `model_ref`, loaded for `task` if no task loaded it before."""
     settings = get_settings()
-    folder = resolve_model(model_ref, settings.models_dir)
+    folder = resolve_job_model(model_ref, settings.models_dir)
     device, dtype = device_and_dtype()
     key = (str(folder), str(device), str(dtype))
     return get_cache().get_or_load(

@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from api.admission import Admission, job_values, unprocessable
 from api.deps import SessionDep
-from api.schemas import JobPublic, JobsPublic
-from core.jobs import cancel_job
+from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
+from core.jobs import cancel_job, job_metrics
 from core.models import Job, JobStatus
 from core.queue import enqueue_job
 from core.specs import JobSpec
@@ -74,6 +74,20 @@ def cancel(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPubli
     return public(job, request)
 
 
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def get_job_metrics(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    after_step: Annotated[int, Query(ge=0, description="Only the steps after this one.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricsPublic:
+    """A training job's loss history: `step`, `epoch`, `loss`, `lr` of each optimizer step."""
+    if session.get(Job, job_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    metrics = [MetricPublic.from_metric(m) for m in job_metrics(job_id, after_step=after_step, limit=limit)]
+    return MetricsPublic(job_id=job_id, data=metrics, count=len(metrics))
+
+
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
@@ -84,10 +98,13 @@ def list_jobs(
     batch_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule made.")] = None,
 ) -> JobsPublic:
     query = select(Job).limit(limit).offset(offset)
     if status_:
         query = query.where(Job.status == status_)
+    if schedule_id:
+        query = query.where(Job.schedule_id == schedule_id)
     if batch_id:
         query = query.where(Job.batch_id == batch_id).order_by(Job.batch_index)
     else:

@@ -1,4 +1,7 @@
-"""Input images for img2img, inpaint and depth2img jobs: upload once, name in any number of jobs."""
+"""Uploaded inputs, named by id in any number of jobs: images for img2img, inpaint and depth2img,
+and zips of images (with captions) as training datasets."""
+
+import uuid
 
 from fastapi import APIRouter, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
@@ -10,6 +13,7 @@ from core.storage import get_storage
 from core.uploads import BadImage, store_upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 @router.post(
@@ -17,11 +21,20 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
     status_code=status.HTTP_201_CREATED,
     response_model=UploadPublic,
     openapi_extra=multipart_body(),
-    responses={413: {"description": "Over the byte or pixel limit."}, 422: {"description": "Not an image."}},
+    responses={
+        413: {"description": "Over the byte or pixel limit."},
+        422: {"description": "Neither an image nor a zip."},
+    },
 )
 async def create_upload(request: Request) -> UploadPublic:
-    """Store an input image (PNG, JPEG, WebP or BMP; multipart field `file`); jobs name it by its id."""
+    """Store an input image (PNG, JPEG, WebP or BMP) or a dataset zip (multipart field `file`); jobs
+    name it by its id: `{"upload": id}` as an image, `"dataset": id` in a training job."""
     data, _ = await read_upload(request)
+    if data.startswith(ZIP_MAGIC):
+        # A training dataset: its images are checked when a job reads it (bad_input names the file).
+        upload_id = uuid.uuid4().hex
+        await run_in_threadpool(get_storage().put, upload_key(upload_id), data, "application/zip")
+        return UploadPublic(id=upload_id, key=upload_key(upload_id), kind="zip", bytes=len(data))
     try:
         # Decoding and storing block: off the event loop.
         upload_id, info = await run_in_threadpool(store_upload, data, get_storage())
@@ -35,6 +48,7 @@ async def create_upload(request: Request) -> UploadPublic:
     return UploadPublic(
         id=upload_id,
         key=upload_key(upload_id),
+        kind="image",
         width=info.width,
         height=info.height,
         format=info.format,

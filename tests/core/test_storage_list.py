@@ -21,7 +21,7 @@ def test_list_by_prefix(storage) -> None:  # type: ignore[no-untyped-def]
     for key in ("jobs/a/0.png", "jobs/a/1.png", "jobs/ab/0.png", "jobs/b/sub/0.png", "top.txt"):
         storage.put(key, b"x")
     assert storage.list("jobs/a/") == ["jobs/a/0.png", "jobs/a/1.png"]
-    assert storage.list("jobs/a") == ["jobs/a/0.png", "jobs/a/1.png", "jobs/ab/0.png"]
+    assert storage.list("jobs/a") == ["jobs/a/0.png", "jobs/a/1.png"]  # a folder, not jobs/ab
     assert storage.list("jobs/b/") == ["jobs/b/sub/0.png"]
     assert storage.list("jobs/c/") == []
     assert len(storage.list("")) == 5

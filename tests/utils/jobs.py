@@ -2,7 +2,6 @@
 
 import io
 import time
-import uuid
 from typing import Any
 
 from PIL import Image
@@ -59,14 +58,44 @@ def wait_batch_done(client: Client, batch_id: str, timeout: float = 300) -> dict
     raise TimeoutError(f"batch {batch_id} did not finish in {timeout}s: {client.batch(batch_id)}")
 
 
-def submit_to_queue(queue: str, spec: dict[str, Any]) -> uuid.UUID:
-    """Write a job row and send its task to `queue`, as the API does for the queue it picks."""
+def train_spec(output_model: str, **params: Any) -> dict[str, Any]:
+    """A train_unconditional job small enough for a test: 16 px glyphs, a two-level UNet of 16 and 32
+    channels, 2 epochs of 4 steps (256 images in batches of 64)."""
+    return {
+        "type": "train_unconditional",
+        "output_model": output_model,
+        "params": {
+            "dataset": "builtin:glyphs",
+            "image_size": 16,
+            "train_batch_size": 64,
+            "num_epochs": 2,
+            "learning_rate": 1e-3,
+            "lr_warmup_steps": 2,
+            "save_image_epochs": 1,
+            "save_model_epochs": 100,
+            "checkpointing_steps": 3,
+            "sample_inference_steps": 5,
+            "eval_batch_size": 4,
+            "seed": 0,
+            "block_out_channels": [16, 32],
+            "layers_per_block": 1,
+            "down_block_types": ["DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D"],
+            "norm_num_groups": 8,
+        }
+        | params,
+    }
+
+
+def submit_to_queue(queue: str, spec: dict[str, Any]) -> str:
+    """Write a job for `spec` as the API would and send it to `queue` (one the test's own worker reads)."""
     from core.db import db_session
-    from core.models import Job
     from core.queue import RUN_JOB_TASK, get_celery
+    from core.specs import JOB_SPEC
+    from core.submit import job_from_spec
 
     with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
+        job = job_from_spec(JOB_SPEC.validate_python(spec))
         session.add(job)
     get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
-    return job.id
+    return str(job.id)

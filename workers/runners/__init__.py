@@ -1,10 +1,19 @@
-"""One runner per job type: each loads its pipeline, runs it with progress and stores outputs."""
+"""One runner per job type: each loads its pipeline (or trains a model), runs it with progress and
+stores outputs."""
 
 from collections.abc import Callable
 from typing import Any
 
 from workers.job_run import JobRun
-from workers.runners import depth2img, img2img, inpaint, text2img, unconditional
+from workers.runners import (
+    depth2img,
+    img2img,
+    inpaint,
+    text2img,
+    train_lora,
+    train_unconditional,
+    unconditional,
+)
 
 Runner = Callable[[JobRun], list[dict[str, Any]]]
 
@@ -14,4 +23,6 @@ RUNNERS: dict[str, Runner] = {
     "inpaint": inpaint.run,
     "depth2img": depth2img.run,
     "unconditional": unconditional.run,
+    "train_unconditional": train_unconditional.run,
+    "train_lora": train_lora.run,
 }

@@ -1,4 +1,5 @@
-"""Text-to-image: a Stable-Diffusion-family pipeline, one batched call, one PNG per image.
+"""Text-to-image: a Stable-Diffusion-family pipeline, one batched call, one PNG per image; with
+`params.lora`, a registered LoRA is applied for this job and unloaded after it.
 
 Image i is made with a CPU generator seeded `seed + i`, so each image equals a direct diffusers
 call with that seed (and scheduler) and can be remade alone.
@@ -10,6 +11,7 @@ import torch
 
 from core.specs import Text2ImgParams, new_seed
 from workers.job_run import JobRun
+from workers.lora import lora_applied
 from workers.pipelines import get_pipeline
 
 
@@ -23,17 +25,18 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     seeds = [seed + index for index in range(params.num_images)]
 
     reporter = job.start_diffusers_progress(pipe, params.num_inference_steps)
-    result = pipe(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt or None,
-        num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        width=width,
-        height=height,
-        num_images_per_prompt=params.num_images,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        callback_on_step_end=job.diffusers_callback(reporter),
-    )
+    with lora_applied(pipe, params.lora):
+        result = pipe(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt or None,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            width=width,
+            height=height,
+            num_images_per_prompt=params.num_images,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            callback_on_step_end=job.diffusers_callback(reporter),
+        )
 
     base = params.model_dump(exclude={"num_images", "seed"}) | {"width": width, "height": height}
     parameters = [

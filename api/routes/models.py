@@ -1,0 +1,26 @@
+"""The models that training jobs registered, with the job that made each."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from api.schemas import ModelPublic, ModelsPublic
+from core.registry import find_model, list_models
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", response_model=ModelsPublic)
+def get_models(
+    kind: Annotated[str | None, Query(pattern="^(unconditional|lora)$")] = None,
+) -> ModelsPublic:
+    models = [ModelPublic.from_model(model) for model in list_models(kind)]
+    return ModelsPublic(data=models, count=len(models))
+
+
+@router.get("/{name}", response_model=ModelPublic)
+def get_model(name: str) -> ModelPublic:
+    model = find_model(name)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no registered model named '{name}'")
+    return ModelPublic.from_model(model)

@@ -1,0 +1,132 @@
+"""Scheduled jobs: a job template and a cron expression or a single `run_at`; `diffq beat` fires them."""
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from api.admission import Admission, unprocessable
+from api.deps import SessionDep
+from api.schemas import SchedulePublic, SchedulesPublic
+from core.models import Schedule, utcnow
+from core.schedules import ScheduleSpec, as_utc, next_cron_time
+from core.storage import get_storage
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+EXAMPLE = {
+    "name": "nightly glyphs",
+    "cron": "0 3 * * *",
+    "timezone": "UTC",
+    "job": {
+        "type": "train_unconditional",
+        "output_model": "glyphs-ddpm",
+        "overwrite_output_model": True,
+        "params": {"dataset": "builtin:glyphs", "image_size": 32, "num_epochs": 20},
+    },
+}
+
+
+def _apply(schedule: Schedule, spec: ScheduleSpec) -> None:
+    """Write `spec` into the row and work out its next due time.
+
+    A cron schedule is due next at the first match from now. A single run keeps its state while
+    its `run_at` stays the same (a fired one does not fire again; a paused one that missed its time
+    fires once enabled); a new `run_at` must lie ahead.
+    """
+    now = utcnow()
+    if errors := Admission(get_storage()).problems(spec.job, ["body", "job"]):
+        raise unprocessable(errors)
+    same_run_at = (
+        schedule.run_at is not None and spec.run_at is not None and as_utc(schedule.run_at) == spec.run_at
+    )
+    if spec.run_at is not None and not same_run_at and spec.run_at < now:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["body", "run_at"],
+                    "msg": f"run_at {spec.run_at.isoformat()} is in the past (now is {now.isoformat()})",
+                    "type": "past",
+                }
+            ],
+        )
+    if spec.cron is not None:
+        schedule.next_run_at = next_cron_time(spec.cron, spec.timezone, now)
+    elif not same_run_at:
+        schedule.next_run_at = spec.run_at
+    schedule.name = spec.name
+    schedule.job = spec.job.model_dump(mode="json", exclude={"model"} if spec.job.model is None else None)
+    schedule.cron = spec.cron
+    schedule.timezone = spec.timezone
+    schedule.run_at = spec.run_at
+    schedule.enabled = spec.enabled
+    schedule.updated_at = now
+
+
+def _get(session: SessionDep, schedule_id: uuid.UUID) -> Schedule:
+    schedule = session.get(Schedule, schedule_id)
+    if schedule is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule with id {schedule_id}")
+    return schedule
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SchedulePublic)
+def create_schedule(
+    spec: Annotated[ScheduleSpec, Body(examples=[EXAMPLE])], session: SessionDep
+) -> SchedulePublic:
+    schedule = Schedule()
+    _apply(schedule, spec)
+    session.add(schedule)
+    session.commit()
+    return SchedulePublic.from_schedule(schedule)
+
+
+@router.get("", response_model=SchedulesPublic)
+def list_schedules(session: SessionDep) -> SchedulesPublic:
+    schedules = session.scalars(select(Schedule).order_by(Schedule.created_at.desc())).all()
+    return SchedulesPublic(data=[SchedulePublic.from_schedule(s) for s in schedules], count=len(schedules))
+
+
+@router.get("/{schedule_id}", response_model=SchedulePublic)
+def get_schedule(schedule_id: uuid.UUID, session: SessionDep) -> SchedulePublic:
+    return SchedulePublic.from_schedule(_get(session, schedule_id))
+
+
+@router.patch("/{schedule_id}", response_model=SchedulePublic)
+def update_schedule(
+    schedule_id: uuid.UUID, changes: Annotated[dict[str, Any], Body()], session: SessionDep
+) -> SchedulePublic:
+    """Change any of `name`, `job`, `cron` / `run_at`, `timezone`, `enabled`; the due time is worked out
+    again. Giving `cron` drops `run_at` and the other way round."""
+    schedule = _get(session, schedule_id)
+    current = SchedulePublic.from_schedule(schedule).model_dump(
+        mode="json", include={"name", "job", "cron", "run_at", "timezone", "enabled"}
+    )
+    if "cron" in changes and changes["cron"] is not None:
+        current["run_at"] = None
+    if "run_at" in changes and changes["run_at"] is not None:
+        current["cron"] = None
+    try:
+        spec = ScheduleSpec.model_validate(current | changes)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", *e["loc"])}
+                for e in error.errors(include_url=False, include_context=False)
+            ]
+        ) from None
+    _apply(schedule, spec)
+    session.commit()
+    return SchedulePublic.from_schedule(schedule)
+
+
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_schedule(schedule_id: uuid.UUID, session: SessionDep) -> Response:
+    """Delete the schedule; the jobs it made stay (their `schedule_id` is cleared)."""
+    session.delete(_get(session, schedule_id))
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

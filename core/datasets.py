@@ -1,0 +1,66 @@
+"""What a training job's `dataset` may name, and the cheap checks the API makes before accepting it.
+
+- `builtin:<name>`: a small synthetic dataset that ships with diffq (rendered, not downloaded), so
+  that training works offline. `builtin:glyphs` is colored shapes, each with a caption.
+- an upload id (`POST /v1/uploads`): a zip of images, with captions in a `metadata.jsonl`.
+- a storage prefix (`datasets/pets`): a folder of images in storage, with the same `metadata.jsonl`.
+
+The folder layout is the `imagefolder` one of 🤗 datasets: image files anywhere below the root, and
+optionally a `metadata.jsonl` whose lines name a `file_name` (relative to the file) and a caption
+column (`text` unless the job says otherwise).
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from core.storage import Storage
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = {"glyphs": "colored circles, squares, triangles and crosses on a plain background"}
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+METADATA_FILE = "metadata.jsonl"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    kind: Literal["builtin", "upload", "prefix"]
+    name: str
+
+    @property
+    def upload_key(self) -> str:
+        return f"uploads/{self.name}"
+
+
+def parse_dataset(ref: str) -> DatasetRef:
+    """Read a `dataset` parameter; ValueError with what to write instead if it names nothing."""
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref.removeprefix(BUILTIN_PREFIX)
+        if name not in BUILTIN_DATASETS:
+            known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)
+            raise ValueError(f"unknown built-in dataset '{ref}'; the built-in ones are {known}")
+        return DatasetRef("builtin", name)
+    if UPLOAD_ID.match(ref):
+        return DatasetRef("upload", ref)
+    parts = [part for part in ref.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts) or ref.startswith("/"):
+        raise ValueError(
+            f"dataset '{ref}' is neither 'builtin:<name>', an upload id nor a storage prefix "
+            "such as 'datasets/pets'"
+        )
+    return DatasetRef("prefix", "/".join(parts))
+
+
+def dataset_problem(ref: DatasetRef, storage: Storage) -> str | None:
+    """Why the dataset can't be read, as far as storage tells without reading it; None if it can."""
+    if ref.kind == "upload" and not storage.exists(ref.upload_key):
+        return f"no upload with id {ref.name}; upload the dataset zip with POST /v1/uploads first"
+    if ref.kind == "prefix" and not any(
+        key.lower().endswith(IMAGE_SUFFIXES) for key in storage.list(ref.name)
+    ):
+        return (
+            f"storage prefix '{ref.name}' holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+            f"put the images (and a {METADATA_FILE} of captions) under it"
+        )
+    return None

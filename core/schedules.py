@@ -1,0 +1,155 @@
+"""Scheduled jobs: a job template submitted on a cron expression, or once at `run_at`.
+
+`diffq beat` calls `fire_due_schedules` every `DIFFQ_SCHEDULE_INTERVAL_S`. Each due time makes
+exactly one job, however many beat processes run: a beat first moves the schedule's `next_run_at`
+on with a conditional UPDATE (`WHERE next_run_at = <the due time it read>`), which only one beat
+can win, and the job it then adds in the same transaction carries `(schedule_id, scheduled_for)`,
+which the `jobs` table holds unique.
+
+A beat that was down fires each schedule's missed due time once, then goes on from the present.
+"""
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import select, update
+
+from core.db import db_session
+from core.models import Job, JobStatus, Schedule, utcnow
+from core.queue import enqueue_job
+from core.specs import JOB_SPEC, TRAINING_TYPES, JobSpec
+from core.submit import job_from_spec
+
+logger = logging.getLogger(__name__)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive one (SQLite returns them) is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def next_cron_time(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first time after `after` that `cron`, read in `timezone`, names; in UTC."""
+    local = as_utc(after).astimezone(ZoneInfo(timezone))
+    return as_utc(croniter(cron, local).get_next(datetime))
+
+
+class ScheduleSpec(BaseModel):
+    """What a user submits to make a schedule: a job template and when to submit it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    job: JobSpec
+    cron: str | None = Field(
+        default=None, max_length=255, description="Five-field cron, e.g. '0 3 * * *' (03:00 daily)."
+    )
+    run_at: AwareDatetime | None = Field(default=None, description="One run at this time (with a zone).")
+    timezone: str = Field(default="UTC", description="The zone the cron expression is read in.")
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"'{value}' is not a cron expression; write five fields, e.g. '0 3 * * *'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone '{value}'; use an IANA name such as 'Europe/Paris'"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _when(self) -> "ScheduleSpec":
+        if (self.cron is None) == (self.run_at is None):
+            raise ValueError("give exactly one of cron (a recurring schedule) or run_at (a single run)")
+        if self.cron is not None and self.job.type in TRAINING_TYPES and not self.job.overwrite_output_model:
+            raise ValueError(
+                "a recurring training schedule registers its output_model at every run; set "
+                "job.overwrite_output_model: true so that each run replaces the last one's model"
+            )
+        return self
+
+
+def fire_due_schedules(now: datetime | None = None, limit: int = 100) -> dict[str, int]:
+    """Make the jobs of the schedules that are due, each due time once; enqueue them."""
+    now = now or utcnow()
+    with db_session() as session:
+        due = session.execute(
+            select(Schedule.id, Schedule.next_run_at)
+            .where(Schedule.enabled.is_(True), Schedule.next_run_at <= now)
+            .order_by(Schedule.next_run_at)
+            .limit(limit)
+        ).all()
+    fired = 0
+    for schedule_id, due_at in due:
+        job_id = fire_schedule(schedule_id, due_at, now)
+        if job_id is not None:
+            fired += 1
+            try:
+                enqueue_job(job_id)
+            except Exception:
+                # The job row is committed and queued: the source of truth. It is not lost.
+                logger.exception("could not enqueue job %s of schedule %s", job_id, schedule_id)
+    return {"fired": fired} if fired else {}
+
+
+def fire_schedule(schedule_id: uuid.UUID, due_at: datetime, now: datetime) -> uuid.UUID | None:
+    """Make the job of one due time; None if another beat made it, or the schedule changed meanwhile."""
+    with db_session() as session:
+        schedule = session.get(Schedule, schedule_id)
+        if schedule is None:
+            return None
+        next_run_at = next_cron_time(schedule.cron, schedule.timezone, now) if schedule.cron else None
+        moved = session.execute(
+            update(Schedule)
+            .where(Schedule.id == schedule_id, Schedule.enabled.is_(True), Schedule.next_run_at == due_at)
+            .values(next_run_at=next_run_at, last_run_at=now, updated_at=now)
+        ).rowcount
+        if moved != 1:
+            return None
+        job = _job_for(schedule.job, schedule_id, due_at, now)
+        session.add(job)
+        session.flush()
+        logger.info("schedule %s (due %s) made job %s", schedule_id, due_at, job.id)
+        # A job that can't run (its template went stale) is recorded failed, not sent.
+        return job.id if job.status == JobStatus.QUEUED else None
+
+
+def _job_for(template: dict[str, Any], schedule_id: uuid.UUID, due_at: datetime, now: datetime) -> Job:
+    try:
+        spec = JOB_SPEC.validate_python(template)
+    except ValidationError as error:
+        return Job(
+            type=str(template.get("type", "unknown"))[:32],
+            model=template.get("model"),
+            params=template.get("params") or {},
+            status=JobStatus.FAILED,
+            error={
+                "code": "bad_input",
+                "message": f"the schedule's job template is no longer valid; update the schedule: {error}",
+            },
+            schedule_id=schedule_id,
+            scheduled_for=due_at,
+            finished_at=now,
+        )
+    return job_from_spec(spec, schedule_id=schedule_id, scheduled_for=due_at)

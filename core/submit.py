@@ -1,0 +1,125 @@
+"""Turning a validated job spec into a job row, and the checks that need the database or storage.
+
+The API runs these checks before it accepts a job or a schedule; the beat builds the jobs of due
+schedules with `job_from_spec` too, so a job is the same however it was submitted.
+"""
+
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from core.datasets import dataset_problem, parse_dataset
+from core.db import db_session
+from core.model_refs import reference_problem
+from core.models import Job, JobStatus, ModelKind
+from core.registry import find_model
+from core.specs import JobSpec, new_seed
+from core.storage import Storage
+
+# (location in the body, message, error type), as FastAPI reports validation errors.
+Problem = tuple[tuple[str, ...], str, str]
+
+
+def spec_problems(spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
+    """What is wrong with a job that its spec alone can't tell: unknown models, names, datasets."""
+    problems: list[Problem] = []
+    if spec.model is not None and (problem := model_problem(spec.model, spec.type, models_dir)):
+        problems.append((("model",), problem, "unknown_model"))
+    return problems + training_problems(spec, models_dir, storage)
+
+
+def training_problems(spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
+    """The checks beyond the model: a LoRA to apply, the name a training job registers, its dataset."""
+    problems: list[Problem] = []
+    lora = getattr(spec.params, "lora", None)
+    if lora is not None and (problem := lora_problem(lora.name)):
+        problems.append((("params", "lora", "name"), problem, "unknown_model"))
+    output_model = getattr(spec, "output_model", None)
+    if output_model is not None and (
+        problem := output_model_problem(output_model, spec.overwrite_output_model, models_dir)
+    ):
+        problems.append((("output_model",), problem, "model_exists"))
+    dataset = getattr(spec.params, "dataset", None)
+    if dataset is not None and (problem := dataset_problem(parse_dataset(dataset), storage)):
+        problems.append((("params", "dataset"), problem, "bad_dataset"))
+    return problems
+
+
+def model_problem(ref: str, job_type: str, models_dir: Path) -> str | None:
+    """Why `ref` can't be the model of a `job_type` job; None if it can."""
+    registered = find_model(ref) if not (models_dir / ref).exists() else None
+    if registered is None:
+        return reference_problem(ref, models_dir)
+    if registered.kind == ModelKind.LORA:
+        return (
+            f"model '{ref}' is a LoRA; name its base model '{registered.base_model}' as the model and "
+            f'pass params.lora = {{"name": "{ref}"}}'
+        )
+    if registered.kind == ModelKind.UNCONDITIONAL and job_type != "unconditional":
+        return f"model '{ref}' is an unconditional model (UNet2DModel); use it in an 'unconditional' job"
+    return None
+
+
+def lora_problem(name: str) -> str | None:
+    registered = find_model(name)
+    if registered is None:
+        return (
+            f"no registered LoRA named '{name}'; train one with a 'train_lora' job "
+            "(GET /v1/models lists them)"
+        )
+    if registered.kind != ModelKind.LORA:
+        return f"model '{name}' is not a LoRA but a {registered.kind} model"
+    return None
+
+
+def output_model_problem(name: str, overwrite: bool, models_dir: Path) -> str | None:
+    """Why a training job may not register `name`; None if it may."""
+    if (models_dir / name).exists():
+        return f"'{name}' is a folder in the models dir; pick another output_model"
+    if overwrite:
+        return None
+    registered = find_model(name)
+    if registered is not None:
+        return (
+            f"a model named '{name}' is already registered (made by job {registered.job_id}); pick another "
+            "output_model, or set overwrite_output_model: true to replace it"
+        )
+    with db_session() as session:
+        training = session.scalar(
+            select(Job.id).where(
+                Job.output_model == name, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
+            )
+        )
+    if training is not None:
+        return (
+            f"job {training} is already training a model named '{name}'; pick another output_model, "
+            "or set overwrite_output_model: true"
+        )
+    return None
+
+
+def job_fields(spec: JobSpec) -> dict[str, Any]:
+    """The columns to store for `spec`; a seed left unset is picked here and recorded, so the job
+    can be remade."""
+    params: dict[str, Any] = spec.params.model_dump(mode="json")
+    if "seed" in params and params["seed"] is None:
+        params["seed"] = new_seed()
+    return {
+        "type": spec.type,
+        "model": spec.model,
+        "params": params,
+        "output_model": getattr(spec, "output_model", None),
+        "overwrite_output_model": getattr(spec, "overwrite_output_model", False),
+    }
+
+
+def job_from_spec(
+    spec: JobSpec, schedule_id: uuid.UUID | None = None, scheduled_for: datetime | None = None
+) -> Job:
+    """A queued job for `spec`."""
+    return Job(
+        **job_fields(spec), status=JobStatus.QUEUED, schedule_id=schedule_id, scheduled_for=scheduled_for
+    )

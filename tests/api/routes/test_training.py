@@ -1,0 +1,88 @@
+"""Training and model endpoints at the door: bad training specs are 422s that say what to fix."""
+
+import io
+import zipfile
+
+import httpx
+import pytest
+
+from tests.utils.jobs import train_spec
+
+
+def post(stack, spec) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.post(f"{stack.api_url}/v1/jobs", json=spec, timeout=30)
+
+
+def errors(response: httpx.Response) -> dict[str, str]:
+    return {".".join(str(p) for p in error["loc"]): error["msg"] for error in response.json()["detail"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"output_model": "../up"}, "output_model", "letters, digits"),
+        ({"output_model": "org/name"}, "output_model", "letters, digits"),
+        ({"output_model": "tiny-ddpm"}, "output_model", "is a folder in the models dir"),
+        ({"params": {"dataset": "builtin:cats"}}, "params.dataset", "the built-in ones are builtin:glyphs"),
+        ({"params": {"dataset": "../etc"}}, "params.dataset", "neither 'builtin:<name>'"),
+        ({"params": {"dataset": "0" * 32}}, "params.dataset", "no upload with id"),
+        ({"params": {"dataset": "datasets/none"}}, "params.dataset", "holds no images"),
+        ({"params": {"mixed_precision": "fp8"}}, "params.mixed_precision", "'no', 'fp16' or 'bf16'"),
+        ({"params": {"learning_rate": 0}}, "params.learning_rate", "greater than 0"),
+        ({"params": {"image_size": 15}}, "params", "multiple of 2"),
+        ({"params": {"block_out_channels": [16, 30]}}, "params", "multiples of norm_num_groups"),
+        (
+            {"params": {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"]}},
+            "params.down_block_types",
+            "unknown",
+        ),
+        ({"params": {"layers_per_block": 0}}, "params.layers_per_block", "greater than or equal to 1"),
+        ({"params": {"steps": 3}}, "params.steps", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_training_specs_are_422(stack, change, field, words) -> None:  # type: ignore[no-untyped-def]
+    spec = train_spec("fine-name")
+    spec = spec | change | {"params": spec["params"] | change.get("params", {})}
+    response = post(stack, spec)
+    assert response.status_code == 422, response.text
+    found = {loc: msg for loc, msg in errors(response).items() if loc.endswith(field)}
+    assert found, errors(response)
+    assert any(words in msg for msg in found.values()), found
+
+
+def test_lora_needs_a_base_model(stack) -> None:  # type: ignore[no-untyped-def]
+    response = post(
+        stack, {"type": "train_lora", "output_model": "x", "params": {"dataset": "builtin:glyphs"}}
+    )
+    assert response.status_code == 422
+    assert "body.train_lora.model" in errors(response)
+
+
+def test_unknown_models_and_metrics(stack) -> None:  # type: ignore[no-untyped-def]
+    assert httpx.get(f"{stack.api_url}/v1/models/no-such-model").status_code == 404
+    missing = httpx.get(f"{stack.api_url}/v1/jobs/00000000-0000-0000-0000-000000000000/metrics")
+    assert missing.status_code == 404
+    listed = httpx.get(f"{stack.api_url}/v1/models").json()
+    assert listed["count"] == len(listed["data"])
+    response = post(stack, {"type": "unconditional", "model": "no-such-model", "params": {}})
+    assert "not found in the models dir" in errors(response)["body.model"]
+
+
+def test_uploaded_dataset_without_images_fails_the_job(stack, client) -> None:  # type: ignore[no-untyped-def]
+    from tests.utils.jobs import wait_finished
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("metadata.jsonl", '{"file_name": "a.png", "text": "a"}\n')
+        zipped.writestr("notes.txt", "no images here")
+    upload = httpx.post(f"{stack.api_url}/v1/uploads", files={"file": ("data.zip", archive.getvalue())})
+    assert upload.status_code == 201, upload.text
+    assert upload.json()["bytes"] == len(archive.getvalue())
+
+    job = client.submit(
+        train_spec("empty-dataset") | {"params": train_spec("x")["params"] | {"dataset": upload.json()["id"]}}
+    )
+    done = wait_finished(client, job["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "bad_input"
+    assert "has no images" in done["error"]["message"] and upload.json()["id"] in done["error"]["message"]

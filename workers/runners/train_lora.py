@@ -1,0 +1,268 @@
+"""LoRA fine-tuning of a Stable-Diffusion-family UNet on image–caption pairs, as diffusers'
+`train_text_to_image_lora.py` does it.
+
+Load the base pipeline's components and freeze them, add a peft LoRA adapter to the UNet's attention
+projections and train only its weights: encode the images to latents with the VAE, the captions with
+the text encoder, add noise at random timesteps, step on the MSE to the scheduler's target. The result
+is a `pytorch_lora_weights.safetensors` that `load_lora_weights` accepts, registered under
+`output_model` with its base model; a `text2img` job applies it with `params.lora`.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from core.errors import BadModel
+from core.jobs import forget_metrics_after
+from core.models import ModelKind
+from core.progress import JobCanceled
+from core.registry import register_model
+from core.specs import TrainLoraParams
+from models_store.registry import resolve_job_model
+from workers.datasets import load_training_images
+from workers.job_run import JobRun
+from workers.training import (
+    Checkpoints,
+    TrainingPlan,
+    TrainingState,
+    accelerator_for,
+    epoch_order,
+    save_grid,
+    store_model,
+)
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+def run(job: JobRun) -> list[dict[str, Any]]:
+    params = TrainLoraParams.model_validate(job.params)
+    with accelerator_for(
+        job.settings.device, params.mixed_precision, params.gradient_accumulation_steps
+    ) as accelerator:
+        return train(job, params, accelerator)
+
+
+def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[str, Any]]:
+    assert job.model is not None and job.output_model is not None and params.seed is not None
+    base = load_base(job.model, job)
+    tokenizer, text_encoder, vae, unet = base.tokenizer, base.text_encoder, base.vae, base.unet
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    for frozen in (text_encoder, vae, unet):
+        frozen.requires_grad_(False)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(params.mixed_precision, torch.float32)
+    for module in (text_encoder, vae, unet):
+        module.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            module.to(dtype=weight_dtype)
+
+    torch.manual_seed(params.seed)  # the LoRA's initial weights
+    unet.add_adapter(
+        LoraConfig(
+            r=params.rank, lora_alpha=params.rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+        )
+    )
+    cast_training_params(unet, dtype=torch.float32)  # the trained weights stay fp32 under mixed precision
+    lora_parameters = [p for p in unet.parameters() if p.requires_grad]
+
+    dataset = load_training_images(
+        params.dataset,
+        params.resolution,
+        job.storage,
+        caption_column=params.caption_column,
+        need_captions=True,
+    )
+    input_ids = tokenizer(
+        dataset.captions,
+        max_length=tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    plan = TrainingPlan(
+        num_images=len(dataset),
+        train_batch_size=params.train_batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        num_epochs=params.num_epochs,
+        max_train_steps=params.max_train_steps,
+    )
+    optimizer = torch.optim.AdamW(lora_parameters, lr=params.learning_rate)
+    lr_scheduler = get_scheduler(
+        params.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=params.lr_warmup_steps,
+        num_training_steps=plan.total_steps,
+    )
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # Checkpoints hold the LoRA weights only, not the frozen UNet.
+    accelerator.register_save_state_pre_hook(save_lora_hook(accelerator))
+    accelerator.register_load_state_pre_hook(load_lora_hook)
+    state = TrainingState(torch.Generator(device=accelerator.device).manual_seed(params.seed))
+    accelerator.register_for_checkpointing(state)
+
+    checkpoints = Checkpoints(job.storage, job.job_id, keep=params.checkpoints_total_limit)
+    step = checkpoints.resume(accelerator)
+    first_epoch, first_batch = plan.position(step)
+    reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
+    if not forget_metrics_after(job.job_id, job.attempt, step):
+        raise JobCanceled(str(job.job_id))
+
+    unet.train()
+    loss_sum = 0.0  # over the batches of one optimizer step
+    for epoch in range(first_epoch, plan.epochs):
+        order, flips = epoch_order(params.seed, epoch, len(dataset))
+        for batch in range(first_batch if epoch == first_epoch else 0, plan.batches_per_epoch):
+            indices = order[batch * params.train_batch_size : (batch + 1) * params.train_batch_size]
+            pixel_values = dataset.batch(indices, flips[indices] & params.random_flip, accelerator.device)
+            with torch.no_grad():
+                latents = vae.encode(pixel_values.to(weight_dtype)).latent_dist.sample(
+                    generator=state.generator
+                )
+                latents = latents * vae.config.scaling_factor
+                encoder_hidden_states = text_encoder(
+                    input_ids[indices].to(accelerator.device), return_dict=False
+                )[0]
+            noise = torch.randn(
+                latents.shape, generator=state.generator, device=latents.device, dtype=latents.dtype
+            )
+            timesteps = torch.randint(
+                0,
+                noise_scheduler.config.num_train_timesteps,
+                (latents.shape[0],),
+                generator=state.generator,
+                device=latents.device,
+            )
+            noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+            if noise_scheduler.config.prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+
+            with accelerator.accumulate(unet):
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+                loss = F.mse_loss(model_pred.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(lora_parameters, 1.0)
+                step_lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach().item()
+
+            if accelerator.sync_gradients:
+                step = state.step = step + 1
+                mean_loss = loss_sum / params.gradient_accumulation_steps
+                loss_sum = 0.0
+                reporter.log_step(step, epoch=epoch, loss=mean_loss, lr=step_lr)
+                if step % params.checkpointing_steps == 0 and step < plan.total_steps:
+                    reporter.flush()
+                    reporter.add_output(checkpoints.save(accelerator, step))
+                if step == plan.total_steps:
+                    break
+        if step == plan.total_steps:
+            break
+
+    unet = accelerator.unwrap_model(unet)
+    if params.validation_prompt:
+        base.unet = unet
+        with accelerator.autocast():
+            images = validation_images(base, params)
+        grid_parameters = {"type": job.type, "job": str(job.job_id), "prompt": params.validation_prompt}
+        reporter.add_output(save_grid(job.storage, job.job_id, images, epoch, step, grid_parameters))
+
+    with tempfile.TemporaryDirectory(prefix="diffq-lora-") as folder:
+        StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=lora_layers(unet), weight_name=LORA_WEIGHTS, safe_serialization=True
+        )
+        prefix, model_output = store_model(
+            job.storage, job.job_id, job.output_model, Path(folder), LORA_WEIGHTS
+        )
+    registered = register_model(
+        job_id=job.job_id,
+        attempt=job.attempt,
+        name=job.output_model,
+        kind=ModelKind.LORA,
+        storage_prefix=prefix,
+        base_model=job.model,
+        overwrite=job.overwrite_output_model,
+    )
+    if not registered:
+        raise JobCanceled(str(job.job_id))
+    return reporter.outputs + [model_output]
+
+
+def load_base(model_ref: str, job: JobRun) -> StableDiffusionPipeline:
+    """The base model's components, in float32 on the CPU, for training (not the worker's cached pipeline,
+    which must stay as it is for generation jobs)."""
+    folder = resolve_job_model(model_ref, job.settings.models_dir)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder,
+            dtype=torch.float32,
+            use_safetensors=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError, TypeError) as error:
+        raise BadModel(
+            f"cannot load '{model_ref}' as a Stable Diffusion pipeline for LoRA training: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lora_layers(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The UNet's LoRA weights, named as diffusers' LoRA files name them."""
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+def save_lora_hook(accelerator: Any):  # type: ignore[no-untyped-def]
+    def save(models: list, weights: list, output_dir: str) -> None:
+        for model in models:
+            StableDiffusionPipeline.save_lora_weights(
+                output_dir,
+                unet_lora_layers=lora_layers(accelerator.unwrap_model(model)),
+                safe_serialization=True,
+            )
+            weights.pop()  # accelerate would save the whole UNet otherwise
+
+    return save
+
+
+def load_lora_hook(models: list, input_dir: str) -> None:
+    while models:
+        unet = models.pop()  # accelerate would load the whole UNet otherwise
+        state_dict, _ = StableDiffusionPipeline.lora_state_dict(input_dir)
+        unet_state = {k.removeprefix("unet."): v for k, v in state_dict.items() if k.startswith("unet.")}
+        set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
+
+
+def validation_images(pipe: StableDiffusionPipeline, params: TrainLoraParams) -> list:
+    """Images of the validation prompt with the trained LoRA, image i seeded `seed + i`."""
+    assert params.seed is not None and params.validation_prompt is not None
+    return pipe(
+        prompt=params.validation_prompt,
+        num_inference_steps=params.validation_inference_steps,
+        width=params.resolution,
+        height=params.resolution,
+        num_images_per_prompt=params.num_validation_images,
+        generator=[
+            torch.Generator("cpu").manual_seed(params.seed + i) for i in range(params.num_validation_images)
+        ],
+    ).images
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
