@@ -1,15 +1,12 @@
 """Failure paths: each failed job says why, and nothing is left running."""
 
 import shutil
-import uuid
 
 import pytest
 
 from core.config import get_settings
-from core.db import db_session
-from core.models import Job
 from core.queue import RUN_JOB_TASK, get_celery
-from tests.utils.jobs import text2img_spec, wait_finished
+from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
 from tests.utils.services import WorkerProcess
 
 FAULT_QUEUE = "diffq-test-faults"
@@ -52,17 +49,8 @@ def fault_worker(stack):  # type: ignore[no-untyped-def]
     worker.stop()
 
 
-def submit_to(queue: str, spec: dict) -> uuid.UUID:
-    """Write a job row and send it to `queue`, as the API does for its own queue."""
-    with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
-        session.add(job)
-    get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
-    return job.id
-
-
 def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:  # type: ignore[no-untyped-def]
-    job_id = submit_to(FAULT_QUEUE, text2img_spec(num_inference_steps=10, num_images=1))
+    job_id = submit_to_queue(FAULT_QUEUE, text2img_spec(num_inference_steps=10, num_images=1))
     done = wait_finished(client, str(job_id))
     assert done["status"] == "failed"
     assert done["error"] == {"code": "internal", "message": "RuntimeError: injected failure in UNet call 5"}
