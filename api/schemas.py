@@ -7,10 +7,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.batches import BatchState
-from core.models import Batch, Job, JobMetric, RegisteredModel, Schedule
 from core.schedules import as_utc
 from core.specs import JobSpec
 from core.storage import Storage
+from core.tables import Batch, Job, JobMetric, RegisteredModel, Schedule
 
 
 class JobError(BaseModel):

@@ -79,7 +79,7 @@ def cache_totals() -> tuple[int, int, float]:
     from sqlalchemy import select
 
     from core.db import db_session
-    from core.models import WorkerNode
+    from core.tables import WorkerNode
 
     with db_session() as session:
         rows = session.scalars(select(WorkerNode)).all()

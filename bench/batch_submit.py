@@ -80,9 +80,9 @@ def wait_for_messages(count: int, timeout: float = 600) -> None:
 def naive(specs: list[dict]) -> tuple[float, float]:
     """Seconds to write the rows one flush at a time, and then to send their messages one by one."""
     from core.db import db_session
-    from core.models import Job
     from core.queue import enqueue_job
     from core.specs import JOB_SPEC
+    from core.tables import Job
 
     start = time.perf_counter()
     with db_session() as session:
@@ -104,7 +104,7 @@ def insert_only(specs: list[dict]) -> tuple[float, float]:
     """Seconds for the INSERT and commit alone: per-row ORM flush, then one executemany INSERT."""
     from core.batches import insert_batch
     from core.db import db_session
-    from core.models import Job
+    from core.tables import Job
 
     rows = [{"type": s["type"], "model": s["model"], "params": s["params"]} for s in specs]
     start = time.perf_counter()

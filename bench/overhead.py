@@ -41,7 +41,7 @@ PARAMS = {
 }
 
 
-def load_bare_pipeline(models_dir: Path):  # type: ignore[no-untyped-def]
+def load_bare_pipeline(models_dir: Path):
     import torch
     from diffusers import AutoPipelineForText2Image
 
@@ -52,7 +52,7 @@ def load_bare_pipeline(models_dir: Path):  # type: ignore[no-untyped-def]
     return pipe
 
 
-def bare_round(pipe, seeds: range) -> float:  # type: ignore[no-untyped-def]
+def bare_round(pipe, seeds: range) -> float:
     """Seconds for one call per seed."""
     import torch
 
@@ -63,7 +63,7 @@ def bare_round(pipe, seeds: range) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - start
 
 
-def diffq_round(client, seeds: range) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+def diffq_round(client, seeds: range) -> tuple[float, list[float]]:
     """Seconds from the first submission to the last finish (server clock), and per-job hold times."""
     from tests.utils.jobs import wait_finished
 
@@ -80,7 +80,7 @@ def diffq_round(client, seeds: range) -> tuple[float, list[float]]:  # type: ign
     return elapsed, held
 
 
-def start_stack():  # type: ignore[no-untyped-def]
+def start_stack():
     import psycopg
     import redis
 

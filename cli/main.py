@@ -102,7 +102,7 @@ def workers(
 ) -> None:
     """List the live workers: device, busy or idle, loaded models, cache hits and misses."""
     from core.db import db_session
-    from core.fleet import live_workers, resident_models
+    from core.worker_nodes import live_workers, resident_models
 
     with db_session() as session:
         live = live_workers(session, get_settings().worker_stale_s)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from core.models import Batch, Job, JobStatus, utcnow
+from core.tables import Batch, Job, JobStatus, utcnow
 
 # A JSON Lines line with this key is a whole job spec; any other line is the params of one.
 SPEC_KEY = "params"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.db import db_session
-from core.models import Job, JobMetric, JobStatus, utcnow
+from core.tables import Job, JobMetric, JobStatus, utcnow
 
 WORKER_LOST = {
     "code": "worker_lost",

@@ -2,7 +2,7 @@
 
 Jobs run in worker processes, not in the API, so nothing is counted in the API's memory: job counts and
 the duration and time-in-queue histograms come from the `jobs` table, cache and denoising figures from
-the `workers` table (each worker writes its own row, see core/fleet.py), queue depths from the broker.
+the `workers` table (each worker writes its own row, see core/worker_nodes.py), queue depths from the broker.
 Every API replica therefore reports the same numbers, and they survive restarts.
 
 The histograms are aggregated in SQL over every job that has started (time in queue: `started_at -
@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.db import db_session
-from core.fleet import live_workers
-from core.models import Job, JobStatus, WorkerNode
 from core.queue import queue_depths
 from core.routing import direct_queue
+from core.tables import Job, JobStatus, WorkerNode
+from core.worker_nodes import live_workers
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.jobs import job_status, record_progress
-from core.models import JobStatus
+from core.tables import JobStatus
 
 
 class JobCanceled(Exception):

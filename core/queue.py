@@ -17,8 +17,8 @@ from sqlalchemy import select
 from core.config import Settings, get_settings
 from core.db import db_session
 from core.jobs import mark_enqueued
-from core.models import Job
 from core.routing import pick_queue, queue_for
+from core.tables import Job
 
 logger = logging.getLogger(__name__)
 

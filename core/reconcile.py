@@ -27,9 +27,9 @@ from sqlalchemy import select, update
 from core.config import get_settings
 from core.db import db_session
 from core.jobs import expired_jobs, requeue_or_fail
-from core.models import Job, JobStatus, WorkerNode, utcnow
 from core.queue import enqueue_jobs, get_celery
 from core.routing import direct_queue
+from core.tables import Job, JobStatus, WorkerNode, utcnow
 
 logger = logging.getLogger(__name__)
 

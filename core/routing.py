@@ -10,7 +10,7 @@ waits for it.
 Affinity. A worker keeps recently used pipelines loaded; a job whose model is already loaded somewhere
 should run there instead of making another worker load it. The API cannot see the workers' memory, so
 each worker writes its loaded models, and its averages, to its row in the `workers` table
-(core/fleet.py). For a generation job, `pick_queue` considers the live workers that consume a direct
+(core/worker_nodes.py). For a generation job, `pick_queue` considers the live workers that consume a direct
 queue and have the job's model loaded (or are loading it for the job they run now) with a backlog (the
 job they run plus those waiting in their direct queue) below `DIFFQ_AFFINITY_MAX_BACKLOG`; of those it
 takes the one with the least backlog, then:
@@ -41,9 +41,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.fleet import live_workers, resident_models
-from core.models import Job, JobStatus, WorkerNode, utcnow
 from core.specs import TRAINING_TYPES
+from core.tables import Job, JobStatus, WorkerNode, utcnow
+from core.worker_nodes import live_workers, resident_models
 
 # Job types that train rather than generate; they go to the training queue. Add new ones here.
 TRAINING_JOB_TYPES = frozenset(TRAINING_TYPES)

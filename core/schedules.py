@@ -28,10 +28,10 @@ from pydantic import (
 from sqlalchemy import select, update
 
 from core.db import db_session
-from core.models import Job, JobStatus, Schedule, utcnow
 from core.queue import enqueue_job
 from core.specs import JOB_SPEC, TRAINING_TYPES, JobSpec
 from core.submit import job_from_spec
+from core.tables import Job, JobStatus, Schedule, utcnow
 
 logger = logging.getLogger(__name__)
 

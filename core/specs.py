@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from core.config import get_settings
-from core.datasets import parse_dataset
+from core.dataset_refs import parse_dataset
 from core.schedulers import scheduler_problem
 from core.storage import _clean_key
 

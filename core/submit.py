@@ -11,13 +11,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.datasets import dataset_problem, parse_dataset
+from core.dataset_refs import dataset_problem, parse_dataset
 from core.db import db_session
 from core.model_refs import reference_problem
-from core.models import Job, JobStatus, ModelKind
-from core.registry import find_model
+from core.model_registry import find_model
 from core.specs import JobSpec, new_seed
 from core.storage import Storage
+from core.tables import Job, JobStatus, ModelKind
 
 # (location in the body, message, error type), as FastAPI reports validation errors.
 Problem = tuple[tuple[str, ...], str, str]

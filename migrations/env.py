@@ -2,7 +2,7 @@ from alembic import context
 
 from core.config import get_settings
 from core.db import make_engine
-from core.models import Base
+from core.tables import Base
 
 target_metadata = Base.metadata
 

@@ -51,6 +51,18 @@ os.environ.update(
 )
 
 
+E2E_FIXTURES = {"stack", "client"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark as `e2e` every test that runs real worker processes or the API over HTTP: those under
+    tests/e2e/ and any test that uses the `stack` fixture. `pytest -m "not e2e"` is the fast tier."""
+    for item in items:
+        in_e2e_dir = "e2e" in item.path.parts
+        if in_e2e_dir or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(TMP, ignore_errors=True)
 
@@ -127,7 +139,7 @@ def stack(models_dir: Path, database: str, broker: str, s3: str) -> Iterator[Sta
 
 
 @pytest.fixture
-def client(stack: Stack):  # type: ignore[no-untyped-def]
+def client(stack: Stack):
     from cli.client import Client
 
     return Client(stack.api_url)

@@ -173,7 +173,7 @@ def test_every_diffq_command_parses() -> None:
     for name in DIFFQ_SERVICES:
         argv = command(name)
         assert argv[0] == "diffq"
-        subcommand = group.get_command(root, argv[1])  # type: ignore[attr-defined]
+        subcommand = group.get_command(root, argv[1])
         if argv[1] == "beat" and subcommand is None:
             continue  # `diffq beat` comes with the training scheduler
         assert subcommand is not None, f"{name} runs an unknown command {argv[1]}"

@@ -49,7 +49,7 @@ DUTIES: list[Duty] = [
 class DiffqScheduler(Scheduler):
     """Runs `DUTIES` on each tick, besides any Celery periodic tasks."""
 
-    def tick(self, *args, **kwargs) -> float:  # type: ignore[no-untyped-def]
+    def tick(self, *args, **kwargs) -> float:
         now = time.monotonic()
         for duty in DUTIES:
             duty.run_if_due(now)

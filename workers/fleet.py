@@ -18,8 +18,8 @@ from functools import lru_cache
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 
 from core.config import get_settings
-from core.fleet import record_finished_job, register_worker, remove_worker, update_worker
-from core.models import Job
+from core.tables import Job
+from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
 from workers.job_run import JobRun
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from PIL import Image
 
 from core.config import Settings, get_settings
 from core.images import encode_png
-from core.models import Job
 from core.progress import ProgressReporter, TrainingReporter
 from core.specs import ImageRef
 from core.storage import Storage, get_storage
+from core.tables import Job
 from core.uploads import load_input_image
 
 
@@ -87,10 +87,10 @@ class JobRun:
         reporter.flush()
         return reporter
 
-    def diffusers_callback(self, reporter: ProgressReporter):  # type: ignore[no-untyped-def]
+    def diffusers_callback(self, reporter: ProgressReporter):
         """A `callback_on_step_end` that records each finished timestep."""
 
-        def on_step_end(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:  # type: ignore[no-untyped-def]
+        def on_step_end(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
             # Schedulers may run more or fewer steps than asked (PNDM adds one; img2img skips
             # some): the pipeline knows how many it really runs.
             reporter.total = getattr(pipe, "num_timesteps", None) or reporter.total

@@ -8,7 +8,7 @@ from core.config import get_settings
 from core.errors import BadModel
 from core.specs import LoraRef
 from core.storage import get_storage
-from models_store.registry import fetch_registered
+from models_store.registered import fetch_registered
 
 ADAPTER = "diffq_job_lora"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"

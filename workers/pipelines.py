@@ -16,7 +16,7 @@ from core.schedulers import make_scheduler
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype, pipeline_for_task
 from models_store.memory import cache_budget_bytes, estimate_folder_bytes
-from models_store.registry import resolve_job_model
+from models_store.registered import resolve_job_model
 
 
 @lru_cache

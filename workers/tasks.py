@@ -13,9 +13,9 @@ from celery.worker.request import Request
 from core.db import get_engine
 from core.errors import JobError
 from core.jobs import claim_job, finish_job, hand_back, job_status, record_canceled_progress
-from core.models import JobStatus
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
+from core.tables import JobStatus
 from workers.celery_app import app
 from workers.fleet import device_label, running
 from workers.job_run import JobRun
@@ -53,7 +53,7 @@ class RunJobRequest(Request):
     attempt's lease runs out and waiting for the reconciler.
     """
 
-    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):  # type: ignore[no-untyped-def]
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):  # how the pool hands over its errors
             exc = exc.exc
@@ -77,7 +77,7 @@ def run_job(self: Task, job_id: str) -> str:
     run = JobRun.from_job(job)
     outputs: list[dict] = []
     error: dict[str, str] | None = None
-    # The worker's row says what it has loaded before the job is seen to end (core/fleet.py).
+    # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
     with running(job, run), hold_lease(job.id, job.attempts, run.settings.lease_s):
         try:
             runner = RUNNERS.get(job.type)

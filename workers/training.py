@@ -30,7 +30,7 @@ from PIL import Image
 
 from core.errors import BadInput
 from core.images import encode_png
-from core.registry import model_prefix
+from core.model_registry import model_prefix
 from core.storage import Storage, get_folder, put_folder
 from models_store.load import pick_device
 

@@ -29,10 +29,10 @@ from core.batches import (
 from core.config import get_settings
 from core.db import get_sessionmaker
 from core.jobs import cancel_jobs
-from core.models import Batch, Job, JobStatus, utcnow
 from core.queue import enqueue_jobs
 from core.specs import JOB_SPEC, JobSpec
 from core.storage import get_storage
+from core.tables import Batch, Job, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/batches", tags=["batches"])

@@ -9,10 +9,10 @@ from api.admission import Admission, job_values, unprocessable
 from api.deps import SessionDep
 from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
 from core.jobs import cancel_job, job_metrics
-from core.models import Job, JobStatus
 from core.queue import enqueue_job
 from core.specs import JobSpec
 from core.storage import get_storage
+from core.tables import Job, JobStatus
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from api.schemas import ModelPublic, ModelsPublic
-from core.registry import find_model, list_models
+from core.model_registry import find_model, list_models
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from api.admission import Admission, unprocessable
 from api.deps import SessionDep
 from api.schemas import SchedulePublic, SchedulesPublic
-from core.models import Schedule, utcnow
 from core.schedules import ScheduleSpec, as_utc, next_cron_time
 from core.storage import get_storage
+from core.tables import Schedule, utcnow
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 

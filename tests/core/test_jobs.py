@@ -7,12 +7,12 @@ from sqlalchemy import delete, update
 
 from core.db import db_session
 from core.jobs import claim_job, finish_job, hand_back, record_progress, renew_lease
-from core.models import Job, utcnow
 from core.reconcile import requeue_expired
+from core.tables import Job, utcnow
 
 
 @pytest.fixture
-def job_id(database: str):  # type: ignore[no-untyped-def]
+def job_id(database: str):
     with db_session() as session:
         job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"})
         session.add(job)
@@ -22,26 +22,26 @@ def job_id(database: str):  # type: ignore[no-untyped-def]
         session.execute(delete(Job).where(Job.id == job.id))
 
 
-def expire_lease(job_id) -> None:  # type: ignore[no-untyped-def]
+def expire_lease(job_id) -> None:
     with db_session() as session:
         session.execute(
             update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
 
 
-def load(job_id) -> Job:  # type: ignore[no-untyped-def]
+def load(job_id) -> Job:
     with db_session() as session:
         return session.get_one(Job, job_id)
 
 
-def test_claim_once_while_the_lease_holds(job_id) -> None:  # type: ignore[no-untyped-def]
+def test_claim_once_while_the_lease_holds(job_id) -> None:
     first = claim_job(job_id, "a")
     assert first is not None and first.attempts == 1 and first.lease_expires_at > utcnow()
     assert claim_job(job_id, "b") is None
     assert renew_lease(job_id, 1)
 
 
-def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id) -> None:  # type: ignore[no-untyped-def]
+def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id) -> None:
     claim_job(job_id, "a")
     expire_lease(job_id)
     second = claim_job(job_id, "b")
@@ -54,7 +54,7 @@ def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id) -
     assert load(job_id).outputs == []
 
 
-def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:
     from core.config import get_settings
 
     monkeypatch.setattr(get_settings(), "max_attempts", 2)
@@ -67,7 +67,7 @@ def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:  # type: 
     assert "2 times" in job.error["message"]
 
 
-def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None:
     from core.config import get_settings
 
     monkeypatch.setattr(get_settings(), "max_attempts", 2)
@@ -84,7 +84,7 @@ def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None
     assert job.error["code"] == "worker_lost" and job.lease_expires_at is None
 
 
-def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:
     import redis
 
     from core.config import get_settings

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.db import make_engine
 from core.metrics import DURATION_BUCKETS, _histogram
-from core.models import Job, utcnow
+from core.tables import Job, utcnow
 from migrations.run import upgrade
 
 JOB_TYPE = "metrics_test"

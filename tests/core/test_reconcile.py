@@ -9,13 +9,13 @@ from sqlalchemy import delete, update
 
 from core.config import get_settings
 from core.db import db_session
-from core.models import Job, utcnow
 from core.queue import enqueue_job, get_celery, make_celery
 from core.reconcile import BrokerWatch, reconcile_once
+from core.tables import Job, utcnow
 
 
 @pytest.fixture
-def queue(broker, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+def queue(broker, monkeypatch) -> str:
     """A queue of this test's own, which no worker consumes, so its messages can be read."""
     name = f"diffq-test-reconcile-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(get_settings(), "queue", name)
@@ -24,7 +24,7 @@ def queue(broker, monkeypatch) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def watch(broker) -> BrokerWatch:  # type: ignore[no-untyped-def]
+def watch(broker) -> BrokerWatch:
     """A watch on a marker queue of its own, already holding its first marker."""
     watch = BrokerWatch(queue=f"diffq-test-marker-{uuid.uuid4().hex[:8]}")
     assert watch.broker_forgot(get_celery())  # a new broker holds no marker yet
@@ -33,7 +33,7 @@ def watch(broker) -> BrokerWatch:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def new_job(database):  # type: ignore[no-untyped-def]
+def new_job(database):
     """Makes queued jobs, as the API commits them before sending; deletes them afterwards."""
     made: list[uuid.UUID] = []
 
@@ -55,12 +55,12 @@ def messages_for(broker: str, queue: str, job_id: uuid.UUID) -> int:
     return sum(str(job_id) in raw.decode() for raw in redis.Redis.from_url(broker).lrange(queue, 0, -1))
 
 
-def enqueued_at(job_id: uuid.UUID):  # type: ignore[no-untyped-def]
+def enqueued_at(job_id: uuid.UUID):
     with db_session() as session:
         return session.get_one(Job, job_id).enqueued_at
 
 
-def test_enqueue_records_that_the_broker_took_the_job(broker, queue, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_enqueue_records_that_the_broker_took_the_job(broker, queue, new_job) -> None:
     job_id = new_job()
     assert enqueued_at(job_id) is None
     enqueue_job(job_id)
@@ -68,7 +68,7 @@ def test_enqueue_records_that_the_broker_took_the_job(broker, queue, new_job) ->
     assert messages_for(broker, queue, job_id) == 1
 
 
-def test_a_job_that_never_reached_the_broker_is_sent_once(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_that_never_reached_the_broker_is_sent_once(broker, queue, watch, new_job) -> None:
     unsent = new_job(queued_for_s=get_settings().resend_after_s + 60)
     just_committed = new_job()  # its sender may be about to send it
     reconcile_once(watch)
@@ -79,7 +79,7 @@ def test_a_job_that_never_reached_the_broker_is_sent_once(broker, queue, watch, 
     assert messages_for(broker, queue, unsent) == 1  # not again: the broker has it
 
 
-def test_every_queued_job_is_sent_again_when_the_broker_forgot(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_every_queued_job_is_sent_again_when_the_broker_forgot(broker, queue, watch, new_job) -> None:
     job_ids = [new_job(), new_job()]
     for job_id in job_ids:
         enqueue_job(job_id)
@@ -97,14 +97,14 @@ def test_every_queued_job_is_sent_again_when_the_broker_forgot(broker, queue, wa
     assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]
 
 
-def test_resend_queued_sends_every_queued_job_again(broker, queue, watch, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_resend_queued_sends_every_queued_job_again(broker, queue, watch, new_job) -> None:
     job_id = new_job()
     enqueue_job(job_id)
     reconcile_once(watch, resend_queued=True)
     assert messages_for(broker, queue, job_id) == 2  # the second one is skipped by its claim
 
 
-def test_an_older_marker_means_the_broker_went_back_in_time(watch) -> None:  # type: ignore[no-untyped-def]
+def test_an_older_marker_means_the_broker_went_back_in_time(watch) -> None:
     app = get_celery()
     assert not watch.broker_forgot(app)
     old = watch.last_put
@@ -119,7 +119,7 @@ def test_an_older_marker_means_the_broker_went_back_in_time(watch) -> None:  # t
     assert not BrokerWatch(queue=watch.queue).broker_forgot(app)
 
 
-def test_broker_watch_on_the_filesystem_broker(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_broker_watch_on_the_filesystem_broker(tmp_path) -> None:
     settings = get_settings().model_copy(update={"home": tmp_path, "broker_url": "filesystem://"})
     app = make_celery(settings)
     watch = BrokerWatch()
@@ -130,13 +130,11 @@ def test_broker_watch_on_the_filesystem_broker(tmp_path) -> None:  # type: ignor
     assert watch.broker_forgot(app)
 
 
-def test_jobs_left_in_a_gone_workers_direct_queue_go_to_the_shared_queue(  # type: ignore[no-untyped-def]
-    queue, new_job, broker
-) -> None:
-    from core.models import WorkerNode
+def test_jobs_left_in_a_gone_workers_direct_queue_go_to_the_shared_queue(queue, new_job, broker) -> None:
     from core.queue import RUN_JOB_TASK
     from core.reconcile import rescue_direct_queues
     from core.routing import direct_queue
+    from core.tables import WorkerNode
 
     name = f"gone-{uuid.uuid4().hex[:6]}@host"
     direct = direct_queue(queue, name)

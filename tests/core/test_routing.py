@@ -9,9 +9,9 @@ from sqlalchemy import delete, update
 
 from core.config import Settings, get_settings
 from core.db import db_session
-from core.fleet import register_worker, remove_worker, update_worker
-from core.models import Job, WorkerNode, utcnow
 from core.routing import direct_queue, pick_queue, queue_for, worker_queues
+from core.tables import Job, WorkerNode, utcnow
+from core.worker_nodes import register_worker, remove_worker, update_worker
 
 MODEL = "routing-test-model"
 

@@ -8,7 +8,7 @@ from core.storage import LocalStorage, S3Storage, Storage, get_folder, put_folde
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage(request, tmp_path: Path) -> Storage:  # type: ignore[no-untyped-def]
+def storage(request, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "store", "http://127.0.0.1:8000")
     endpoint = request.getfixturevalue("s3")

@@ -8,7 +8,7 @@ from core.storage import LocalStorage, S3Storage, Storage
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage(request, tmp_path) -> Storage:  # type: ignore[no-untyped-def]
+def storage(request, tmp_path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path, "http://127.0.0.1:8000")
     from tests.conftest import BUCKET
@@ -17,7 +17,7 @@ def storage(request, tmp_path) -> Storage:  # type: ignore[no-untyped-def]
     return S3Storage(BUCKET, f"list-test-{uuid.uuid4().hex[:8]}", endpoint, 60)
 
 
-def test_list_by_prefix(storage) -> None:  # type: ignore[no-untyped-def]
+def test_list_by_prefix(storage) -> None:
     for key in ("jobs/a/0.png", "jobs/a/1.png", "jobs/ab/0.png", "jobs/b/sub/0.png", "top.txt"):
         storage.put(key, b"x")
     assert storage.list("jobs/a/") == ["jobs/a/0.png", "jobs/a/1.png"]
@@ -27,7 +27,7 @@ def test_list_by_prefix(storage) -> None:  # type: ignore[no-untyped-def]
     assert len(storage.list("")) == 5
 
 
-def test_local_list_skips_files_being_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_local_list_skips_files_being_written(tmp_path) -> None:
     storage = LocalStorage(tmp_path, "http://127.0.0.1:8000")
     storage.put("jobs/a/0.png", b"x")
     (tmp_path / "jobs" / "a" / ".1.png.0123.part").write_bytes(b"half")  # a writer that died

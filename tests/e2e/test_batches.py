@@ -12,7 +12,7 @@ from tests.utils.jobs import text2img_spec, wait_batch_done
 from tests.utils.services import ROOT
 
 
-def test_batch_of_50_jobs_finishes_with_a_correct_manifest(client) -> None:  # type: ignore[no-untyped-def]
+def test_batch_of_50_jobs_finishes_with_a_correct_manifest(client) -> None:
     jobs = [
         text2img_spec(prompt=f"squirrel number {i}", num_inference_steps=2, seed=100 + i, num_images=1)
         for i in range(50)
@@ -60,7 +60,7 @@ def test_batch_of_50_jobs_finishes_with_a_correct_manifest(client) -> None:  # t
     assert all(job["batch_id"] == created["id"] for job in listed["data"])
 
 
-def test_sweep_expands_in_product_order_and_cancels_as_one(client) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_expands_in_product_order_and_cancels_as_one(client) -> None:
     template = text2img_spec(num_inference_steps=50, num_images=1)
     for swept in ("prompt", "seed"):
         del template["params"][swept]
@@ -93,7 +93,7 @@ def test_sweep_expands_in_product_order_and_cancels_as_one(client) -> None:  # t
     assert "nothing left to cancel" in again.json()["detail"]
 
 
-def test_cli_batch_watches_and_downloads(client, stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_batch_watches_and_downloads(client, stack, tmp_path) -> None:
     lines = [
         {"prompt": "a red squirrel", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 1},
         {"prompt": "a grey squirrel", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 2},

@@ -10,8 +10,8 @@ import pytest
 
 from core.config import get_settings
 from core.db import db_session
-from core.models import Job, JobStatus
 from core.queue import RUN_JOB_TASK, get_celery
+from core.tables import Job, JobStatus
 from tests.conftest import BUCKET
 from tests.utils.jobs import text2img_spec, wait_finished
 
@@ -31,7 +31,7 @@ def write_queued_job(spec: dict) -> uuid.UUID:
     return job.id
 
 
-def test_canceled_queued_job_never_runs(client) -> None:  # type: ignore[no-untyped-def]
+def test_canceled_queued_job_never_runs(client) -> None:
     job_id = write_queued_job(text2img_spec(num_inference_steps=2, num_images=1))
     canceled = client.cancel(str(job_id))
     assert canceled["status"] == "canceled" and canceled["finished_at"] is not None
@@ -46,7 +46,7 @@ def test_canceled_queued_job_never_runs(client) -> None:  # type: ignore[no-unty
     assert job["attempts"] == 0 and job["started_at"] is None and job["outputs"] == []
 
 
-def test_cancel_running_job_stops_it_without_outputs(client, s3) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_running_job_stops_it_without_outputs(client, s3) -> None:
     job = client.submit(text2img_spec(num_inference_steps=500, num_images=1))
     deadline = time.monotonic() + 120
     while (current := client.job(job["id"]))["status"] != "running" or (current["progress"] or {}).get(
@@ -70,7 +70,7 @@ def test_cancel_running_job_stops_it_without_outputs(client, s3) -> None:  # typ
     assert stored_keys(s3, job["id"]) == []
 
 
-def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:
     """Run the worker's task here, in this process, and cancel from inside the third UNet call: no UNet
     call and no VAE decode may follow."""
     from workers.pipelines import get_base_pipeline
@@ -80,7 +80,7 @@ def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:  # 
     pipe = get_base_pipeline("tiny-sd", "text2img")
     calls = {"unet": 0, "decode": 0, "after_cancel": 0}
 
-    def on_unet(module, args, kwargs):  # type: ignore[no-untyped-def]
+    def on_unet(module, args, kwargs):
         calls["unet"] += 1
         if calls["unet"] == 3:
             response = httpx.post(f"{stack.api_url}/v1/jobs/{job_id}/cancel", timeout=30)
@@ -88,7 +88,7 @@ def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:  # 
         elif calls["unet"] > 3:
             calls["after_cancel"] += 1
 
-    def on_decode(module, args):  # type: ignore[no-untyped-def]
+    def on_decode(module, args):
         calls["decode"] += 1
 
     hooks = [
@@ -109,7 +109,7 @@ def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:  # 
     assert stored_keys(s3, str(job_id)) == []
 
 
-def test_cancel_finished_job_is_409(client) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_finished_job_is_409(client) -> None:
     job = wait_finished(client, client.submit(text2img_spec(num_inference_steps=2, num_images=1))["id"])
     response = client.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 409
@@ -121,6 +121,6 @@ def test_cancel_finished_job_is_409(client) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs/{}/cancel", "/v1/batches/{}/cancel"])
-def test_cancel_unknown_is_404(client, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_unknown_is_404(client, path: str) -> None:
     response = client.http.post(path.format(uuid.uuid4()))
     assert response.status_code == 404

@@ -8,7 +8,7 @@ from core.images import read_png_parameters
 from tests.utils.services import ROOT
 
 
-def diffq(stack, *args: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+def diffq(stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli", *args, "--api-url", stack.api_url],
         cwd=ROOT,
@@ -18,7 +18,7 @@ def diffq(stack, *args: str) -> subprocess.CompletedProcess:  # type: ignore[no-
     )
 
 
-def test_submit_then_watch(stack, client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_submit_then_watch(stack, client, tmp_path) -> None:
     submitted = diffq(
         stack, "submit", "--model", "tiny-sd", "--prompt", "a red cube",
         "--param", "width=64", "--param", "height=64", "--param", "num_inference_steps=3",
@@ -35,7 +35,7 @@ def test_submit_then_watch(stack, client, tmp_path) -> None:  # type: ignore[no-
     assert read_png_parameters(client.download(urls[0]))["params"]["prompt"] == "a red cube"
 
 
-def test_submit_file_and_bad_spec(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_submit_file_and_bad_spec(stack, tmp_path) -> None:
     spec = tmp_path / "job.json"
     spec.write_text(
         json.dumps({"type": "text2img", "model": "tiny-sd", "params": {"prompt": "x", "width": 12}})

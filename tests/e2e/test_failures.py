@@ -13,7 +13,7 @@ FAULT_QUEUE = "diffq-test-faults"
 
 
 @pytest.fixture(scope="module")
-def pickle_model(models_dir):  # type: ignore[no-untyped-def]
+def pickle_model(models_dir):
     """tiny-sd with its UNet saved as pickle weights only."""
     from diffusers import UNet2DConditionModel
 
@@ -26,7 +26,7 @@ def pickle_model(models_dir):  # type: ignore[no-untyped-def]
     return "pickle-sd"
 
 
-def test_pickle_weights_fail_with_bad_model(client, pickle_model) -> None:  # type: ignore[no-untyped-def]
+def test_pickle_weights_fail_with_bad_model(client, pickle_model) -> None:
     job = client.submit(text2img_spec(model=pickle_model, num_images=1))
     done = wait_finished(client, job["id"])
     assert done["status"] == "failed"
@@ -36,7 +36,7 @@ def test_pickle_weights_fail_with_bad_model(client, pickle_model) -> None:  # ty
 
 
 @pytest.fixture(scope="module")
-def fault_worker(stack):  # type: ignore[no-untyped-def]
+def fault_worker(stack):
     worker = WorkerProcess(
         stack.tmp / "fault-worker.log",
         env={"DIFFQ_TEST_FAULT": "raise_at:5"},
@@ -49,7 +49,7 @@ def fault_worker(stack):  # type: ignore[no-untyped-def]
     worker.stop()
 
 
-def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:  # type: ignore[no-untyped-def]
+def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:
     job_id = submit_to_queue(FAULT_QUEUE, text2img_spec(num_inference_steps=10, num_images=1))
     done = wait_finished(client, str(job_id))
     assert done["status"] == "failed"
@@ -60,7 +60,7 @@ def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:
     assert client.http.get("/v1/jobs", params={"status": "running"}).json()["count"] == 0
 
 
-def test_duplicate_delivery_runs_once(client) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_delivery_runs_once(client) -> None:
     job = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
     get_celery().send_task(RUN_JOB_TASK, args=[job["id"]], queue=get_settings().queue)
     done = wait_finished(client, job["id"])

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import get_settings
 from core.db import db_session
-from core.models import Job
 from core.queue import enqueue_job
 from core.routing import direct_queue
+from core.tables import Job
 from models_store.memory import estimate_folder_bytes
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
 from tests.utils.services import WorkerProcess
@@ -26,7 +26,7 @@ HOST = socket.gethostname()
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(client) -> Samples:  # type: ignore[no-untyped-def]
+def scrape(client) -> Samples:
     response = client.http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -45,13 +45,13 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def second_model(models_dir):  # type: ignore[no-untyped-def]
+def second_model(models_dir):
     shutil.copytree(models_dir / "tiny-sd", models_dir / "tiny-sd-b", dirs_exist_ok=True)
     return "tiny-sd-b"
 
 
 @pytest.fixture(scope="module")
-def one_model_worker(stack, models_dir, second_model):  # type: ignore[no-untyped-def]
+def one_model_worker(stack, models_dir, second_model):
     """A worker whose cache budget fits one tiny-sd, on a queue of its own."""
     one_model = estimate_folder_bytes(models_dir / "tiny-sd", torch.float32)
     budget_mb = round(one_model * 1.5 / 2**20, 3)
@@ -68,7 +68,7 @@ def one_model_worker(stack, models_dir, second_model):  # type: ignore[no-untype
 
 def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
     client, one_model_worker, second_model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _worker, budget = one_model_worker
     for model in ["tiny-sd", "tiny-sd", second_model, "tiny-sd", second_model]:
         job_id = submit_to_queue(EVICT_QUEUE, text2img_spec(model=model, num_inference_steps=2, num_images=1))
@@ -89,7 +89,7 @@ def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
     assert value(samples, "diffq_cache_budget_bytes", **worker) == budget
 
 
-def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:
     before = scrape(client)
     jobs = [client.submit(text2img_spec(num_inference_steps=3, num_images=1, seed=s)) for s in (1, 2)]
     for job in jobs:
@@ -124,7 +124,7 @@ def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:  # type
     assert value(after, "diffq_worker_busy", **main) == 0
 
 
-def test_diffq_workers_lists_the_live_workers(one_model_worker) -> None:  # type: ignore[no-untyped-def]
+def test_diffq_workers_lists_the_live_workers(one_model_worker) -> None:
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "cli", "workers", *args], capture_output=True, text=True, timeout=120
@@ -137,7 +137,7 @@ def test_diffq_workers_lists_the_live_workers(one_model_worker) -> None:  # type
     assert missing.returncode == 1 and "not live: gpu7@nowhere" in missing.stderr
 
 
-def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_queue(client) -> None:  # type: ignore[no-untyped-def]
+def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_queue(client) -> None:
     settings = get_settings()
     warm = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
     assert wait_finished(client, warm["id"])["status"] == "succeeded"  # tiny-sd is loaded on main@
@@ -161,7 +161,7 @@ def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_
         assert done["error"]["code"] == "bad_model"  # no such model: the shared queue still ran it
 
 
-def test_a_worker_takes_its_direct_queue_then_generation_then_training(client, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_takes_its_direct_queue_then_generation_then_training(client, stack) -> None:
     queues = {"DIFFQ_QUEUE": "diffq-test-order", "DIFFQ_TRAIN_QUEUE": "diffq-test-order-train"}
     own = direct_queue(queues["DIFFQ_QUEUE"], f"order@{HOST}")
     # Filled before the worker starts, oldest first: training, generation, direct.

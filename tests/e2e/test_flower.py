@@ -29,7 +29,7 @@ def test_flower_refuses_to_start_without_credentials() -> None:
 
 
 @pytest.fixture(scope="module")
-def flower(stack):  # type: ignore[no-untyped-def]
+def flower(stack):
     port = free_port()
     log = (stack.tmp / "flower.log").open("wb")
     process = subprocess.Popen(
@@ -61,7 +61,7 @@ def test_flower_asks_for_basic_auth(flower: str) -> None:
     assert httpx.get(flower, auth=AUTH).status_code == 200
 
 
-def test_flower_shows_the_job_behind_each_task(flower: str, client) -> None:  # type: ignore[no-untyped-def]
+def test_flower_shows_the_job_behind_each_task(flower: str, client) -> None:
     worker = f"main@{socket.gethostname()}"
 
     def sees_the_worker() -> bool:  # Flower has subscribed to the workers' events

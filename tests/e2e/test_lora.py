@@ -11,11 +11,11 @@ from core.storage import get_storage
 from tests.utils.jobs import text2img_spec, wait_finished
 
 
-def pixels(client, job: dict) -> np.ndarray:  # type: ignore[no-untyped-def]
+def pixels(client, job: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(client.download(job["outputs"][0]["url"]))), dtype=np.int16)
 
 
-def test_lora_training_changes_the_images_and_leaves_the_base_clean(client) -> None:  # type: ignore[no-untyped-def]
+def test_lora_training_changes_the_images_and_leaves_the_base_clean(client) -> None:
     name = f"glyph-lora-{uuid.uuid4().hex[:8]}"
     training = client.submit(
         {
@@ -65,7 +65,7 @@ def test_lora_training_changes_the_images_and_leaves_the_base_clean(client) -> N
     assert np.array_equal(pixels(client, without_again), pixels(client, without))
 
 
-def test_lora_and_model_kinds_are_checked_at_submission(client) -> None:  # type: ignore[no-untyped-def]
+def test_lora_and_model_kinds_are_checked_at_submission(client) -> None:
     spec = text2img_spec(num_images=1)
     response = client.http.post(
         "/v1/jobs", json=spec | {"params": spec["params"] | {"lora": {"name": "nope"}}}

@@ -19,7 +19,7 @@ from tests.utils.jobs import text2img_spec, upload_image, wait_finished
 PROMPT = "a squirrel in Picasso style"
 
 
-def reference(pipeline_class: str, folder):  # type: ignore[no-untyped-def]
+def reference(pipeline_class: str, folder):
     import diffusers
 
     pipe = getattr(diffusers, pipeline_class).from_pretrained(
@@ -29,7 +29,7 @@ def reference(pipeline_class: str, folder):  # type: ignore[no-untyped-def]
     return pipe
 
 
-def follow(client, job_id: str, timeout: float = 120) -> tuple[dict, set[int]]:  # type: ignore[no-untyped-def]
+def follow(client, job_id: str, timeout: float = 120) -> tuple[dict, set[int]]:
     """Poll a job until it ends; return it and every progress `total` seen on the way."""
     totals: set[int] = set()
     deadline = time.monotonic() + timeout
@@ -43,7 +43,7 @@ def follow(client, job_id: str, timeout: float = 120) -> tuple[dict, set[int]]: 
     raise TimeoutError(f"job {job_id} did not finish")
 
 
-def outputs_as_arrays(client, job: dict) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def outputs_as_arrays(client, job: dict) -> list[np.ndarray]:
     return [as_array(Image.open(io.BytesIO(client.download(o["url"])))) for o in job["outputs"]]
 
 
@@ -55,7 +55,7 @@ def assert_matches(got: list[np.ndarray], expected: list[Image.Image]) -> None:
         assert diff <= 1, f"image {index} differs from a direct diffusers call by {diff} grey levels"
 
 
-def test_img2img_matches_diffusers_and_counts_the_steps_it_runs(client, models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_img2img_matches_diffusers_and_counts_the_steps_it_runs(client, models_dir) -> None:
     init = noise_image(seed=1)
     params = {
         "prompt": PROMPT,
@@ -89,7 +89,7 @@ def test_img2img_matches_diffusers_and_counts_the_steps_it_runs(client, models_d
     assert embedded["params"]["strength"] == 0.5 and embedded["params"]["seed"] == 8
 
 
-def test_inpaint_from_a_stored_output_matches_diffusers(client, models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_inpaint_from_a_stored_output_matches_diffusers(client, models_dir) -> None:
     # The image to inpaint is another job's output, named by its storage key.
     first = wait_finished(client, client.submit(text2img_spec(num_inference_steps=2, num_images=1))["id"])
     assert first["status"] == "succeeded", first["error"]
@@ -132,7 +132,7 @@ def test_inpaint_from_a_stored_output_matches_diffusers(client, models_dir) -> N
 
 
 @pytest.mark.parametrize("user_depth", [False, True], ids=["estimated-depth", "supplied-depth"])
-def test_depth2img_matches_diffusers(client, models_dir, user_depth: bool) -> None:  # type: ignore[no-untyped-def]
+def test_depth2img_matches_diffusers(client, models_dir, user_depth: bool) -> None:
     from workers.runners.depth2img import depth_tensor
 
     init = noise_image(seed=2)

@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from core.db import db_session
-from core.models import WorkerNode
+from core.tables import WorkerNode
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
 from tests.utils.services import WorkerProcess
 
@@ -15,7 +15,7 @@ NODE = f"oom@{socket.gethostname()}"
 
 
 @pytest.fixture(scope="module")
-def oom_worker(stack):  # type: ignore[no-untyped-def]
+def oom_worker(stack):
     worker = WorkerProcess(
         stack.tmp / "oom-worker.log",
         # The 3rd UNet call of the process fails once; any batch over 4 always fails.
@@ -38,7 +38,7 @@ def cache_counts() -> tuple[int, int, int]:
 
 def test_one_off_oom_is_retried_and_a_persistent_one_fails_while_the_worker_goes_on(
     client, oom_worker
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Four steps at batch 2 (guidance doubles the batch): call 3 runs out of memory, once.
     first = wait_finished(
         client, str(submit_to_queue(OOM_QUEUE, text2img_spec(num_inference_steps=4, num_images=1)))

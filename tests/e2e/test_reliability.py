@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
 from core.db import make_engine
-from core.models import Job, JobStatus, utcnow
 from core.queue import RUN_JOB_TASK, make_celery
 from core.storage import get_storage
+from core.tables import Job, JobStatus, utcnow
 from migrations.run import upgrade
 from tests.conftest import PG_SERVER, TEST_DB
 from tests.utils.jobs import text2img_spec
@@ -162,7 +162,7 @@ def assert_one_set_of_outputs(job: Job, num_images: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def private_redis(tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def private_redis(tmp_path_factory) -> Iterator[str]:
     """A redis-server of this module's own, so that flushing it touches nothing shared."""
     port = free_port()
     log = (tmp_path_factory.mktemp("redis") / "redis.log").open("ab")
@@ -202,7 +202,7 @@ def private_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -> Iterator[Cluster]:  # type: ignore[no-untyped-def]
+def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("reliability")
     env = SETTINGS | {"DIFFQ_BROKER_URL": private_redis, "DIFFQ_DATABASE_URL": private_database}
     engine = make_engine(private_database)
@@ -233,7 +233,7 @@ def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -
         engine.dispose()
 
 
-def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:
     cluster.stop_workers()  # nothing consumes: the jobs wait in the broker
     job_ids = cluster.submit(4, num_inference_steps=10, num_images=1)
     assert cluster.broker.llen(QUEUE) == 4
@@ -250,7 +250,7 @@ def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:  
     assert "the broker lost its messages" in cluster.log("beat")
 
 
-def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:
     cluster.start_workers("a", "b")
     [job_id] = cluster.submit(1, num_inference_steps=250, num_images=1)
     job = cluster.wait_job(job_id, "to run", running(1))
@@ -267,7 +267,7 @@ def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:  # typ
     assert_one_set_of_outputs(done, 1)
 
 
-def test_sigkill_a_worker_mid_job_and_every_job_succeeds_once(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_a_worker_mid_job_and_every_job_succeeds_once(cluster) -> None:
     cluster.start_workers("a", "b")
     job_ids = cluster.submit(8, num_inference_steps=60, num_images=2)
 
@@ -294,7 +294,7 @@ def test_sigkill_a_worker_mid_job_and_every_job_succeeds_once(cluster) -> None: 
     assert f"job {victim.id} lost its worker; requeued" in cluster.log("beat")
 
 
-def test_killed_pool_process_hands_its_job_back(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_killed_pool_process_hands_its_job_back(cluster) -> None:
     cluster.stop_workers("b")
     cluster.start_workers("a")  # whose lease outlasts the test: no help from the reconciler
     [job_id] = cluster.submit(1, num_inference_steps=150, num_images=1)
@@ -309,7 +309,7 @@ def test_killed_pool_process_hands_its_job_back(cluster) -> None:  # type: ignor
     assert f"the process running job {job_id} died; job queued" in cluster.log("a")
 
 
-def test_a_job_killed_max_attempts_times_fails_with_worker_lost(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_killed_max_attempts_times_fails_with_worker_lost(cluster) -> None:
     cluster.stop_workers("b")
     cluster.start_workers("a")
     [job_id] = cluster.submit(1, num_inference_steps=150, num_images=1)

@@ -16,14 +16,14 @@ STEPS = 8
 
 
 @pytest.fixture(scope="module")
-def default_job(stack):  # type: ignore[no-untyped-def]
+def default_job(stack):
     """The same job on the model's own scheduler (PNDM), submitted once for the module."""
     from cli.client import Client
 
     return Client(stack.api_url).submit(text2img_spec(num_inference_steps=STEPS, num_images=1, seed=5))
 
 
-def output_array(client, job_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+def output_array(client, job_id: str) -> np.ndarray:
     done = wait_finished(client, job_id)
     assert done["status"] == "succeeded", done["error"]
     return as_array(Image.open(io.BytesIO(client.download(done["outputs"][0]["url"]))))
@@ -36,7 +36,7 @@ def output_array(client, job_id: str) -> np.ndarray:  # type: ignore[no-untyped-
         ("dpmpp_2m_karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     ],
 )
-def test_scheduler_matches_diffusers_and_changes_the_image(  # type: ignore[no-untyped-def]
+def test_scheduler_matches_diffusers_and_changes_the_image(
     client, models_dir, default_job, name: str, class_name: str, config: dict
 ) -> None:
     import diffusers
@@ -66,7 +66,7 @@ def test_scheduler_matches_diffusers_and_changes_the_image(  # type: ignore[no-u
     assert np.abs(got - default).mean() > 2, f"{name} made the same image as the default scheduler"
 
 
-def test_dpmpp_karras_sets_karras_sigmas(models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_dpmpp_karras_sets_karras_sigmas(models_dir) -> None:
     from diffusers import PNDMScheduler
 
     base = PNDMScheduler.from_pretrained(models_dir / "tiny-sd" / "scheduler")
@@ -78,7 +78,7 @@ def test_dpmpp_karras_sets_karras_sigmas(models_dir) -> None:  # type: ignore[no
     assert type(copy) is PNDMScheduler and copy is not base
 
 
-def test_unknown_scheduler_is_422(stack) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_scheduler_is_422(stack) -> None:
     response = httpx.post(f"{stack.api_url}/v1/jobs", json=text2img_spec(scheduler="euler_b"), timeout=30)
     assert response.status_code == 422
     [error] = response.json()["detail"]
@@ -86,7 +86,7 @@ def test_unknown_scheduler_is_422(stack) -> None:  # type: ignore[no-untyped-def
     assert "unknown scheduler 'euler_b'" in error["msg"] and "dpmpp_2m_karras" in error["msg"]
 
 
-def test_list_schedulers(stack) -> None:  # type: ignore[no-untyped-def]
+def test_list_schedulers(stack) -> None:
     listed = httpx.get(f"{stack.api_url}/v1/schedulers").json()["data"]
     names = [entry["name"] for entry in listed]
     assert names == list(SCHEDULERS)
@@ -107,7 +107,7 @@ def test_list_schedulers(stack) -> None:  # type: ignore[no-untyped-def]
     assert karras["overrides"]["use_karras_sigmas"] is True
 
 
-def test_unconditional_with_ddim_matches_ddim_pipeline(client, models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_unconditional_with_ddim_matches_ddim_pipeline(client, models_dir) -> None:
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 
     job = client.submit(

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from core.db import db_session
-from core.models import Job, Schedule
 from core.schedules import fire_due_schedules
+from core.tables import Job, Schedule
 from tests.utils.jobs import wait_finished
 from tests.utils.services import ROOT, wait_for
 
@@ -27,15 +27,15 @@ def soon(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
-def post(client, body: dict):  # type: ignore[no-untyped-def]
+def post(client, body: dict):
     return client.http.post("/v1/schedules", json=body)
 
 
-def jobs_of(client, schedule_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def jobs_of(client, schedule_id: str) -> list[dict]:
     return client.http.get("/v1/jobs", params={"schedule_id": schedule_id}).json()["data"]
 
 
-def test_schedule_crud(client) -> None:  # type: ignore[no-untyped-def]
+def test_schedule_crud(client) -> None:
     created = post(
         client, {"name": "hourly", "job": GENERATION, "cron": "0 * * * *", "timezone": "Europe/Paris"}
     )
@@ -86,13 +86,13 @@ def test_schedule_crud(client) -> None:  # type: ignore[no-untyped-def]
         ),
     ],
 )
-def test_bad_schedules_are_422(client, body, words) -> None:  # type: ignore[no-untyped-def]
+def test_bad_schedules_are_422(client, body, words) -> None:
     response = post(client, body)
     assert response.status_code == 422, response.text
     assert words in response.text
 
 
-def test_two_beats_in_one_process_make_one_job(client) -> None:  # type: ignore[no-untyped-def]
+def test_two_beats_in_one_process_make_one_job(client) -> None:
     schedule = post(client, {"job": GENERATION, "run_at": soon(3600)}).json()
     due = datetime.now(UTC) + timedelta(hours=2)
     start = threading.Barrier(4)
@@ -118,7 +118,7 @@ def test_two_beats_in_one_process_make_one_job(client) -> None:  # type: ignore[
     wait_finished(client, str(made[0].id))
 
 
-def test_cron_schedule_fires_a_missed_time_once_then_moves_on(client) -> None:  # type: ignore[no-untyped-def]
+def test_cron_schedule_fires_a_missed_time_once_then_moves_on(client) -> None:
     schedule = post(client, {"job": GENERATION, "cron": "*/5 * * * *"}).json()
     first_due = datetime.fromisoformat(schedule["next_run_at"])
     three_hours_late = first_due + timedelta(hours=3, seconds=1)
@@ -133,7 +133,7 @@ def test_cron_schedule_fires_a_missed_time_once_then_moves_on(client) -> None:  
 
 
 @pytest.fixture
-def two_beats(stack):  # type: ignore[no-untyped-def]
+def two_beats(stack):
     """Two `diffq beat` processes, as if started twice by mistake; each in a folder of its own for its
     schedule file."""
     beats = []
@@ -161,7 +161,7 @@ def two_beats(stack):  # type: ignore[no-untyped-def]
         log.close()
 
 
-def test_run_at_makes_exactly_one_job_with_two_beats(client, two_beats) -> None:  # type: ignore[no-untyped-def]
+def test_run_at_makes_exactly_one_job_with_two_beats(client, two_beats) -> None:
     due = datetime.now(UTC) + timedelta(seconds=3)
     created = post(
         client, {"name": "once", "job": GENERATION | {"params": {"seed": 5}}, "run_at": due.isoformat()}

@@ -12,7 +12,7 @@ from tests.utils.jobs import text2img_spec, wait_finished
 
 
 @pytest.fixture(scope="module")
-def reference_pipe(models_dir):  # type: ignore[no-untyped-def]
+def reference_pipe(models_dir):
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -23,7 +23,7 @@ def reference_pipe(models_dir):  # type: ignore[no-untyped-def]
     return pipe
 
 
-def direct_image(pipe, image_seed: int, **params) -> np.ndarray:  # type: ignore[no-untyped-def]
+def direct_image(pipe, image_seed: int, **params) -> np.ndarray:
     import torch
 
     image = pipe(
@@ -37,7 +37,7 @@ def direct_image(pipe, image_seed: int, **params) -> np.ndarray:  # type: ignore
     return np.asarray(image, dtype=np.int16)
 
 
-def test_text2img_end_to_end(client, reference_pipe) -> None:  # type: ignore[no-untyped-def]
+def test_text2img_end_to_end(client, reference_pipe) -> None:
     spec = text2img_spec(num_inference_steps=40, num_images=2, seed=1234)
     job = client.submit(spec)
     assert job["status"] == "queued"
@@ -77,7 +77,7 @@ def test_text2img_end_to_end(client, reference_pipe) -> None:  # type: ignore[no
         assert np.abs(got - expected).max() <= 1, f"image {index} differs from a direct diffusers call"
 
 
-def test_seed_is_picked_and_recorded(client) -> None:  # type: ignore[no-untyped-def]
+def test_seed_is_picked_and_recorded(client) -> None:
     spec = text2img_spec(num_inference_steps=2, num_images=1)
     del spec["params"]["seed"]
     job = client.submit(spec)
@@ -90,7 +90,7 @@ def test_seed_is_picked_and_recorded(client) -> None:  # type: ignore[no-untyped
     )
 
 
-def test_list_jobs_by_status(client) -> None:  # type: ignore[no-untyped-def]
+def test_list_jobs_by_status(client) -> None:
     job = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
     wait_finished(client, job["id"])
     listed = client.http.get("/v1/jobs", params={"status": "succeeded"}).json()
@@ -98,7 +98,7 @@ def test_list_jobs_by_status(client) -> None:  # type: ignore[no-untyped-def]
     assert all(j["status"] == "succeeded" for j in listed["data"])
 
 
-def test_unconditional_matches_ddpm_pipeline(client, models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_unconditional_matches_ddpm_pipeline(client, models_dir) -> None:
     import torch
     from diffusers import DDPMPipeline
 

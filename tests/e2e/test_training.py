@@ -16,9 +16,9 @@ from sqlalchemy import update
 
 from core.config import get_settings
 from core.db import db_session
-from core.models import Job
 from core.reconcile import reconcile_once
 from core.storage import get_storage
+from core.tables import Job
 from tests.utils.jobs import submit_to_queue, train_spec, wait_finished
 from tests.utils.services import WorkerProcess, wait_for
 
@@ -29,13 +29,13 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def unet_weights(client, model_name: str) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def unet_weights(client, model_name: str) -> dict[str, torch.Tensor]:
     model = client.http.get(f"/v1/models/{model_name}").json()
     data = get_storage().get(f"{model['storage_prefix']}/unet/diffusion_pytorch_model.safetensors")
     return load(data)
 
 
-def test_train_then_generate(client) -> None:  # type: ignore[no-untyped-def]
+def test_train_then_generate(client) -> None:
     name = unique("glyphs")
     job = client.submit(train_spec(name, use_ema=True))
     assert job["output_model"] == name and job["model"] is None
@@ -96,7 +96,7 @@ def test_train_then_generate(client) -> None:  # type: ignore[no-untyped-def]
     assert [image.size for image in images] == [(16, 16), (16, 16)]
 
 
-def test_name_of_a_registered_model_is_refused_unless_overwritten(client) -> None:  # type: ignore[no-untyped-def]
+def test_name_of_a_registered_model_is_refused_unless_overwritten(client) -> None:
     name = unique("taken")
     first = wait_finished(client, client.submit(train_spec(name, num_epochs=1))["id"], timeout=240)
     assert first["status"] == "succeeded", first["error"]
@@ -110,7 +110,7 @@ def test_name_of_a_registered_model_is_refused_unless_overwritten(client) -> Non
     assert model["job_id"] == second["id"] and second["id"] in model["storage_prefix"]
 
 
-def test_fp16_on_a_cpu_worker_fails_with_bad_input(client) -> None:  # type: ignore[no-untyped-def]
+def test_fp16_on_a_cpu_worker_fails_with_bad_input(client) -> None:
     job = client.submit(train_spec(unique("half"), mixed_precision="fp16"))
     done = wait_finished(client, job["id"])
     assert done["status"] == "failed"
@@ -122,7 +122,7 @@ class Trainer:
     """A worker of its own on its own queue, for tests that stall, cancel or kill training: its lease
     is 3 s and it reads a fault (see tests/utils/train_faults.py) from `fault_file` at every step."""
 
-    def __init__(self, tmp) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tmp) -> None:
         self.tmp = tmp
         self.fault_file = tmp / "train-fault.json"
         self.fault_file.write_text("{}")
@@ -142,7 +142,7 @@ class Trainer:
         return self.worker
 
     @property
-    def log_path(self):  # type: ignore[no-untyped-def]
+    def log_path(self):
         return self.tmp / f"{self.name}.log"
 
     def fault(self, **fault: object) -> None:
@@ -160,14 +160,14 @@ class Trainer:
 
 
 @pytest.fixture(scope="module")
-def trainer(stack):  # type: ignore[no-untyped-def]
+def trainer(stack):
     trainer = Trainer(stack.tmp)
     trainer.start("trainer")
     yield trainer
     trainer.stop()
 
 
-def test_canceled_training_stops_and_keeps_its_checkpoint(client, trainer) -> None:  # type: ignore[no-untyped-def]
+def test_canceled_training_stops_and_keeps_its_checkpoint(client, trainer) -> None:
     trainer.fault(sleep_s=0.3)
     name = unique("canceled")
     job_id = submit_to_queue(TRAIN_QUEUE, train_spec(name, num_epochs=50, checkpointing_steps=2))
@@ -189,7 +189,7 @@ def test_canceled_training_stops_and_keeps_its_checkpoint(client, trainer) -> No
     assert client.http.get(f"/v1/models/{name}").status_code == 404
 
 
-def test_killed_worker_resumes_from_its_checkpoint(client, trainer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_killed_worker_resumes_from_its_checkpoint(client, trainer, monkeypatch) -> None:
     spec = train_spec(unique("resumed"), num_epochs=3, checkpointing_steps=4, use_ema=True)
     marker = trainer.tmp / f"hung-{uuid.uuid4().hex[:8]}"
     # Hang as step 6 is logged: the checkpoint of step 4 is written, steps 5 and 6 are lost.

@@ -20,7 +20,7 @@ def test_hits_misses_and_lru_eviction_order() -> None:
     cache = PipelineCache(max_items=2)
     loads: list[str] = []
 
-    def loader(name: str):  # type: ignore[no-untyped-def]
+    def loader(name: str):
         def load() -> Model:
             loads.append(name)
             return Model(name)

@@ -14,7 +14,7 @@ PROMPT = "a squirrel in Picasso style"
 
 
 @pytest.fixture(scope="module")
-def sd(tiny_models_dir: Path):  # type: ignore[no-untyped-def]
+def sd(tiny_models_dir: Path):
     return load_pipeline(tiny_models_dir / "tiny-sd", "text2img", CPU, torch.float32)
 
 
@@ -22,7 +22,7 @@ def _to_255(images: np.ndarray) -> np.ndarray:
     return np.round(images * 255).astype(np.int16)
 
 
-def test_text2img_generates_images_of_the_requested_size(sd) -> None:  # type: ignore[no-untyped-def]
+def test_text2img_generates_images_of_the_requested_size(sd) -> None:
     from diffusers import StableDiffusionPipeline
 
     assert isinstance(sd, StableDiffusionPipeline)
@@ -63,7 +63,7 @@ def test_same_seed_gives_the_same_image(tiny_models_dir: Path) -> None:
     assert np.abs(first - other).max() > 0.05
 
 
-def test_batch_with_a_generator_per_image_matches_single_images(sd) -> None:  # type: ignore[no-untyped-def]
+def test_batch_with_a_generator_per_image_matches_single_images(sd) -> None:
     """Image i of a batch seeded `s + i` is image `s + i` run alone, to float32 rounding (1e-6 here)."""
     seed, kwargs = 1234, {"height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 7.5}
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(2)]

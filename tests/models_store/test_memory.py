@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(("model", "task"), [("tiny-sd", "text2img"), ("tiny-ddpm", "unconditional")])
-def test_estimate_before_loading_matches_the_loaded_size(tiny_models_dir, model: str, task: str) -> None:  # type: ignore[no-untyped-def]
+def test_estimate_before_loading_matches_the_loaded_size(tiny_models_dir, model: str, task: str) -> None:
     pipe = load_pipeline(tiny_models_dir / model, task, CPU, torch.float32)
     loaded = pipeline_bytes(pipe)
     unet = pipe.unet
@@ -24,7 +24,7 @@ def test_estimate_before_loading_matches_the_loaded_size(tiny_models_dir, model:
     assert half == pytest.approx(loaded / 2, rel=0.01)
 
 
-def test_variant_files_beside_plain_ones_are_not_counted(tiny_models_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_variant_files_beside_plain_ones_are_not_counted(tiny_models_dir, tmp_path) -> None:
     import shutil
 
     folder = tmp_path / "with-variant"
@@ -35,8 +35,8 @@ def test_variant_files_beside_plain_ones_are_not_counted(tiny_models_dir, tmp_pa
     assert estimate_folder_bytes(folder, torch.float32) == before
 
 
-def test_evicting_a_real_pipeline_frees_its_weights(tiny_models_dir) -> None:  # type: ignore[no-untyped-def]
-    def load(model: str, task: str):  # type: ignore[no-untyped-def]
+def test_evicting_a_real_pipeline_frees_its_weights(tiny_models_dir) -> None:
+    def load(model: str, task: str):
         return lambda: load_pipeline(tiny_models_dir / model, task, CPU, torch.float32)
 
     sd_bytes = estimate_folder_bytes(tiny_models_dir / "tiny-sd", torch.float32)

@@ -17,7 +17,7 @@ FAULT_FILE = os.environ.get("DIFFQ_TEST_TRAIN_FAULT", "")
 original_log_step = TrainingReporter.log_step
 
 
-def faulty_log_step(self, step, **metrics):  # type: ignore[no-untyped-def]
+def faulty_log_step(self, step, **metrics):
     path = Path(FAULT_FILE)
     fault = json.loads(path.read_text()) if FAULT_FILE and path.is_file() else {}
     if fault.get("hang_at_step") == step:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from core.errors import BadInput
 from core.storage import LocalStorage
-from workers.datasets import load_training_images
 from workers.glyphs import render_glyphs
+from workers.training_data import load_training_images
 
 UPLOAD = "a" * 32
 
@@ -80,7 +80,7 @@ def test_storage_prefix(storage: LocalStorage) -> None:
         ({"a.png": png((1, 2, 3)), "metadata.jsonl": "[1, 2]"}, False, "line 1 of metadata.jsonl"),
     ],
 )
-def test_bad_datasets_fail_with_bad_input(storage, files, need_captions, words) -> None:  # type: ignore[no-untyped-def]
+def test_bad_datasets_fail_with_bad_input(storage, files, need_captions, words) -> None:
     storage.put(f"uploads/{UPLOAD}", zipped(files))
     with pytest.raises(BadInput, match=words):
         load_training_images(UPLOAD, 8, storage, need_captions=need_captions)

@@ -5,13 +5,13 @@ import uuid
 import pytest
 
 from core.db import db_session
-from core.models import Job, JobStatus
+from core.tables import Job, JobStatus
 from workers.job_run import JobRun
 from workers.pipelines import get_pipeline
 
 
 @pytest.fixture
-def job_run(database, s3) -> JobRun:  # type: ignore[no-untyped-def]
+def job_run(database, s3) -> JobRun:
     with db_session() as session:
         job = Job(type="text2img", model="tiny-sd", params={}, status=JobStatus.RUNNING)
         session.add(job)
@@ -29,7 +29,7 @@ def job_run(database, s3) -> JobRun:  # type: ignore[no-untyped-def]
         ("inpaint", "ddim", 10, 1.0, 10),
     ],
 )
-def test_progress_total_is_known_before_the_run(  # type: ignore[no-untyped-def]
+def test_progress_total_is_known_before_the_run(
     job_run, models_dir, task: str, scheduler: str | None, steps: int, strength: float | None, total: int
 ) -> None:
     pipe = get_pipeline("tiny-sd", task, scheduler)
@@ -45,7 +45,7 @@ def test_progress_total_is_known_before_the_run(  # type: ignore[no-untyped-def]
         }
 
 
-def test_status_of_an_unknown_job_is_none(database) -> None:  # type: ignore[no-untyped-def]
+def test_status_of_an_unknown_job_is_none(database) -> None:
     from core.jobs import job_status
 
     assert job_status(uuid.uuid4()) is None

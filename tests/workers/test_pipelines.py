@@ -5,7 +5,7 @@ import torch
 from workers.pipelines import get_base_pipeline, get_cache, get_pipeline
 
 
-def test_a_second_mode_reuses_the_loaded_weights(models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_mode_reuses_the_loaded_weights(models_dir) -> None:
     text2img = get_pipeline("tiny-sd", "text2img")
     cache = get_cache()
     misses, resident = cache.misses, cache.resident()
@@ -19,7 +19,7 @@ def test_a_second_mode_reuses_the_loaded_weights(models_dir) -> None:  # type: i
         assert getattr(img2img, module) is getattr(text2img, module) is getattr(inpaint, module), module
 
 
-def test_each_job_gets_a_scheduler_of_its_own(models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_each_job_gets_a_scheduler_of_its_own(models_dir) -> None:
     base = get_base_pipeline("tiny-sd", "text2img")
     first = get_pipeline("tiny-sd", "text2img", "euler_a")
     second = get_pipeline("tiny-sd", "text2img", "euler_a")

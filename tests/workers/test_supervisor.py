@@ -69,7 +69,7 @@ def test_detect_gpus_honours_cuda_visible_devices() -> None:
     assert [gpu.id for gpu in detect_gpus({"CUDA_VISIBLE_DEVICES": "2,-1,3"})] == ["2"]
 
 
-def test_explicit_gpus_without_cuda_is_a_usage_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_explicit_gpus_without_cuda_is_a_usage_error(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli", "worker", "--gpus", "0,2"],
         env=os.environ | {"CUDA_VISIBLE_DEVICES": "", "COLUMNS": "300"},
@@ -86,7 +86,7 @@ SUPERVISED_QUEUE = "diffq-test-supervised"
 
 
 @pytest.fixture
-def supervisor(stack):  # type: ignore[no-untyped-def]
+def supervisor(stack):
     log_path = stack.tmp / "supervisor.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -105,7 +105,7 @@ def supervisor(stack):  # type: ignore[no-untyped-def]
     log.close()
 
 
-def test_supervisor_runs_restarts_and_stops_a_cpu_worker(supervisor, client) -> None:  # type: ignore[no-untyped-def]
+def test_supervisor_runs_restarts_and_stops_a_cpu_worker(supervisor, client) -> None:
     import socket
 
     from core.routing import direct_queue
@@ -114,7 +114,7 @@ def test_supervisor_runs_restarts_and_stops_a_cpu_worker(supervisor, client) -> 
 
     process, log_path = supervisor
 
-    def ready_count(count: int):  # type: ignore[no-untyped-def]
+    def ready_count(count: int):
         def check() -> bool:
             assert process.poll() is None, log_path.read_text()[-3000:]
             return log_path.read_text().count(" ready.") >= count

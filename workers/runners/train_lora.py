@@ -23,12 +23,11 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from core.errors import BadModel
 from core.jobs import forget_metrics_after
-from core.models import ModelKind
+from core.model_registry import register_model
 from core.progress import JobCanceled
-from core.registry import register_model
 from core.specs import TrainLoraParams
-from models_store.registry import resolve_job_model
-from workers.datasets import load_training_images
+from core.tables import ModelKind
+from models_store.registered import resolve_job_model
 from workers.job_run import JobRun
 from workers.training import (
     Checkpoints,
@@ -39,6 +38,7 @@ from workers.training import (
     save_grid,
     store_model,
 )
+from workers.training_data import load_training_images
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -227,7 +227,7 @@ def lora_layers(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
-def save_lora_hook(accelerator: Any):  # type: ignore[no-untyped-def]
+def save_lora_hook(accelerator: Any):
     def save(models: list, weights: list, output_dir: str) -> None:
         for model in models:
             StableDiffusionPipeline.save_lora_weights(

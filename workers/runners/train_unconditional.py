@@ -20,12 +20,11 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from core.jobs import forget_metrics_after
-from core.models import ModelKind
+from core.model_registry import register_model
 from core.progress import JobCanceled
-from core.registry import register_model
 from core.specs import TrainUnconditionalParams
 from core.storage import put_folder
-from workers.datasets import load_training_images
+from core.tables import ModelKind
 from workers.job_run import JobRun
 from workers.training import (
     Checkpoints,
@@ -36,6 +35,7 @@ from workers.training import (
     save_grid,
     store_model,
 )
+from workers.training_data import load_training_images
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:

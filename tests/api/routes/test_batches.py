@@ -6,15 +6,15 @@ import httpx
 import pytest
 
 from core.db import db_session
-from core.models import Batch
+from core.tables import Batch
 from tests.utils.jobs import text2img_spec
 
 
-def post(stack, body: dict) -> httpx.Response:  # type: ignore[no-untyped-def]
+def post(stack, body: dict) -> httpx.Response:
     return httpx.post(f"{stack.api_url}/v1/batches", json=body, timeout=60)
 
 
-def post_jsonl(stack, text: str, **fields: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+def post_jsonl(stack, text: str, **fields: str) -> httpx.Response:
     return httpx.post(
         f"{stack.api_url}/v1/batches/jsonl",
         files={"file": ("jobs.jsonl", text.encode())},
@@ -41,13 +41,13 @@ def batch_count() -> int:
         ({"jobs": [text2img_spec()], "sweep": {"seed": [1]}}, "leave sweep out"),
     ],
 )
-def test_malformed_batch_is_422(stack, body: dict, words: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_batch_is_422(stack, body: dict, words: str) -> None:
     response = post(stack, body)
     assert response.status_code == 422
     assert words in response.text
 
 
-def test_one_bad_job_rejects_the_whole_batch_and_names_it(stack) -> None:  # type: ignore[no-untyped-def]
+def test_one_bad_job_rejects_the_whole_batch_and_names_it(stack) -> None:
     before = batch_count()
     jobs = [text2img_spec(), text2img_spec(model="no-such-model"), text2img_spec(width=65)]
     response = post(stack, {"jobs": jobs})
@@ -57,7 +57,7 @@ def test_one_bad_job_rejects_the_whole_batch_and_names_it(stack) -> None:  # typ
     assert batch_count() == before  # nothing written, not even the good job
 
 
-def test_unknown_model_in_a_job_is_located(stack) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_model_in_a_job_is_located(stack) -> None:
     response = post(stack, {"jobs": [text2img_spec(), text2img_spec(model="no-such-model")]})
     assert response.status_code == 422
     [error] = response.json()["detail"]
@@ -65,7 +65,7 @@ def test_unknown_model_in_a_job_is_located(stack) -> None:  # type: ignore[no-un
     assert "not found in the models dir" in error["msg"]
 
 
-def test_sweep_errors_name_the_expansion(stack) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_errors_name_the_expansion(stack) -> None:
     template = {"model": "tiny-sd", "params": {"prompt": "x", "num_inference_steps": 2}}
     response = post(stack, {"template": template, "sweep": {"scheduler": ["euler", "warp_drive"]}})
     assert response.status_code == 422
@@ -74,14 +74,14 @@ def test_sweep_errors_name_the_expansion(stack) -> None:  # type: ignore[no-unty
     assert "unknown scheduler 'warp_drive'" in error["msg"]
 
 
-def test_sweep_over_the_job_limit_is_422_before_expanding(stack) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_over_the_job_limit_is_422_before_expanding(stack) -> None:
     sweep = {"seed": list(range(1000)), "guidance_scale": [float(g) for g in range(100)]}
     response = post(stack, {"template": {"model": "tiny-sd", "params": {"prompt": "x"}}, "sweep": sweep})
     assert response.status_code == 422
     assert "the batch has 100000 jobs; the limit is 50000" in response.text
 
 
-def test_jsonl_errors_name_the_line(stack) -> None:  # type: ignore[no-untyped-def]
+def test_jsonl_errors_name_the_line(stack) -> None:
     text = "\n".join(
         [
             '{"prompt": "fine"}',
@@ -102,19 +102,19 @@ def test_jsonl_errors_name_the_line(stack) -> None:  # type: ignore[no-untyped-d
     assert ("body", "file", "line", 1) not in errors
 
 
-def test_jsonl_without_a_model_is_422(stack) -> None:  # type: ignore[no-untyped-def]
+def test_jsonl_without_a_model_is_422(stack) -> None:
     response = post_jsonl(stack, '{"prompt": "x"}\n')
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][-1] == "model"
 
 
-def test_empty_jsonl_is_422(stack) -> None:  # type: ignore[no-untyped-def]
+def test_empty_jsonl_is_422(stack) -> None:
     response = post_jsonl(stack, "\n\n", model="tiny-sd")
     assert response.status_code == 422
     assert "no jobs" in response.text
 
 
-def test_unknown_batch_is_404(stack) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_batch_is_404(stack) -> None:
     for path in ("", "/manifest.json", "/manifest.csv"):
         response = httpx.get(f"{stack.api_url}/v1/batches/{uuid.uuid4()}{path}")
         assert response.status_code == 404

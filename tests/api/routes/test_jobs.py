@@ -6,7 +6,7 @@ import pytest
 from tests.utils.jobs import text2img_spec
 
 
-def post(stack, spec) -> httpx.Response:  # type: ignore[no-untyped-def]
+def post(stack, spec) -> httpx.Response:
     return httpx.post(f"{stack.api_url}/v1/jobs", json=spec, timeout=30)
 
 
@@ -28,7 +28,7 @@ def messages(response: httpx.Response) -> dict[str, str]:
         ({"steps": 3}, "steps", "Extra inputs are not permitted"),
     ],
 )
-def test_bad_params_are_422_per_field(stack, params, field, words) -> None:  # type: ignore[no-untyped-def]
+def test_bad_params_are_422_per_field(stack, params, field, words) -> None:
     response = post(stack, text2img_spec(**params))
     assert response.status_code == 422
     found = {loc: msg for loc, msg in messages(response).items() if loc.endswith(f"params.{field}")}
@@ -36,13 +36,13 @@ def test_bad_params_are_422_per_field(stack, params, field, words) -> None:  # t
     assert words in next(iter(found.values()))
 
 
-def test_pixel_limit(stack) -> None:  # type: ignore[no-untyped-def]
+def test_pixel_limit(stack) -> None:
     response = post(stack, text2img_spec(width=2048, height=2048))
     assert response.status_code == 422
     assert "the limit is 1048576" in response.text
 
 
-def test_unknown_type(stack) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_type(stack) -> None:
     response = post(stack, {"type": "text2video", "model": "tiny-sd", "params": {}})
     assert response.status_code == 422
     assert "'text2video'" in response.text and "'text2img'" in response.text
@@ -56,24 +56,24 @@ def test_unknown_type(stack) -> None:  # type: ignore[no-untyped-def]
         ("/etc/passwd", "must be a name under the models dir"),
     ],
 )
-def test_unknown_or_escaping_model(stack, model, words) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_or_escaping_model(stack, model, words) -> None:
     response = post(stack, text2img_spec(model=model))
     assert response.status_code == 422
     assert words in messages(response)["body.model"]
 
 
-def test_missing_job_is_404(stack) -> None:  # type: ignore[no-untyped-def]
+def test_missing_job_is_404(stack) -> None:
     response = httpx.get(f"{stack.api_url}/v1/jobs/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
     assert "no job with id" in response.json()["detail"]
 
 
-def test_list_rejects_unknown_status(stack) -> None:  # type: ignore[no-untyped-def]
+def test_list_rejects_unknown_status(stack) -> None:
     response = httpx.get(f"{stack.api_url}/v1/jobs", params={"status": "done"})
     assert response.status_code == 422
 
 
-def test_healthz_and_docs(stack) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_and_docs(stack) -> None:
     assert httpx.get(f"{stack.api_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{stack.api_url}/docs").status_code == 200
     assert "/v1/jobs" in httpx.get(f"{stack.api_url}/openapi.json").json()["paths"]

@@ -9,7 +9,7 @@ import pytest
 from tests.utils.jobs import train_spec
 
 
-def post(stack, spec) -> httpx.Response:  # type: ignore[no-untyped-def]
+def post(stack, spec) -> httpx.Response:
     return httpx.post(f"{stack.api_url}/v1/jobs", json=spec, timeout=30)
 
 
@@ -40,7 +40,7 @@ def errors(response: httpx.Response) -> dict[str, str]:
         ({"params": {"steps": 3}}, "params.steps", "Extra inputs are not permitted"),
     ],
 )
-def test_bad_training_specs_are_422(stack, change, field, words) -> None:  # type: ignore[no-untyped-def]
+def test_bad_training_specs_are_422(stack, change, field, words) -> None:
     spec = train_spec("fine-name")
     spec = spec | change | {"params": spec["params"] | change.get("params", {})}
     response = post(stack, spec)
@@ -50,7 +50,7 @@ def test_bad_training_specs_are_422(stack, change, field, words) -> None:  # typ
     assert any(words in msg for msg in found.values()), found
 
 
-def test_lora_needs_a_base_model(stack) -> None:  # type: ignore[no-untyped-def]
+def test_lora_needs_a_base_model(stack) -> None:
     response = post(
         stack, {"type": "train_lora", "output_model": "x", "params": {"dataset": "builtin:glyphs"}}
     )
@@ -58,7 +58,7 @@ def test_lora_needs_a_base_model(stack) -> None:  # type: ignore[no-untyped-def]
     assert "body.train_lora.model" in errors(response)
 
 
-def test_unknown_models_and_metrics(stack) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_models_and_metrics(stack) -> None:
     assert httpx.get(f"{stack.api_url}/v1/models/no-such-model").status_code == 404
     missing = httpx.get(f"{stack.api_url}/v1/jobs/00000000-0000-0000-0000-000000000000/metrics")
     assert missing.status_code == 404
@@ -68,7 +68,7 @@ def test_unknown_models_and_metrics(stack) -> None:  # type: ignore[no-untyped-d
     assert "not found in the models dir" in errors(response)["body.model"]
 
 
-def test_uploaded_dataset_without_images_fails_the_job(stack, client) -> None:  # type: ignore[no-untyped-def]
+def test_uploaded_dataset_without_images_fails_the_job(stack, client) -> None:
     from tests.utils.jobs import wait_finished
 
     archive = io.BytesIO()

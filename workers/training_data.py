@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.config import get_settings
-from core.datasets import IMAGE_SUFFIXES, METADATA_FILE, parse_dataset
+from core.dataset_refs import IMAGE_SUFFIXES, METADATA_FILE, parse_dataset
 from core.errors import BadInput
 from core.storage import Storage
 from workers.glyphs import render_glyphs

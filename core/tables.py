@@ -95,7 +95,7 @@ class Batch(Base):
 
 
 class WorkerNode(Base):
-    """One worker process of the fleet, as it last reported itself (see core/fleet.py).
+    """One worker process of the fleet, as it last reported itself (see core/worker_nodes.py).
 
     The API reads these rows for `/metrics` and for model affinity: it cannot see a worker's memory, so
     each worker writes what it has loaded here, at every job and every heartbeat.

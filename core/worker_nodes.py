@@ -13,7 +13,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.db import db_session
-from core.models import WorkerNode, utcnow
+from core.tables import WorkerNode, utcnow
 
 
 def register_worker(

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from core.errors import BadModel
-from core.registry import find_model
+from core.model_registry import find_model
 from core.storage import Storage, get_folder, get_storage
 from models_store.resolve import model_exists, resolve_model
 

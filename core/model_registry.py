@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from core.db import db_session
 from core.errors import BadInput
 from core.jobs import lock_running_job
-from core.models import RegisteredModel, utcnow
+from core.tables import RegisteredModel, utcnow
 
 
 def model_prefix(name: str, job_id: uuid.UUID) -> str:
