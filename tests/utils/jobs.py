@@ -4,6 +4,7 @@ import io
 import time
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from cli.client import FINISHED, Client
@@ -37,13 +38,17 @@ def text2img_spec(**params: Any) -> dict[str, Any]:
     }
 
 
-def upload_image(client: Client, image: Image.Image | bytes, name: str = "image.png") -> dict[str, Any]:
-    """Upload an image (or raw bytes) and return the job reference, `{"upload": id}`."""
+def upload_image(
+    client: Client | httpx.Client, image: Image.Image | bytes, name: str = "image.png"
+) -> dict[str, Any]:
+    """Upload an image (or raw bytes) through the CLI's client or an HTTP client (the API's TestClient)
+    and return the job reference, `{"upload": id}`."""
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         image = buffer.getvalue()
-    response = client.http.post("/v1/uploads", files={"file": (name, image)})
+    http = client.http if isinstance(client, Client) else client
+    response = http.post("/v1/uploads", files={"file": (name, image)})
     assert response.status_code == 201, response.text
     return response.json()["image"]
 

@@ -10,16 +10,15 @@ from core.tables import Batch
 from tests.utils.jobs import text2img_spec
 
 
-def post(stack, body: dict) -> httpx.Response:
-    return httpx.post(f"{stack.api_url}/v1/batches", json=body, timeout=60)
+def post(api, body: dict) -> httpx.Response:
+    return api.post("/v1/batches", json=body)
 
 
-def post_jsonl(stack, text: str, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{stack.api_url}/v1/batches/jsonl",
+def post_jsonl(api, text: str, **fields: str) -> httpx.Response:
+    return api.post(
+        "/v1/batches/jsonl",
         files={"file": ("jobs.jsonl", text.encode())},
         data=fields,
-        timeout=60,
     )
 
 
@@ -41,47 +40,47 @@ def batch_count() -> int:
         ({"jobs": [text2img_spec()], "sweep": {"seed": [1]}}, "leave sweep out"),
     ],
 )
-def test_malformed_batch_is_422(stack, body: dict, words: str) -> None:
-    response = post(stack, body)
+def test_malformed_batch_is_422(api, body: dict, words: str) -> None:
+    response = post(api, body)
     assert response.status_code == 422
     assert words in response.text
 
 
-def test_one_bad_job_rejects_the_whole_batch_and_names_it(stack) -> None:
+def test_one_bad_job_rejects_the_whole_batch_and_names_it(api) -> None:
     before = batch_count()
     jobs = [text2img_spec(), text2img_spec(model="no-such-model"), text2img_spec(width=65)]
-    response = post(stack, {"jobs": jobs})
+    response = post(api, {"jobs": jobs})
     assert response.status_code == 422
     locs = {tuple(error["loc"]): error["msg"] for error in response.json()["detail"]}
     assert ("body", "jobs", 2, "text2img", "params", "width") in locs
     assert batch_count() == before  # nothing written, not even the good job
 
 
-def test_unknown_model_in_a_job_is_located(stack) -> None:
-    response = post(stack, {"jobs": [text2img_spec(), text2img_spec(model="no-such-model")]})
+def test_unknown_model_in_a_job_is_located(api) -> None:
+    response = post(api, {"jobs": [text2img_spec(), text2img_spec(model="no-such-model")]})
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "jobs", 1, "model"]
     assert "not found in the models dir" in error["msg"]
 
 
-def test_sweep_errors_name_the_expansion(stack) -> None:
+def test_sweep_errors_name_the_expansion(api) -> None:
     template = {"model": "tiny-sd", "params": {"prompt": "x", "num_inference_steps": 2}}
-    response = post(stack, {"template": template, "sweep": {"scheduler": ["euler", "warp_drive"]}})
+    response = post(api, {"template": template, "sweep": {"scheduler": ["euler", "warp_drive"]}})
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "sweep", 1, "text2img", "params", "scheduler"]
     assert "unknown scheduler 'warp_drive'" in error["msg"]
 
 
-def test_sweep_over_the_job_limit_is_422_before_expanding(stack) -> None:
+def test_sweep_over_the_job_limit_is_422_before_expanding(api) -> None:
     sweep = {"seed": list(range(1000)), "guidance_scale": [float(g) for g in range(100)]}
-    response = post(stack, {"template": {"model": "tiny-sd", "params": {"prompt": "x"}}, "sweep": sweep})
+    response = post(api, {"template": {"model": "tiny-sd", "params": {"prompt": "x"}}, "sweep": sweep})
     assert response.status_code == 422
     assert "the batch has 100000 jobs; the limit is 50000" in response.text
 
 
-def test_jsonl_errors_name_the_line(stack) -> None:
+def test_jsonl_errors_name_the_line(api) -> None:
     text = "\n".join(
         [
             '{"prompt": "fine"}',
@@ -92,7 +91,7 @@ def test_jsonl_errors_name_the_line(stack) -> None:
             '{"params": {"prompt": "y"}, "extra": 1}',
         ]
     )
-    response = post_jsonl(stack, text, model="tiny-sd")
+    response = post_jsonl(api, text, model="tiny-sd")
     assert response.status_code == 422
     errors = {tuple(error["loc"][:4]): error["msg"] for error in response.json()["detail"]}
     assert "not JSON" in errors[("body", "file", "line", 3)]
@@ -102,20 +101,20 @@ def test_jsonl_errors_name_the_line(stack) -> None:
     assert ("body", "file", "line", 1) not in errors
 
 
-def test_jsonl_without_a_model_is_422(stack) -> None:
-    response = post_jsonl(stack, '{"prompt": "x"}\n')
+def test_jsonl_without_a_model_is_422(api) -> None:
+    response = post_jsonl(api, '{"prompt": "x"}\n')
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][-1] == "model"
 
 
-def test_empty_jsonl_is_422(stack) -> None:
-    response = post_jsonl(stack, "\n\n", model="tiny-sd")
+def test_empty_jsonl_is_422(api) -> None:
+    response = post_jsonl(api, "\n\n", model="tiny-sd")
     assert response.status_code == 422
     assert "no jobs" in response.text
 
 
-def test_unknown_batch_is_404(stack) -> None:
+def test_unknown_batch_is_404(api) -> None:
     for path in ("", "/manifest.json", "/manifest.csv"):
-        response = httpx.get(f"{stack.api_url}/v1/batches/{uuid.uuid4()}{path}")
+        response = api.get(f"/v1/batches/{uuid.uuid4()}{path}")
         assert response.status_code == 404
         assert "no batch with id" in response.text

@@ -6,8 +6,8 @@ import pytest
 from tests.utils.jobs import text2img_spec
 
 
-def post(stack, spec) -> httpx.Response:
-    return httpx.post(f"{stack.api_url}/v1/jobs", json=spec, timeout=30)
+def post(api, spec) -> httpx.Response:
+    return api.post("/v1/jobs", json=spec)
 
 
 def messages(response: httpx.Response) -> dict[str, str]:
@@ -28,22 +28,22 @@ def messages(response: httpx.Response) -> dict[str, str]:
         ({"steps": 3}, "steps", "Extra inputs are not permitted"),
     ],
 )
-def test_bad_params_are_422_per_field(stack, params, field, words) -> None:
-    response = post(stack, text2img_spec(**params))
+def test_bad_params_are_422_per_field(api, params, field, words) -> None:
+    response = post(api, text2img_spec(**params))
     assert response.status_code == 422
     found = {loc: msg for loc, msg in messages(response).items() if loc.endswith(f"params.{field}")}
     assert found, messages(response)
     assert words in next(iter(found.values()))
 
 
-def test_pixel_limit(stack) -> None:
-    response = post(stack, text2img_spec(width=2048, height=2048))
+def test_pixel_limit(api) -> None:
+    response = post(api, text2img_spec(width=2048, height=2048))
     assert response.status_code == 422
     assert "the limit is 1048576" in response.text
 
 
-def test_unknown_type(stack) -> None:
-    response = post(stack, {"type": "text2video", "model": "tiny-sd", "params": {}})
+def test_unknown_type(api) -> None:
+    response = post(api, {"type": "text2video", "model": "tiny-sd", "params": {}})
     assert response.status_code == 422
     assert "'text2video'" in response.text and "'text2img'" in response.text
 
@@ -56,24 +56,24 @@ def test_unknown_type(stack) -> None:
         ("/etc/passwd", "must be a name under the models dir"),
     ],
 )
-def test_unknown_or_escaping_model(stack, model, words) -> None:
-    response = post(stack, text2img_spec(model=model))
+def test_unknown_or_escaping_model(api, model, words) -> None:
+    response = post(api, text2img_spec(model=model))
     assert response.status_code == 422
     assert words in messages(response)["body.model"]
 
 
-def test_missing_job_is_404(stack) -> None:
-    response = httpx.get(f"{stack.api_url}/v1/jobs/00000000-0000-0000-0000-000000000000")
+def test_missing_job_is_404(api) -> None:
+    response = api.get("/v1/jobs/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
     assert "no job with id" in response.json()["detail"]
 
 
-def test_list_rejects_unknown_status(stack) -> None:
-    response = httpx.get(f"{stack.api_url}/v1/jobs", params={"status": "done"})
+def test_list_rejects_unknown_status(api) -> None:
+    response = api.get("/v1/jobs", params={"status": "done"})
     assert response.status_code == 422
 
 
-def test_healthz_and_docs(stack) -> None:
-    assert httpx.get(f"{stack.api_url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{stack.api_url}/docs").status_code == 200
-    assert "/v1/jobs" in httpx.get(f"{stack.api_url}/openapi.json").json()["paths"]
+def test_healthz_and_docs(api) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/docs").status_code == 200
+    assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]

@@ -9,8 +9,8 @@ import pytest
 from tests.utils.jobs import train_spec
 
 
-def post(stack, spec) -> httpx.Response:
-    return httpx.post(f"{stack.api_url}/v1/jobs", json=spec, timeout=30)
+def post(api, spec) -> httpx.Response:
+    return api.post("/v1/jobs", json=spec)
 
 
 def errors(response: httpx.Response) -> dict[str, str]:
@@ -40,31 +40,29 @@ def errors(response: httpx.Response) -> dict[str, str]:
         ({"params": {"steps": 3}}, "params.steps", "Extra inputs are not permitted"),
     ],
 )
-def test_bad_training_specs_are_422(stack, change, field, words) -> None:
+def test_bad_training_specs_are_422(api, change, field, words) -> None:
     spec = train_spec("fine-name")
     spec = spec | change | {"params": spec["params"] | change.get("params", {})}
-    response = post(stack, spec)
+    response = post(api, spec)
     assert response.status_code == 422, response.text
     found = {loc: msg for loc, msg in errors(response).items() if loc.endswith(field)}
     assert found, errors(response)
     assert any(words in msg for msg in found.values()), found
 
 
-def test_lora_needs_a_base_model(stack) -> None:
-    response = post(
-        stack, {"type": "train_lora", "output_model": "x", "params": {"dataset": "builtin:glyphs"}}
-    )
+def test_lora_needs_a_base_model(api) -> None:
+    response = post(api, {"type": "train_lora", "output_model": "x", "params": {"dataset": "builtin:glyphs"}})
     assert response.status_code == 422
     assert "body.train_lora.model" in errors(response)
 
 
-def test_unknown_models_and_metrics(stack) -> None:
-    assert httpx.get(f"{stack.api_url}/v1/models/no-such-model").status_code == 404
-    missing = httpx.get(f"{stack.api_url}/v1/jobs/00000000-0000-0000-0000-000000000000/metrics")
+def test_unknown_models_and_metrics(api) -> None:
+    assert api.get("/v1/models/no-such-model").status_code == 404
+    missing = api.get("/v1/jobs/00000000-0000-0000-0000-000000000000/metrics")
     assert missing.status_code == 404
-    listed = httpx.get(f"{stack.api_url}/v1/models").json()
+    listed = api.get("/v1/models").json()
     assert listed["count"] == len(listed["data"])
-    response = post(stack, {"type": "unconditional", "model": "no-such-model", "params": {}})
+    response = post(api, {"type": "unconditional", "model": "no-such-model", "params": {}})
     assert "not found in the models dir" in errors(response)["body.model"]
 
 
