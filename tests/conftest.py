@@ -11,10 +11,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.utils.services import free_port
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 PG_SERVER = os.environ.get("DIFFQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("DIFFQ_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -55,10 +59,11 @@ E2E_FIXTURES = {"stack", "client"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark as `e2e` every test that runs real worker processes or the API over HTTP: those under
-    tests/e2e/ and any test that uses the `stack` fixture. `pytest -m "not e2e"` is the fast tier."""
+    """Mark as `e2e` every test that runs real worker processes, the API over HTTP or a fuzzer: those
+    under tests/e2e/ and tests/fuzz/ and any test that uses the `stack` fixture. `pytest -m "not e2e"`
+    is the fast tier."""
     for item in items:
-        in_e2e_dir = "e2e" in item.path.parts
+        in_e2e_dir = "e2e" in item.path.parts or "fuzz" in item.path.parts
         if in_e2e_dir or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
 
@@ -143,3 +148,15 @@ def client(stack: Stack):
     from cli.client import Client
 
     return Client(stack.api_url)
+
+
+@pytest.fixture(scope="session")
+def api(models_dir: Path, database: str, broker: str, s3: str) -> Iterator["TestClient"]:
+    """The API in-process (FastAPI's TestClient) on the real Postgres, Redis and S3, without uvicorn
+    or a worker: the fast tier's way to test what the API answers."""
+    from fastapi.testclient import TestClient
+
+    from api.main import app
+
+    with TestClient(app) as test_client:
+        yield test_client

@@ -1,0 +1,69 @@
+"""API fuzzing with schemathesis: bodies, paths, queries and uploads drawn from `/openapi.json` for
+every route, sent to the API in-process on the real Postgres, Redis and S3.
+
+Properties: no response is a 5xx, and every 4xx says what to fix (a non-empty message, and for a
+422 each error names its location). `DIFFQ_FUZZ_EXAMPLES` raises the number of cases per route (the
+suite runs a few dozen); `bench/fuzz_api.py` runs a large number outside the suite.
+"""
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from sqlalchemy import update
+
+EXAMPLES = int(os.environ.get("DIFFQ_FUZZ_EXAMPLES", "10"))
+
+
+def load_schema() -> Any:
+    from api.main import app
+
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+schema = load_schema()
+
+
+@pytest.fixture(scope="module")
+def fuzzed_api(api) -> Iterator[None]:
+    """The API on its services; afterwards the jobs the fuzzer got accepted are canceled, so that they
+    don't keep the end-to-end tests' worker busy."""
+    yield
+    from core.db import db_session
+    from core.tables import Job, JobStatus
+
+    with db_session() as session:
+        session.execute(update(Job).where(Job.status == JobStatus.QUEUED).values(status=JobStatus.CANCELED))
+
+
+def problems_in_4xx(body: Any) -> list[str]:
+    """What is missing from a 4xx body for it to say what to fix."""
+    if not isinstance(body, dict) or "detail" not in body:
+        return [f"no 'detail' in {body!r}"]
+    detail = body["detail"]
+    if isinstance(detail, str):
+        return [] if detail.strip() else ["an empty detail"]
+    if isinstance(detail, list) and detail:
+        return [
+            f"error without a message or a location: {error!r}"
+            for error in detail
+            if not (isinstance(error, dict) and str(error.get("msg", "")).strip() and error.get("loc"))
+        ]
+    return [f"detail is neither a message nor a list of errors: {detail!r}"]
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_no_5xx_and_every_4xx_says_what_to_fix(case, fuzzed_api) -> None:
+    response = case.call()
+    where = f"{case.method} {case.formatted_path}"
+    assert response.status_code < 500, f"{where}: {response.status_code} {response.text}"
+    if 400 <= response.status_code < 500:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        assert problems_in_4xx(body) == [], f"{where}: {response.status_code} {response.text}"
