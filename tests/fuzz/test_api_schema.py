@@ -3,7 +3,7 @@ every route, sent to the API in-process on the real Postgres, Redis and S3.
 
 Properties: no response is a 5xx, and every 4xx says what to fix (a non-empty message, and for a
 422 each error names its location). `DIFFQ_FUZZ_EXAMPLES` raises the number of cases per route (the
-suite runs a few dozen); `bench/fuzz_api.py` runs a large number outside the suite.
+suite runs a few dozen); `bench/fuzz.py api` runs a large number outside the suite.
 """
 
 import os
@@ -56,7 +56,12 @@ def problems_in_4xx(body: Any) -> list[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not os.environ.get("DIFFQ_FUZZ_RANDOM"),
+)
 def test_no_5xx_and_every_4xx_says_what_to_fix(case, fuzzed_api) -> None:
     response = case.call()
     where = f"{case.method} {case.formatted_path}"

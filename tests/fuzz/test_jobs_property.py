@@ -1,0 +1,166 @@
+"""Property-based jobs (Hypothesis): job specs drawn from the whole space a user may send, on the tiny
+models, through the real API and a real worker.
+
+Property: the API refuses the job with a 4xx that says what to fix, or the job succeeds with finite,
+non-flat images whose recorded parameters, resubmitted alone, make the same image again (within one
+grey level). A job the API accepts and then fails, or a succeeded job with a flat (e.g. black) image,
+breaks it. Step counts are kept small here so that the suite stays short, with targeted cases at each
+scheduler's step limit; `bench/fuzz.py jobs --examples N` draws more and larger cases.
+"""
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from cli.client import Client
+from core.images import read_png_parameters
+from core.schedulers import SCHEDULERS
+from tests.utils.jobs import wait_finished
+
+EXAMPLES = int(os.environ.get("DIFFQ_FUZZ_EXAMPLES", "10"))
+MAX_SEED = 2**32 - 1
+MODEL_FOR_TYPE = {
+    "text2img": "tiny-sd",
+    "img2img": "tiny-sd",
+    "inpaint": "tiny-sd",
+    "depth2img": "tiny-sd-depth",
+    "unconditional": "tiny-ddpm",
+}
+IMAGE_MODES = ("RGB", "RGBA", "L", "LA", "P", "I;16", "I", "F", "CMYK", "1")
+
+
+@st.composite
+def images(draw: st.DrawFn) -> bytes:
+    """An image file of a random mode, bit depth, size and alpha, encoded as PNG (TIFF for the modes
+    PNG can't hold)."""
+    mode = draw(st.sampled_from(IMAGE_MODES))
+    width, height = draw(st.integers(1, 80)), draw(st.integers(1, 80))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    if mode in ("I;16", "I", "F"):
+        top = {"I;16": 65535, "I": 2**31 - 1, "F": 1.0}[mode]
+        if mode == "F":
+            pixels = rng.random((height, width), dtype=np.float32) * draw(st.sampled_from([1.0, 255.0]))
+            image = Image.fromarray(pixels, "F")
+        else:
+            dtype = np.uint16 if mode == "I;16" else np.int32
+            image = Image.fromarray(rng.integers(0, top, (height, width)).astype(dtype), mode)
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB").convert(mode)
+        if mode in ("RGBA", "LA"):
+            alpha = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8), "L")
+            image.putalpha(alpha.point(lambda v: 255 if v > 128 else draw(st.sampled_from([0, 255]))))
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode in ("CMYK", "F", "I") else "PNG")
+    return buffer.getvalue()
+
+
+def sizes() -> st.SearchStrategy[int | None]:
+    return st.one_of(st.none(), st.integers(1, 12).map(lambda n: 8 * n), st.integers(1, 96))
+
+
+@st.composite
+def job_specs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A job spec and the image files it names (uploaded before it is submitted)."""
+    job_type = draw(st.sampled_from(list(MODEL_FOR_TYPE)))
+    params: dict[str, Any] = {
+        "num_inference_steps": draw(st.integers(1, 6)),
+        "seed": draw(st.one_of(st.integers(0, MAX_SEED), st.sampled_from([0, MAX_SEED - 1, MAX_SEED]))),
+        "num_images": draw(st.integers(1, 2)),
+        "scheduler": draw(st.one_of(st.none(), st.sampled_from(sorted(SCHEDULERS)))),
+    }
+    files: dict[str, bytes] = {}
+    if job_type != "unconditional":
+        params["prompt"] = draw(st.text(min_size=0, max_size=40))
+        params["guidance_scale"] = draw(st.floats(0, 30))
+    if job_type in ("text2img", "inpaint"):
+        params["width"], params["height"] = draw(sizes()), draw(sizes())
+        params = {key: value for key, value in params.items() if value is not None or key == "scheduler"}
+    if job_type in ("img2img", "inpaint", "depth2img"):
+        params["strength"] = draw(st.floats(0.05, 1.0))
+        files["image"] = draw(images())
+    if job_type == "inpaint":
+        files["mask_image"] = draw(images())
+    if job_type == "depth2img" and draw(st.booleans()):
+        files["depth_map"] = draw(images())
+    return {"type": job_type, "model": MODEL_FOR_TYPE[job_type], "params": params}, files
+
+
+def says_what_to_fix(response: Any) -> bool:
+    detail = response.json().get("detail")
+    if isinstance(detail, str):
+        return bool(detail.strip())
+    return bool(detail) and all(str(error.get("msg", "")).strip() and error.get("loc") for error in detail)
+
+
+def output_images(client: Client, job: dict[str, Any]) -> list[bytes]:
+    return [client.download(output["url"]) for output in job["outputs"]]
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def check_job(client: Client, spec: dict[str, Any], files: dict[str, bytes]) -> None:
+    for field, data in files.items():
+        upload = client.http.post("/v1/uploads", files={"file": (f"{field}.img", data)})
+        if upload.status_code >= 400:
+            assert upload.status_code < 500 and says_what_to_fix(upload), upload.text
+            return
+        spec["params"][field] = upload.json()["image"]
+    response = client.http.post("/v1/jobs", json=spec)
+    if response.status_code >= 400:
+        assert response.status_code < 500 and says_what_to_fix(response), response.text
+        return
+    assert response.status_code == 201, response.text
+    job = wait_finished(client, response.json()["id"], timeout=300)
+    assert job["status"] == "succeeded", f"accepted, then {job['status']}: {job.get('error')} for {spec}"
+    assert len(job["outputs"]) == spec["params"].get("num_images", 1)
+    made = output_images(client, job)
+    for data in made:
+        image = pixels(data)
+        assert np.isfinite(image).all() and image.std() > 0, f"a flat image from {spec}"
+    # The last image is the one whose seed is furthest from the job's own.
+    again_spec = read_png_parameters(made[-1])
+    again = wait_finished(client, client.submit(again_spec)["id"], timeout=300)
+    assert again["status"] == "succeeded", again.get("error")
+    [remade] = output_images(client, again)
+    assert np.abs(pixels(remade) - pixels(made[-1])).max() <= 1, f"not remade from {again_spec}"
+
+
+@given(case=job_specs())
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not os.environ.get("DIFFQ_FUZZ_RANDOM"),
+    suppress_health_check=list(HealthCheck),
+)
+def test_accepted_jobs_succeed_with_images_that_remake(client: Client, case) -> None:
+    spec, files = case
+    check_job(client, spec, files)
+
+
+@pytest.mark.parametrize("scheduler", [None, *sorted(SCHEDULERS)])
+def test_at_the_step_limit_of_every_scheduler(client: Client, scheduler: str | None) -> None:
+    """1000 steps (the schema's most) on tiny-ddpm: refused with the model's limit, or run to a
+    finite image; and the limit the refusal names runs."""
+    params: dict[str, Any] = {"num_inference_steps": 1000, "seed": 1, "scheduler": scheduler}
+    spec = {"type": "unconditional", "model": "tiny-ddpm", "params": params}
+    response = client.http.post("/v1/jobs", json=spec)
+    if response.status_code == 422:
+        message = str(response.json()["detail"])
+        assert "at most" in message, message
+        limit = int(message.split("at most ")[1].split()[0])
+        spec["params"]["num_inference_steps"] = limit
+        response = client.http.post("/v1/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    job = wait_finished(client, response.json()["id"], timeout=300)
+    assert job["status"] == "succeeded", job.get("error")
+    assert pixels(output_images(client, job)[0]).std() > 0
