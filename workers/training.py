@@ -294,7 +294,7 @@ class TrainingLoop:
         assert params.seed is not None
         accelerator.register_for_checkpointing(self.state)
         checkpoints = Checkpoints(job.storage, job.job_id, keep=params.checkpoints_total_limit)
-        step = checkpoints.resume(accelerator)  # 0 on a first attempt
+        step = self.step = checkpoints.resume(accelerator)  # 0 on a first attempt
         first_epoch, first_batch = plan.position(step)
         self.reporter = reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
         if not forget_metrics_after(job.job_id, job.attempt, step):  # an earlier attempt's steps past it
