@@ -41,7 +41,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
 
 
 def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[str, Any]]:
-    assert job.model is not None and params.seed is not None  # the API sets both
+    assert job.model is not None and job.output_model is not None and params.seed is not None
     base = load_base(job.model, job)
     tokenizer, text_encoder, vae, unet = base.tokenizer, base.text_encoder, base.vae, base.unet
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)

@@ -35,7 +35,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
 
 
 def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> list[dict[str, Any]]:
-    assert params.seed is not None  # the API sets it
+    assert job.output_model is not None and params.seed is not None  # the API sets both
     dataset = load_training_images(params.dataset, params.image_size, job.storage)
     loop = TrainingLoop(job, params, accelerator, num_images=len(dataset))
 
