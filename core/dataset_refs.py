@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from core.paths import clean_key
 from core.storage import Storage
 
 BUILTIN_PREFIX = "builtin:"
@@ -43,13 +44,16 @@ def parse_dataset(ref: str) -> DatasetRef:
         return DatasetRef("builtin", name)
     if UPLOAD_ID.match(ref):
         return DatasetRef("upload", ref)
-    parts = [part for part in ref.split("/") if part]
-    if not parts or any(part in (".", "..") for part in parts) or ref.startswith("/"):
+    try:
+        prefix = clean_key(ref) if not ref.startswith("/") else None
+    except ValueError:
+        prefix = None
+    if prefix is None:
         raise ValueError(
             f"dataset '{ref}' is neither 'builtin:<name>', an upload id nor a storage prefix "
             "such as 'datasets/pets'"
         )
-    return DatasetRef("prefix", "/".join(parts))
+    return DatasetRef("prefix", prefix)
 
 
 def dataset_problem(ref: DatasetRef, storage: Storage) -> str | None:

@@ -6,6 +6,8 @@ The API checks references here before a job is accepted; the workers' model stor
 import re
 from pathlib import Path
 
+from core.paths import PathEscapeError, safe_join
+
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -13,8 +15,9 @@ def reference_problem(ref: str, models_dir: Path) -> str | None:
     """Why `ref` can't name a model, or None when it can."""
     if not ref or ref.startswith(("/", "\\", "~")) or ".." in Path(ref).parts:
         return f"model reference '{ref}' must be a name under the models dir or a Hub repo id 'org/name'"
-    local = (models_dir / ref).resolve()
-    if not local.is_relative_to(models_dir.resolve()):
+    try:
+        local = safe_join(models_dir, ref)
+    except PathEscapeError:
         return f"model reference '{ref}' escapes the models dir"
     if (local / "model_index.json").is_file() or (local / "config.json").is_file():
         return None

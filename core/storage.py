@@ -2,8 +2,13 @@
 
 `DIFFQ_STORAGE_URL` picks the backend: `s3://bucket/prefix` or `file:///dir`. Keys are relative
 (`jobs/<id>/0.png`); each backend adds its own prefix.
+
+Small objects (images, JSON) go through memory with `put`/`get`; files (model weights, checkpoints, an
+SDXL checkpoint is ~7 GB) are streamed with `put_file`/`get_file`: on S3 as multipart transfers, whose
+parts are `TRANSFER_CONFIG`'s size, so a file may be larger than one `PutObject` allows (5 GiB).
 """
 
+import shutil
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -11,11 +16,18 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
 
 from core.config import Settings, get_settings
+from core.paths import clean_key, safe_join
+
+_clean_key = clean_key  # core.specs imports it under this name
+
+MiB = 1024 * 1024
 
 
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
     def get(self, key: str) -> bytes: ...
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None: ...
+    def get_file(self, key: str, path: Path) -> None: ...
     def exists(self, key: str) -> bool: ...
     def url(self, key: str, base_url: str | None = None) -> str: ...
     def list(self, prefix: str) -> list[str]: ...
@@ -26,13 +38,6 @@ class Storage(Protocol):
 PARTIAL_SUFFIX = ".part"
 
 
-def _clean_key(key: str) -> str:
-    parts = [p for p in key.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise ValueError(f"bad storage key {key!r}")
-    return "/".join(parts)
-
-
 class LocalStorage:
     """Files under a folder; the API serves them at `/v1/files/<key>`."""
 
@@ -41,7 +46,7 @@ class LocalStorage:
         self.public_url = public_url.rstrip("/")
 
     def path(self, key: str) -> Path:
-        return self.root / _clean_key(key)
+        return self.root / clean_key(key)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self.path(key)
@@ -57,6 +62,21 @@ class LocalStorage:
         except FileNotFoundError:
             raise KeyError(key) from None
 
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+        shutil.copyfile(path, tmp)  # streamed in chunks, never whole in memory
+        tmp.replace(target)
+
+    def get_file(self, key: str, path: Path) -> None:
+        try:
+            source = self.path(key).open("rb")
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        with source, open(path, "wb") as target:
+            shutil.copyfileobj(source, target, MiB)
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -65,12 +85,12 @@ class LocalStorage:
 
     def url(self, key: str, base_url: str | None = None) -> str:
         base = (base_url or self.public_url).rstrip("/")
-        return f"{base}/v1/files/{quote(_clean_key(key))}"
+        return f"{base}/v1/files/{quote(clean_key(key))}"
 
     def list(self, prefix: str) -> list[str]:
         """Keys under the folder `prefix` ("" for all), sorted; half-written files are left out."""
         head = prefix.strip("/")
-        folder = self.root / _clean_key(head) if head else self.root
+        folder = self.root / clean_key(head) if head else self.root
         if not folder.is_dir():
             return []
         return sorted(
@@ -90,13 +110,17 @@ class S3Storage:
         endpoint_url: str | None,
         expires_s: int,
         public_endpoint_url: str | None = None,
+        part_size: int = 64 * MiB,
     ) -> None:
         import boto3
+        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.expires_s = expires_s
+        # Files larger than one part go up in parts (S3 allows 5 MiB to 5 GiB each, 10,000 of them).
+        self.transfer_config = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
         # SigV4 presigned URLs work on AWS and MinIO alike; path-style addressing lets a custom
         # endpoint such as http://minio:9000 work without per-bucket DNS names.
         config = Config(
@@ -112,7 +136,7 @@ class S3Storage:
         )
 
     def object_key(self, key: str) -> str:
-        key = _clean_key(key)
+        key = clean_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -126,6 +150,27 @@ class S3Storage:
         except self.client.exceptions.NoSuchKey:
             raise KeyError(key) from None
         return response["Body"].read()
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
+        self.client.upload_file(
+            str(path),
+            self.bucket,
+            self.object_key(key),
+            ExtraArgs={"ContentType": content_type},
+            Config=self.transfer_config,
+        )
+
+    def get_file(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_file(
+                self.bucket, self.object_key(key), str(path), Config=self.transfer_config
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise KeyError(key) from None
+            raise
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -152,29 +197,30 @@ class S3Storage:
         """Keys under the folder `prefix` ("" for all), sorted."""
         root = f"{self.prefix}/" if self.prefix else ""
         head = prefix.strip("/")
-        folder = root + (_clean_key(head) + "/" if head else "")
+        folder = root + (clean_key(head) + "/" if head else "")
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
         return sorted(item["Key"][len(root) :] for page in pages for item in page.get("Contents", []))
 
 
 def put_folder(storage: Storage, folder: Path, prefix: str) -> list[str]:
-    """Upload every file under `folder` to `prefix/<relative path>`; return the keys written."""
+    """Upload every file under `folder` to `prefix/<relative path>`, streamed; return the keys written."""
     keys = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         key = f"{prefix}/{path.relative_to(folder).as_posix()}"
-        storage.put(key, path.read_bytes())
+        storage.put_file(key, path)
         keys.append(key)
     return keys
 
 
 def get_folder(storage: Storage, prefix: str, folder: Path, keys: list[str] | None = None) -> list[Path]:
-    """Download the files under `prefix` (or just `keys`) into `folder`, keeping their relative paths."""
+    """Download the files under `prefix` (or just `keys`) into `folder`, streamed, keeping their
+    relative paths."""
     paths = []
     for key in keys if keys is not None else storage.list(prefix):
-        relative = key.removeprefix(f"{_clean_key(prefix)}/")
-        path = Path(folder) / _clean_key(relative)
+        relative = key.removeprefix(f"{clean_key(prefix)}/")
+        path = safe_join(folder, clean_key(relative))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(storage.get(key))
+        storage.get_file(key, path)
         paths.append(path)
     return paths
 

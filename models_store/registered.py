@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.errors import BadModel
 from core.model_registry import find_model
+from core.paths import PathEscapeError, safe_join
 from core.storage import Storage, get_folder, get_storage
 from models_store.resolve import model_exists, resolve_model
 
@@ -34,7 +35,10 @@ def fetch_registered(name: str, models_dir: Path, storage: Storage) -> Path | No
     if model is None:
         return None
     version = model.storage_prefix.rstrip("/").rsplit("/", 1)[-1]
-    folder = Path(models_dir).resolve() / REGISTRY_DIR / name / version
+    try:
+        folder = safe_join(Path(models_dir) / REGISTRY_DIR, f"{name}/{version}")
+    except PathEscapeError as error:
+        raise BadModel(f"registered model '{name}' can't be fetched into the models dir: {error}") from None
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

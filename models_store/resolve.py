@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from core.errors import BadModel
+from core.paths import PathEscapeError, safe_join
 
 # `org/name` as the Hub spells repo ids; `..` is refused so that an id can never be read as a path upwards.
 _HUB_ID = re.compile(r"^(?!.*\.\.)\w[\w.-]*/\w[\w.-]*$", re.ASCII)
@@ -103,16 +104,16 @@ def _local_path(ref: str, root: Path) -> Path:
             "or a Hub repo id 'org/name'"
         )
     try:
-        local = (root / ref).resolve()  # follows symlinks and `..`
+        local = safe_join(root, ref)  # follows symlinks and `..`
         local.exists()  # raises here, not later, for names the OS refuses: too long, a NUL byte
-    except (OSError, ValueError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise BadModel(f"model reference {ref[:100]!r} is not a valid path: {reason}") from error
-    if not local.is_relative_to(root):
+    except PathEscapeError:
         raise BadModel(
             f"model reference {ref!r} escapes the models dir; give a folder name under {root} "
             "(symlinks must point inside it too) or a Hub repo id 'org/name'"
-        )
+        ) from None
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise BadModel(f"model reference {ref[:100]!r} is not a valid path: {reason}") from error
     return local
 
 

@@ -8,7 +8,6 @@ marks the worker busy with the job's model, then writes the cache's state and th
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from celery.signals import celeryd_init, worker_process_init, worker_process_shu
 from core.config import get_settings
 from core.tables import Job
 from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
+from workers.heartbeat import Heartbeat
 from workers.job_run import JobRun
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class Node:
     name: str | None = None
     queues: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
+    heartbeat: Heartbeat | None = None
 
 
 NODE = Node()
@@ -70,14 +70,21 @@ def _join_fleet(**_: object) -> None:
         _register()
     except Exception:  # the heartbeat writes the row again; the worker works regardless
         logger.exception("could not add worker %s to the workers table", NODE.name)
-    threading.Thread(target=_heartbeat, name="diffq-fleet-heartbeat", daemon=True).start()
+    interval = get_settings().worker_heartbeat_s
+    NODE.heartbeat = Heartbeat(
+        _heartbeat,
+        interval,
+        name="diffq-fleet-heartbeat",
+        failure=f"worker heartbeat failed; trying again in {interval}s",
+    ).start()
 
 
 @worker_process_shutdown.connect
 def _leave_fleet(**_: object) -> None:
     if NODE.name is None:
         return
-    NODE.stop.set()
+    if NODE.heartbeat is not None:
+        NODE.heartbeat.stop()
     try:
         remove_worker(NODE.name)
     except Exception:
@@ -94,13 +101,8 @@ def _register() -> None:
 
 
 def _heartbeat() -> None:
-    interval = get_settings().worker_heartbeat_s
-    while not NODE.stop.wait(interval):
-        try:
-            if not update_worker(NODE.name):
-                _register()  # someone removed the row: write it again
-        except Exception:
-            logger.exception("worker heartbeat failed; trying again in %ss", interval)
+    if not update_worker(NODE.name):
+        _register()  # someone removed the row: write it again
 
 
 @contextmanager

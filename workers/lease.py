@@ -1,33 +1,21 @@
 """Keeps a running job's lease alive from a background thread while its runner works."""
 
-import logging
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from core.jobs import renew_lease
-
-logger = logging.getLogger(__name__)
+from workers.heartbeat import Heartbeat
 
 
 @contextmanager
 def hold_lease(job_id: uuid.UUID, attempt: int, lease_s: float) -> Iterator[None]:
-    """Renew the job's lease every `lease_s / 3` seconds until the block ends."""
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(lease_s / 3):
-            try:
-                if not renew_lease(job_id, attempt):
-                    return  # canceled or taken over: the runner finds out at its next step
-            except Exception:
-                logger.exception("could not renew the lease of job %s", job_id)
-
-    thread = threading.Thread(target=heartbeat, name=f"lease-{job_id}", daemon=True)
-    thread.start()
-    try:
+    """Renew the job's lease every `lease_s / 3` seconds until the block ends; a renewal that finds the
+    job canceled or taken over stops them (the runner finds out at its next step)."""
+    with Heartbeat(
+        lambda: renew_lease(job_id, attempt),
+        lease_s / 3,
+        name=f"lease-{job_id}",
+        failure=f"could not renew the lease of job {job_id}",
+    ):
         yield
-    finally:
-        stop.set()
-        thread.join()

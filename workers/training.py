@@ -18,7 +18,7 @@ import logging
 import math
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +30,15 @@ from PIL import Image
 
 from core.errors import BadInput
 from core.images import encode_png
-from core.model_registry import model_prefix
+from core.jobs import forget_metrics_after
+from core.model_registry import model_prefix, register_model
+from core.progress import JobCanceled, TrainingReporter
+from core.specs import TrainingParams
 from core.storage import Storage, get_folder, put_folder
+from core.tables import ModelKind
 from models_store.load import pick_device
+from workers.job_run import JobRun
+from workers.training_data import TrainingImages
 
 LATEST = "latest.json"
 logger = logging.getLogger(__name__)
@@ -216,3 +222,143 @@ def store_model(
         if index_file.endswith(".safetensors")
         else "application/json",
     }
+
+
+@dataclass
+class Batch:
+    """One batch of a training run: which images, and those images as floats in [-1, 1] on the device."""
+
+    indices: torch.Tensor
+    pixel_values: torch.Tensor
+
+
+class TrainingLoop:
+    """The part every training job shares, used in three calls, as diffusers' training scripts run:
+
+    - `prepare(model, parameters)`: AdamW on the trained `parameters`, the learning rate schedule,
+      both handed to the `Accelerator` with the model;
+    - `run(...)`: resume from the job's latest checkpoint, then draw the batches epoch after epoch;
+      each goes through the runner's `compute_loss(batch) -> loss`, with gradient accumulation, clipping
+      at 1.0, a logged optimizer step and a checkpoint every `checkpointing_steps`; `after_step()` runs
+      after each optimizer step, `at_epoch_end(epoch, step, last)` after each epoch, the last included
+      (which may end mid-epoch, with `max_train_steps`);
+    - `store(folder, ...)`: upload the saved model and register it under the job's `output_model`.
+
+    Whatever a runner registers for checkpointing (an EMA, save hooks) it registers between `prepare`
+    and `run`; the loop's own `TrainingState` (the step and the noise generator) is registered last.
+    """
+
+    def __init__(self, job: JobRun, params: TrainingParams, accelerator: Any, num_images: int) -> None:
+        assert params.seed is not None  # the API sets it
+        self.job, self.params, self.accelerator = job, params, accelerator
+        self.plan = TrainingPlan(
+            num_images=num_images,
+            train_batch_size=params.train_batch_size,
+            gradient_accumulation_steps=params.gradient_accumulation_steps,
+            num_epochs=params.num_epochs,
+            max_train_steps=params.max_train_steps,
+        )
+        self.state = TrainingState(torch.Generator(device=accelerator.device).manual_seed(params.seed))
+        self.step = self.epoch = 0
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the run's noise (and anything else random in a loss), checkpointed."""
+        return self.state.generator
+
+    def prepare(self, model: torch.nn.Module, parameters: Iterable[torch.nn.Parameter]) -> Any:
+        """The optimizer and learning rate schedule of `parameters`; return `model` as accelerate wraps it."""
+        from diffusers.optimization import get_scheduler
+
+        self.parameters = list(parameters)
+        optimizer = torch.optim.AdamW(self.parameters, lr=self.params.learning_rate)
+        lr_scheduler = get_scheduler(
+            self.params.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=self.params.lr_warmup_steps,
+            num_training_steps=self.plan.total_steps,
+        )
+        model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, lr_scheduler)
+        self.model = model
+        return model
+
+    def run(
+        self,
+        dataset: TrainingImages,
+        compute_loss: Callable[[Batch], torch.Tensor],
+        after_step: Callable[[], None] | None = None,
+        at_epoch_end: Callable[[int, int, bool], None] | None = None,
+    ) -> TrainingReporter:
+        """Train until `plan.total_steps`, from the latest checkpoint if an earlier attempt left one."""
+        job, params, accelerator, plan, model = self.job, self.params, self.accelerator, self.plan, self.model
+        assert params.seed is not None
+        accelerator.register_for_checkpointing(self.state)
+        checkpoints = Checkpoints(job.storage, job.job_id, keep=params.checkpoints_total_limit)
+        step = self.step = checkpoints.resume(accelerator)  # 0 on a first attempt
+        first_epoch, first_batch = plan.position(step)
+        self.reporter = reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
+        if not forget_metrics_after(job.job_id, job.attempt, step):  # an earlier attempt's steps past it
+            raise JobCanceled(str(job.job_id))
+
+        model.train()
+        loss_sum = 0.0  # over the batches of one optimizer step
+        for epoch in range(first_epoch, plan.epochs):
+            self.epoch = epoch
+            order, flips = epoch_order(params.seed, epoch, len(dataset))
+            for batch in range(first_batch if epoch == first_epoch else 0, plan.batches_per_epoch):
+                indices = order[batch * params.train_batch_size : (batch + 1) * params.train_batch_size]
+                pixel_values = dataset.batch(indices, flips[indices] & params.random_flip, accelerator.device)
+
+                with accelerator.accumulate(model):
+                    loss = compute_loss(Batch(indices, pixel_values))
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(self.parameters, 1.0)
+                    step_lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step uses
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad()
+                loss_sum += loss.detach().item()
+
+                if accelerator.sync_gradients:
+                    if after_step is not None:
+                        after_step()
+                    step = self.step = self.state.step = step + 1
+                    mean_loss = loss_sum / params.gradient_accumulation_steps
+                    loss_sum = 0.0
+                    reporter.log_step(step, epoch=epoch, loss=mean_loss, lr=step_lr)
+                    if step % params.checkpointing_steps == 0 and step < plan.total_steps:
+                        reporter.flush()  # the metrics up to here are stored before the checkpoint names them
+                        reporter.add_output(checkpoints.save(accelerator, step))
+                    if step == plan.total_steps:
+                        break
+
+            last_epoch = step == plan.total_steps
+            if at_epoch_end is not None:
+                at_epoch_end(epoch, step, last_epoch)
+            if reporter.outputs_changed:
+                reporter.flush()  # list the epoch's new outputs (a sample grid, a snapshot) on the job now
+            if last_epoch:
+                break
+        return reporter
+
+    def store(
+        self, folder: Path, index_file: str, kind: ModelKind, base_model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Upload the saved model in `folder`, register it as the job's `output_model`; return the job's
+        outputs. A job that lost its claim on the name (canceled, taken over) ends `JobCanceled`."""
+        job = self.job
+        assert job.output_model is not None  # the API sets it
+        prefix, model_output = store_model(job.storage, job.job_id, job.output_model, folder, index_file)
+        registered = register_model(
+            job_id=job.job_id,
+            attempt=job.attempt,
+            name=job.output_model,
+            kind=kind,
+            storage_prefix=prefix,
+            base_model=base_model,
+            overwrite=job.overwrite_output_model,
+        )
+        if not registered:
+            raise JobCanceled(str(job.job_id))
+        return self.reporter.outputs + [model_output]

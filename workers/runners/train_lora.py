@@ -15,29 +15,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from core.errors import BadModel
-from core.jobs import forget_metrics_after
-from core.model_registry import register_model
-from core.progress import JobCanceled
 from core.specs import TrainLoraParams
 from core.tables import ModelKind
 from models_store.registered import resolve_job_model
 from workers.job_run import JobRun
-from workers.training import (
-    Checkpoints,
-    TrainingPlan,
-    TrainingState,
-    accelerator_for,
-    epoch_order,
-    save_grid,
-    store_model,
-)
+from workers.training import Batch, TrainingLoop, accelerator_for, save_grid
 from workers.training_data import load_training_images
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -88,89 +76,42 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    plan = TrainingPlan(
-        num_images=len(dataset),
-        train_batch_size=params.train_batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        num_epochs=params.num_epochs,
-        max_train_steps=params.max_train_steps,
-    )
-    optimizer = torch.optim.AdamW(lora_parameters, lr=params.learning_rate)
-    lr_scheduler = get_scheduler(
-        params.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=params.lr_warmup_steps,
-        num_training_steps=plan.total_steps,
-    )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    loop = TrainingLoop(job, params, accelerator, num_images=len(dataset))
+    unet = loop.prepare(unet, lora_parameters)
     # Checkpoints hold the LoRA weights only, not the frozen UNet.
     accelerator.register_save_state_pre_hook(save_lora_hook(accelerator))
     accelerator.register_load_state_pre_hook(load_lora_hook)
-    state = TrainingState(torch.Generator(device=accelerator.device).manual_seed(params.seed))
-    accelerator.register_for_checkpointing(state)
 
-    checkpoints = Checkpoints(job.storage, job.job_id, keep=params.checkpoints_total_limit)
-    step = checkpoints.resume(accelerator)
-    first_epoch, first_batch = plan.position(step)
-    reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
-    if not forget_metrics_after(job.job_id, job.attempt, step):
-        raise JobCanceled(str(job.job_id))
-
-    unet.train()
-    loss_sum = 0.0  # over the batches of one optimizer step
-    for epoch in range(first_epoch, plan.epochs):
-        order, flips = epoch_order(params.seed, epoch, len(dataset))
-        for batch in range(first_batch if epoch == first_epoch else 0, plan.batches_per_epoch):
-            indices = order[batch * params.train_batch_size : (batch + 1) * params.train_batch_size]
-            pixel_values = dataset.batch(indices, flips[indices] & params.random_flip, accelerator.device)
-            with torch.no_grad():
-                latents = vae.encode(pixel_values.to(weight_dtype)).latent_dist.sample(
-                    generator=state.generator
-                )
-                latents = latents * vae.config.scaling_factor
-                encoder_hidden_states = text_encoder(
-                    input_ids[indices].to(accelerator.device), return_dict=False
-                )[0]
-            noise = torch.randn(
-                latents.shape, generator=state.generator, device=latents.device, dtype=latents.dtype
+    def compute_loss(batch: Batch) -> torch.Tensor:
+        """Latents of the images and embeddings of their captions; noise added at random timesteps;
+        the MSE of the UNet's prediction to the scheduler's target."""
+        with torch.no_grad():
+            latents = vae.encode(batch.pixel_values.to(weight_dtype)).latent_dist.sample(
+                generator=loop.generator
             )
-            timesteps = torch.randint(
-                0,
-                noise_scheduler.config.num_train_timesteps,
-                (latents.shape[0],),
-                generator=state.generator,
-                device=latents.device,
-            )
-            noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-            if noise_scheduler.config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
+            latents = latents * vae.config.scaling_factor
+            encoder_hidden_states = text_encoder(
+                input_ids[batch.indices].to(accelerator.device), return_dict=False
+            )[0]
+        noise = torch.randn(
+            latents.shape, generator=loop.generator, device=latents.device, dtype=latents.dtype
+        )
+        timesteps = torch.randint(
+            0,
+            noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0],),
+            generator=loop.generator,
+            device=latents.device,
+        )
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        return F.mse_loss(model_pred.float(), target.float())
 
-            with accelerator.accumulate(unet):
-                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
-                loss = F.mse_loss(model_pred.float(), target.float())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(lora_parameters, 1.0)
-                step_lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach().item()
-
-            if accelerator.sync_gradients:
-                step = state.step = step + 1
-                mean_loss = loss_sum / params.gradient_accumulation_steps
-                loss_sum = 0.0
-                reporter.log_step(step, epoch=epoch, loss=mean_loss, lr=step_lr)
-                if step % params.checkpointing_steps == 0 and step < plan.total_steps:
-                    reporter.flush()
-                    reporter.add_output(checkpoints.save(accelerator, step))
-                if step == plan.total_steps:
-                    break
-        if step == plan.total_steps:
-            break
+    reporter = loop.run(dataset, compute_loss)
 
     unet = accelerator.unwrap_model(unet)
     if params.validation_prompt:
@@ -178,27 +119,15 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
         with accelerator.autocast():
             images = validation_images(base, params)
         grid_parameters = {"type": job.type, "job": str(job.job_id), "prompt": params.validation_prompt}
-        reporter.add_output(save_grid(job.storage, job.job_id, images, epoch, step, grid_parameters))
+        reporter.add_output(
+            save_grid(job.storage, job.job_id, images, loop.epoch, loop.step, grid_parameters)
+        )
 
     with tempfile.TemporaryDirectory(prefix="diffq-lora-") as folder:
         StableDiffusionPipeline.save_lora_weights(
             folder, unet_lora_layers=lora_layers(unet), weight_name=LORA_WEIGHTS, safe_serialization=True
         )
-        prefix, model_output = store_model(
-            job.storage, job.job_id, job.output_model, Path(folder), LORA_WEIGHTS
-        )
-    registered = register_model(
-        job_id=job.job_id,
-        attempt=job.attempt,
-        name=job.output_model,
-        kind=ModelKind.LORA,
-        storage_prefix=prefix,
-        base_model=job.model,
-        overwrite=job.overwrite_output_model,
-    )
-    if not registered:
-        raise JobCanceled(str(job.job_id))
-    return reporter.outputs + [model_output]
+        return loop.store(Path(folder), LORA_WEIGHTS, ModelKind.LORA, base_model=job.model)
 
 
 def load_base(model_ref: str, job: JobRun) -> StableDiffusionPipeline:

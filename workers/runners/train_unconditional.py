@@ -16,25 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from core.jobs import forget_metrics_after
-from core.model_registry import register_model
-from core.progress import JobCanceled
 from core.specs import TrainUnconditionalParams
 from core.storage import put_folder
 from core.tables import ModelKind
 from workers.job_run import JobRun
-from workers.training import (
-    Checkpoints,
-    TrainingPlan,
-    TrainingState,
-    accelerator_for,
-    epoch_order,
-    save_grid,
-    store_model,
-)
+from workers.training import Batch, TrainingLoop, accelerator_for, save_grid
 from workers.training_data import load_training_images
 
 
@@ -49,13 +37,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
 def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> list[dict[str, Any]]:
     assert job.output_model is not None and params.seed is not None  # the API sets both
     dataset = load_training_images(params.dataset, params.image_size, job.storage)
-    plan = TrainingPlan(
-        num_images=len(dataset),
-        train_batch_size=params.train_batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        num_epochs=params.num_epochs,
-        max_train_steps=params.max_train_steps,
-    )
+    loop = TrainingLoop(job, params, accelerator, num_images=len(dataset))
 
     torch.manual_seed(params.seed)  # the initial weights
     model = UNet2DModel(
@@ -71,14 +53,7 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=params.num_train_timesteps, beta_schedule=params.beta_schedule
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate)
-    lr_scheduler = get_scheduler(
-        params.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=params.lr_warmup_steps,
-        num_training_steps=plan.total_steps,
-    )
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    model = loop.prepare(model, model.parameters())
     ema = None
     if params.use_ema:
         ema = EMAModel(
@@ -92,89 +67,45 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
         )
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    state = TrainingState(torch.Generator(device=accelerator.device).manual_seed(params.seed))
-    accelerator.register_for_checkpointing(state)
 
-    checkpoints = Checkpoints(job.storage, job.job_id, keep=params.checkpoints_total_limit)
-    step = checkpoints.resume(accelerator)  # 0 on a first attempt
-    first_epoch, first_batch = plan.position(step)
-    reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
-    if not forget_metrics_after(job.job_id, job.attempt, step):  # an earlier attempt's steps past it
-        raise JobCanceled(str(job.job_id))
+    def compute_loss(batch: Batch) -> torch.Tensor:
+        """Add noise at random timesteps to the clean images; the MSE of the model's prediction of it."""
+        clean_images = batch.pixel_values
+        noise = torch.randn(clean_images.shape, generator=loop.generator, device=accelerator.device)
+        timesteps = torch.randint(
+            0,
+            noise_scheduler.config.num_train_timesteps,
+            (clean_images.shape[0],),
+            generator=loop.generator,
+            device=accelerator.device,
+        )
+        noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+        noise_pred = model(noisy_images, timesteps, return_dict=False)[0]
+        return F.mse_loss(noise_pred.float(), noise)
 
-    model.train()
-    loss_sum = 0.0  # over the batches of one optimizer step
-    for epoch in range(first_epoch, plan.epochs):
-        order, flips = epoch_order(params.seed, epoch, len(dataset))
-        for batch in range(first_batch if epoch == first_epoch else 0, plan.batches_per_epoch):
-            indices = order[batch * params.train_batch_size : (batch + 1) * params.train_batch_size]
-            clean_images = dataset.batch(indices, flips[indices] & params.random_flip, accelerator.device)
-            noise = torch.randn(clean_images.shape, generator=state.generator, device=accelerator.device)
-            timesteps = torch.randint(
-                0,
-                noise_scheduler.config.num_train_timesteps,
-                (clean_images.shape[0],),
-                generator=state.generator,
-                device=accelerator.device,
-            )
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+    def after_step() -> None:
+        if ema is not None:
+            ema.step(model.parameters())
 
-            with accelerator.accumulate(model):
-                noise_pred = model(noisy_images, timesteps, return_dict=False)[0]
-                loss = F.mse_loss(noise_pred.float(), noise)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                step_lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach().item()
-
-            if accelerator.sync_gradients:
-                if ema is not None:
-                    ema.step(model.parameters())
-                step = state.step = step + 1
-                mean_loss = loss_sum / params.gradient_accumulation_steps
-                loss_sum = 0.0
-                reporter.log_step(step, epoch=epoch, loss=mean_loss, lr=step_lr)
-                if step % params.checkpointing_steps == 0 and step < plan.total_steps:
-                    reporter.flush()  # the metrics up to here are stored before the checkpoint names them
-                    reporter.add_output(checkpoints.save(accelerator, step))
-                if step == plan.total_steps:
-                    break
-
-        last_epoch = step == plan.total_steps
-        if (epoch + 1) % params.save_image_epochs == 0 or last_epoch:
+    def at_epoch_end(epoch: int, step: int, last: bool) -> None:
+        """A sample grid every `save_image_epochs` and at the end; a snapshot every `save_model_epochs`."""
+        if (epoch + 1) % params.save_image_epochs == 0 or last:
             with ema_weights(ema, model):
                 images = sample(accelerator.unwrap_model(model), noise_scheduler, params)
             grid_parameters = {"type": job.type, "job": str(job.job_id), "seed": params.seed}
-            reporter.add_output(save_grid(job.storage, job.job_id, images, epoch, step, grid_parameters))
-        if (epoch + 1) % params.save_model_epochs == 0 and not last_epoch:
+            loop.reporter.add_output(save_grid(job.storage, job.job_id, images, epoch, step, grid_parameters))
+        if (epoch + 1) % params.save_model_epochs == 0 and not last:
             with ema_weights(ema, model):
-                reporter.add_output(snapshot(job, accelerator.unwrap_model(model), noise_scheduler, epoch))
-        if reporter.outputs_changed:
-            reporter.flush()  # list the new grid or snapshot on the job now
-        if last_epoch:
-            break
+                loop.reporter.add_output(
+                    snapshot(job, accelerator.unwrap_model(model), noise_scheduler, epoch)
+                )
+
+    loop.run(dataset, compute_loss, after_step=after_step, at_epoch_end=at_epoch_end)
 
     with ema_weights(ema, model), tempfile.TemporaryDirectory(prefix="diffq-model-") as folder:
         pipeline = DDPMPipeline(unet=accelerator.unwrap_model(model), scheduler=noise_scheduler)
         pipeline.save_pretrained(folder, safe_serialization=True)
-        prefix, model_output = store_model(
-            job.storage, job.job_id, job.output_model, Path(folder), "model_index.json"
-        )
-    registered = register_model(
-        job_id=job.job_id,
-        attempt=job.attempt,
-        name=job.output_model,
-        kind=ModelKind.UNCONDITIONAL,
-        storage_prefix=prefix,
-        overwrite=job.overwrite_output_model,
-    )
-    if not registered:
-        raise JobCanceled(str(job.job_id))
-    return reporter.outputs + [model_output]
+        return loop.store(Path(folder), "model_index.json", ModelKind.UNCONDITIONAL)
 
 
 @contextmanager
