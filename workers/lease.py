@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from core.db import db_session
 from core.jobs import renew_lease
 
 logger = logging.getLogger(__name__)
@@ -13,16 +14,23 @@ logger = logging.getLogger(__name__)
 
 @contextmanager
 def hold_lease(job_id: uuid.UUID, attempt: int, lease_s: float) -> Iterator[None]:
-    """Renew the job's lease every `lease_s / 3` seconds until the block ends."""
+    """Renew the job's lease every `lease_s / 3` seconds until the block ends.
+
+    The thread has a session of its own (a session is not thread-safe) and commits each renewal.
+    """
     stop = threading.Event()
 
     def heartbeat() -> None:
-        while not stop.wait(lease_s / 3):
-            try:
-                if not renew_lease(job_id, attempt):
-                    return  # canceled or taken over: the runner finds out at its next step
-            except Exception:
-                logger.exception("could not renew the lease of job %s", job_id)
+        with db_session() as session:
+            while not stop.wait(lease_s / 3):
+                try:
+                    renewed = renew_lease(session, job_id, attempt)
+                    session.commit()
+                    if not renewed:
+                        return  # canceled or taken over: the runner finds out at its next step
+                except Exception:
+                    session.rollback()
+                    logger.exception("could not renew the lease of job %s", job_id)
 
     thread = threading.Thread(target=heartbeat, name=f"lease-{job_id}", daemon=True)
     thread.start()

@@ -27,7 +27,7 @@ from core.batches import (
     sweep_size,
 )
 from core.config import get_settings
-from core.db import get_sessionmaker
+from core.db import db_session, get_sessionmaker
 from core.jobs import cancel_jobs
 from core.queue import enqueue_jobs
 from core.specs import JOB_SPEC, JobSpec
@@ -107,7 +107,7 @@ def write_batch(
     """Check, write and schedule the enqueueing of a batch's jobs; 422 if any job is not admitted."""
     if len(specs) > get_settings().max_batch_jobs:
         raise _too_many(len(specs))
-    admission = Admission(get_storage())
+    admission = Admission(session, get_storage())
     errors = [error for index, spec in enumerate(specs) for error in admission.problems(spec, loc_of(index))]
     if errors:
         raise unprocessable(_cap(errors))
@@ -124,7 +124,8 @@ def write_batch(
 
 def _enqueue(batch_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     try:
-        enqueue_jobs(job_ids)
+        with db_session() as session:
+            enqueue_jobs(session, job_ids)
     except Exception:
         logger.exception("could not enqueue all %d jobs of batch %s", len(job_ids), batch_id)
 
@@ -240,7 +241,7 @@ def get_batch(batch_id: uuid.UUID, session: SessionDep, request: Request) -> Bat
 def cancel_batch(batch_id: uuid.UUID, session: SessionDep, request: Request) -> BatchPublic:
     """Cancel every queued and running job of the batch; finished jobs keep their outputs."""
     batch = _get_batch(session, batch_id)
-    canceled = cancel_jobs(Job.batch_id == batch_id)
+    canceled = cancel_jobs(session, Job.batch_id == batch_id)
     state = batch_state(session, batch)
     if not canceled:
         counts = ", ".join(f"{count} {name}" for name, count in state.counts.items() if count)

@@ -32,14 +32,14 @@ def public(job: Job, request: Request) -> JobPublic:
 def create_job(
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE])], session: SessionDep, request: Request
 ) -> JobPublic:
-    errors = Admission(get_storage()).problems(spec, ["body"])
+    errors = Admission(session, get_storage()).problems(spec, ["body"])
     if errors:
         raise unprocessable(errors)
     job = Job(**job_values(spec), status=JobStatus.QUEUED)
     session.add(job)
     session.commit()
     try:
-        enqueue_job(job.id, job.type, job.model)
+        enqueue_job(session, job.id, job.type, job.model)
     except Exception:
         # The row is the source of truth; a job that never reached the broker is requeued later.
         logger.exception("could not enqueue job %s", job.id)
@@ -61,7 +61,8 @@ def get_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPubl
 )
 def cancel(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPublic:
     """Cancel a job. A queued job never runs; a running one stops at its next step and stores nothing."""
-    canceled = cancel_job(job_id)
+    canceled = cancel_job(session, job_id)
+    session.commit()
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
@@ -84,7 +85,8 @@ def get_job_metrics(
     """A training job's loss history: `step`, `epoch`, `loss`, `lr` of each optimizer step."""
     if session.get(Job, job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
-    metrics = [MetricPublic.from_metric(m) for m in job_metrics(job_id, after_step=after_step, limit=limit)]
+    rows = job_metrics(session, job_id, after_step=after_step, limit=limit)
+    metrics = [MetricPublic.from_metric(m) for m in rows]
     return MetricsPublic(job_id=job_id, data=metrics, count=len(metrics))
 
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Body, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.admission import Admission, unprocessable
 from api.deps import SessionDep
@@ -30,7 +31,7 @@ EXAMPLE = {
 }
 
 
-def _apply(schedule: Schedule, spec: ScheduleSpec) -> None:
+def _apply(session: Session, schedule: Schedule, spec: ScheduleSpec) -> None:
     """Write `spec` into the row and work out its next due time.
 
     A cron schedule is due next at the first match from now. A single run keeps its state while
@@ -38,7 +39,7 @@ def _apply(schedule: Schedule, spec: ScheduleSpec) -> None:
     fires once enabled); a new `run_at` must lie ahead.
     """
     now = utcnow()
-    if errors := Admission(get_storage()).problems(spec.job, ["body", "job"]):
+    if errors := Admission(session, get_storage()).problems(spec.job, ["body", "job"]):
         raise unprocessable(errors)
     same_run_at = (
         schedule.run_at is not None and spec.run_at is not None and as_utc(schedule.run_at) == spec.run_at
@@ -79,7 +80,7 @@ def create_schedule(
     spec: Annotated[ScheduleSpec, Body(examples=[EXAMPLE])], session: SessionDep
 ) -> SchedulePublic:
     schedule = Schedule()
-    _apply(schedule, spec)
+    _apply(session, schedule, spec)
     session.add(schedule)
     session.commit()
     return SchedulePublic.from_schedule(schedule)
@@ -119,7 +120,7 @@ def update_schedule(
                 for e in error.errors(include_url=False, include_context=False)
             ]
         ) from None
-    _apply(schedule, spec)
+    _apply(session, schedule, spec)
     session.commit()
     return SchedulePublic.from_schedule(schedule)
 

@@ -113,7 +113,9 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
     step = checkpoints.resume(accelerator)
     first_epoch, first_batch = plan.position(step)
     reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
-    if not forget_metrics_after(job.job_id, job.attempt, step):
+    forgot = forget_metrics_after(job.session, job.job_id, job.attempt, step)
+    job.session.commit()
+    if not forgot:
         raise JobCanceled(str(job.job_id))
 
     unet.train()
@@ -188,6 +190,7 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
             job.storage, job.job_id, job.output_model, Path(folder), LORA_WEIGHTS
         )
     registered = register_model(
+        job.session,
         job_id=job.job_id,
         attempt=job.attempt,
         name=job.output_model,
@@ -196,6 +199,7 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
         base_model=job.model,
         overwrite=job.overwrite_output_model,
     )
+    job.session.commit()
     if not registered:
         raise JobCanceled(str(job.job_id))
     return reporter.outputs + [model_output]

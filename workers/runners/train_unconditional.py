@@ -99,7 +99,10 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
     step = checkpoints.resume(accelerator)  # 0 on a first attempt
     first_epoch, first_batch = plan.position(step)
     reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
-    if not forget_metrics_after(job.job_id, job.attempt, step):  # an earlier attempt's steps past it
+    # An earlier attempt's steps past it.
+    forgot = forget_metrics_after(job.session, job.job_id, job.attempt, step)
+    job.session.commit()
+    if not forgot:
         raise JobCanceled(str(job.job_id))
 
     model.train()
@@ -165,6 +168,7 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
             job.storage, job.job_id, job.output_model, Path(folder), "model_index.json"
         )
     registered = register_model(
+        job.session,
         job_id=job.job_id,
         attempt=job.attempt,
         name=job.output_model,
@@ -172,6 +176,7 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
         storage_prefix=prefix,
         overwrite=job.overwrite_output_model,
     )
+    job.session.commit()
     if not registered:
         raise JobCanceled(str(job.job_id))
     return reporter.outputs + [model_output]
