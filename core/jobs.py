@@ -244,9 +244,6 @@ def expired_jobs(session: Session, limit: int = 1000) -> list[uuid.UUID]:
     )
 
 
-CANCELABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
 def cancel_jobs(session: Session, *conditions: Any) -> int:
     """Cancel the queued and running jobs that match `conditions`; return how many were canceled.
 
@@ -257,7 +254,7 @@ def cancel_jobs(session: Session, *conditions: Any) -> int:
     now = utcnow()
     return session.execute(
         update(Job)
-        .where(Job.status.in_(CANCELABLE), *conditions)
+        .where(Job.status.in_(JobStatus.ACTIVE), *conditions)
         .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
     ).rowcount
 

@@ -12,7 +12,6 @@ ever grow, as Prometheus expects of a histogram.
 
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -143,10 +142,7 @@ def _worker_metrics(workers: list[WorkerNode]) -> Iterator[Metric]:
         key = [worker.name, worker.device]
         resident = worker.resident or []
         gauges["busy"].add_metric(key, 1 if worker.current_job else 0)
-        last_seen = worker.last_seen
-        if last_seen.tzinfo is None:  # SQLite hands back naive datetimes; all of diffq's are UTC
-            last_seen = last_seen.replace(tzinfo=UTC)
-        gauges["last_seen"].add_metric(key, last_seen.timestamp())
+        gauges["last_seen"].add_metric(key, worker.last_seen.timestamp())
         gauges["resident_models"].add_metric(key, len(resident))
         gauges["resident_bytes"].add_metric(key, sum(entry["bytes"] for entry in resident))
         if worker.cache_budget_bytes is not None:

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def as_utc(moment: datetime) -> datetime:
-    """`moment` in UTC; a naive one (SQLite returns them) is taken to be UTC already."""
+    """`moment` in UTC; a naive one is taken to be UTC already."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 

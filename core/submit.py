@@ -89,7 +89,7 @@ def output_model_problem(session: Session, name: str, overwrite: bool, models_di
             "output_model, or set overwrite_output_model: true to replace it"
         )
     training = session.scalar(
-        select(Job.id).where(Job.output_model == name, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        select(Job.id).where(Job.output_model == name, Job.status.in_(JobStatus.ACTIVE))
     )
     if training is not None:
         return (
