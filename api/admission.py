@@ -4,6 +4,7 @@ that exist and fit. Shared by single jobs and batches; a batch checks each model
 from typing import Any
 
 from fastapi import HTTPException, status
+from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.specs import JobSpec
@@ -15,7 +16,8 @@ Loc = list[str | int]
 
 
 class Admission:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, session: Session, storage: Storage) -> None:
+        self.session = session
         self.storage = storage
         self.models_dir = get_settings().models_dir
         self._models: dict[tuple[str, str], str | None] = {}
@@ -27,10 +29,10 @@ class Admission:
         if spec.model is not None:
             key = (spec.model, spec.type)
             if key not in self._models:
-                self._models[key] = model_problem(spec.model, spec.type, self.models_dir)
+                self._models[key] = model_problem(self.session, spec.model, spec.type, self.models_dir)
             if problem := self._models[key]:
                 errors.append({"loc": [*loc, "model"], "msg": problem, "type": "unknown_model"})
-        for where, message, kind in training_problems(spec, self.models_dir, self.storage):
+        for where, message, kind in training_problems(self.session, spec, self.models_dir, self.storage):
             errors.append({"loc": [*loc, *where], "msg": message, "type": kind})
         for field, message in input_image_problems(spec.params, self.storage, self._images):
             errors.append({"loc": [*loc, "params", field], "msg": message, "type": "bad_image"})

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.batches import BatchState
 from core.schedules import as_utc
@@ -164,6 +164,19 @@ class SchedulePublic(BaseModel):
             created_at=utc(schedule.created_at),
             updated_at=utc(schedule.updated_at),
         )
+
+
+class ScheduleUpdate(BaseModel):
+    """The fields of a schedule to change (PATCH); those not given keep their values. The result is
+    checked as a whole `ScheduleSpec`, so `job` is a job template checked there."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    job: dict[str, Any] | None = None
+    cron: str | None = None
+    run_at: AwareDatetime | None = None
+    timezone: str = "UTC"
+    enabled: bool = True
 
 
 class SchedulesPublic(BaseModel):

@@ -95,8 +95,9 @@ def naive(specs: list[dict]) -> tuple[float, float]:
             ids.append(job.id)
     written = time.perf_counter() - start
     start = time.perf_counter()
-    for job_id in ids:
-        enqueue_job(job_id)
+    with db_session() as session:
+        for job_id in ids:
+            enqueue_job(session, job_id)
     return written, time.perf_counter() - start
 
 

@@ -158,9 +158,12 @@ def reconcile(
 ) -> None:
     """Requeue jobs whose worker died and send queued jobs the broker lacks, once (beat does
     this every DIFFQ_RECONCILE_INTERVAL_S)."""
+    from core.db import db_session
     from core.reconcile import reconcile_once
 
-    typer.echo(json.dumps(reconcile_once(resend_queued=resend_queued)))
+    with db_session() as session:
+        counts = reconcile_once(session, resend_queued=resend_queued)
+    typer.echo(json.dumps(counts))
 
 
 @db_app.command("upgrade")

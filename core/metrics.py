@@ -12,8 +12,6 @@ ever grow, as Prometheus expects of a histogram.
 
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC
-from functools import lru_cache
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -23,7 +21,6 @@ from sqlalchemy import case, extract, func, select
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.db import db_session
 from core.queue import queue_depths
 from core.routing import direct_queue
 from core.tables import Job, JobStatus, WorkerNode
@@ -145,10 +142,7 @@ def _worker_metrics(workers: list[WorkerNode]) -> Iterator[Metric]:
         key = [worker.name, worker.device]
         resident = worker.resident or []
         gauges["busy"].add_metric(key, 1 if worker.current_job else 0)
-        last_seen = worker.last_seen
-        if last_seen.tzinfo is None:  # SQLite hands back naive datetimes; all of diffq's are UTC
-            last_seen = last_seen.replace(tzinfo=UTC)
-        gauges["last_seen"].add_metric(key, last_seen.timestamp())
+        gauges["last_seen"].add_metric(key, worker.last_seen.timestamp())
         gauges["resident_models"].add_metric(key, len(resident))
         gauges["resident_bytes"].add_metric(key, sum(entry["bytes"] for entry in resident))
         if worker.cache_budget_bytes is not None:
@@ -171,32 +165,36 @@ def _worker_metrics(workers: list[WorkerNode]) -> Iterator[Metric]:
 
 
 class DiffqCollector(Collector):
+    """Reads on `session` at each collection; it only reads, so nobody needs to commit."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
     def collect(self) -> Iterator[Metric]:
-        with db_session() as session:
-            yield _jobs_by_status(session)
-            yield _histogram(
-                session,
-                "diffq_job_duration_seconds",
-                "Seconds from a job's start to its end.",
-                Job.started_at,
-                Job.finished_at,
-                DURATION_BUCKETS,
-            )
-            yield _histogram(
-                session,
-                "diffq_job_queue_seconds",
-                "Seconds a job waited between its submission and its start.",
-                Job.created_at,
-                Job.started_at,
-                QUEUE_BUCKETS,
-            )
-            workers = live_workers(session, get_settings().worker_stale_s)
+        yield _jobs_by_status(self.session)
+        yield _histogram(
+            self.session,
+            "diffq_job_duration_seconds",
+            "Seconds from a job's start to its end.",
+            Job.started_at,
+            Job.finished_at,
+            DURATION_BUCKETS,
+        )
+        yield _histogram(
+            self.session,
+            "diffq_job_queue_seconds",
+            "Seconds a job waited between its submission and its start.",
+            Job.created_at,
+            Job.started_at,
+            QUEUE_BUCKETS,
+        )
+        workers = live_workers(self.session, get_settings().worker_stale_s)
         yield from _queue_depth(workers)
         yield from _worker_metrics(workers)
 
 
-@lru_cache
-def get_registry() -> CollectorRegistry:
+def metrics_registry(session: Session) -> CollectorRegistry:
+    """A registry of diffq's metrics, read on `session` when it is collected (one per scrape)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DiffqCollector())
+    registry.register(DiffqCollector(session))
     return registry

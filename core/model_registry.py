@@ -9,8 +9,8 @@ import uuid
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from core.db import db_session
 from core.errors import BadInput
 from core.jobs import lock_running_job
 from core.tables import RegisteredModel, utcnow
@@ -20,20 +20,19 @@ def model_prefix(name: str, job_id: uuid.UUID) -> str:
     return f"models/{name}/{job_id}"
 
 
-def find_model(name: str) -> RegisteredModel | None:
-    with db_session() as session:
-        return session.scalars(select(RegisteredModel).where(RegisteredModel.name == name)).one_or_none()
+def find_model(session: Session, name: str) -> RegisteredModel | None:
+    return session.scalars(select(RegisteredModel).where(RegisteredModel.name == name)).one_or_none()
 
 
-def list_models(kind: str | None = None) -> list[RegisteredModel]:
+def list_models(session: Session, kind: str | None = None) -> list[RegisteredModel]:
     query = select(RegisteredModel).order_by(RegisteredModel.created_at.desc())
     if kind:
         query = query.where(RegisteredModel.kind == kind)
-    with db_session() as session:
-        return list(session.scalars(query))
+    return list(session.scalars(query))
 
 
 def register_model(
+    session: Session,
     *,
     job_id: uuid.UUID,
     attempt: int,
@@ -49,34 +48,37 @@ def register_model(
     over). Registering again from the same job (a run resumed after its worker died between
     registering and finishing) is allowed. A name another job registered, without `overwrite`, is
     a `bad_input` error.
+
+    The caller commits, at once: the lock this takes on the job's row is held until then.
     """
     try:
-        with db_session() as session:
-            if not lock_running_job(session, job_id, attempt):
-                return False
-            existing = session.scalars(
-                select(RegisteredModel).where(RegisteredModel.name == name).with_for_update()
-            ).one_or_none()
-            if existing is None:
-                session.add(
-                    RegisteredModel(
-                        name=name,
-                        kind=kind,
-                        base_model=base_model,
-                        storage_prefix=storage_prefix,
-                        job_id=job_id,
-                    )
+        if not lock_running_job(session, job_id, attempt):
+            return False
+        existing = session.scalars(
+            select(RegisteredModel).where(RegisteredModel.name == name).with_for_update()
+        ).one_or_none()
+        if existing is None:
+            session.add(
+                RegisteredModel(
+                    name=name,
+                    kind=kind,
+                    base_model=base_model,
+                    storage_prefix=storage_prefix,
+                    job_id=job_id,
                 )
-            elif existing.job_id == job_id or overwrite:
-                existing.kind = kind
-                existing.base_model = base_model
-                existing.storage_prefix = storage_prefix
-                existing.job_id = job_id
-                existing.updated_at = utcnow()
-            else:
-                raise BadInput(_taken(name, existing.job_id))
+            )
+        elif existing.job_id == job_id or overwrite:
+            existing.kind = kind
+            existing.base_model = base_model
+            existing.storage_prefix = storage_prefix
+            existing.job_id = job_id
+            existing.updated_at = utcnow()
+        else:
+            raise BadInput(_taken(name, existing.job_id))
+        session.flush()
     except IntegrityError:
         # Another job registered the same name between our read and our insert.
+        session.rollback()
         raise BadInput(_taken(name, None)) from None
     return True
 

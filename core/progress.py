@@ -6,12 +6,17 @@ always written. Status changes go through `core.jobs` and are never coalesced.
 A write fails once the job is no longer running, which is how a run learns it was canceled. Writes
 are too far apart for a prompt stop, so between them the reporter also reads the job's status, at most
 every `check_interval_s`: a canceled job stops at the next step boundary after that.
+
+A reporter writes through the job's session and commits each write and each read at once: the API
+sees progress while the job runs, and the next status read sees a cancel made since.
 """
 
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from core.jobs import job_status, record_progress
 from core.tables import JobStatus
@@ -21,6 +26,28 @@ class JobCanceled(Exception):
     """The job is no longer this attempt's to run: a user canceled it, or it was taken over."""
 
 
+def progress_writer(session: Session) -> Callable[..., bool]:
+    """`record_progress` on `session`, committed at once."""
+
+    def write(job_id: uuid.UUID, attempt: int, progress: dict[str, Any], **training: Any) -> bool:
+        written = record_progress(session, job_id, attempt, progress, **training)
+        session.commit()
+        return written
+
+    return write
+
+
+def status_reader(session: Session) -> Callable[[uuid.UUID], str | None]:
+    """`job_status` on `session`, its transaction ended at once so that the next read is fresh."""
+
+    def status(job_id: uuid.UUID) -> str | None:
+        current = job_status(session, job_id)
+        session.commit()
+        return current
+
+    return status
+
+
 class ProgressReporter:
     def __init__(
         self,
@@ -28,23 +55,27 @@ class ProgressReporter:
         attempt: int,
         total: int,
         min_interval_s: float,
-        write: Callable[[uuid.UUID, int, dict[str, Any]], bool] = record_progress,
+        write: Callable[[uuid.UUID, int, dict[str, Any]], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         *,
         check_interval_s: float | None = None,
-        status: Callable[[uuid.UUID], str | None] = job_status,
+        status: Callable[[uuid.UUID], str | None] | None = None,
+        session: Session | None = None,
     ) -> None:
+        """Writes and reads through `session` (committing each), unless `write` and `status` are given."""
+        if (write is None or status is None) and session is None:
+            raise ValueError("a ProgressReporter needs a session, or both write and status")
         self.job_id = job_id
         self.attempt = attempt
         self.total = total
         self.min_interval_s = min_interval_s
-        self.write = write
+        self.write = write or progress_writer(session)
         self.clock = clock
         self.started = clock()
         self.last_write: float | None = None
         self.writes = 0
         self.check_interval_s = check_interval_s
-        self.status = status
+        self.status = status or status_reader(session)
         self.last_check: float | None = None
         self.checks = 0
         self.current: dict[str, Any] = self._snapshot(0, {})
@@ -103,14 +134,19 @@ class TrainingReporter(ProgressReporter):
         min_interval_s: float,
         start_step: int = 0,
         outputs: list[dict[str, Any]] | None = None,
-        write: Callable[..., bool] = record_progress,
+        write: Callable[..., bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        status: Callable[[uuid.UUID], str | None] | None = None,
+        session: Session | None = None,
     ) -> None:
         self.start_step = start_step
         self.pending_metrics: list[dict[str, Any]] = []
         self.outputs: list[dict[str, Any]] = list(outputs or [])
         self.outputs_changed = False
-        super().__init__(job_id, attempt, total, min_interval_s, write=write, clock=clock)
+        super().__init__(
+            job_id, attempt, total, min_interval_s, write=write, clock=clock, status=status, session=session
+        )
         self.current = self._snapshot(start_step, {})
 
     def _snapshot(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:

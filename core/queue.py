@@ -13,9 +13,9 @@ from functools import lru_cache
 from celery import Celery
 from kombu.exceptions import ChannelError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
-from core.db import db_session
 from core.jobs import mark_enqueued
 from core.routing import pick_queue, queue_for
 from core.tables import Job
@@ -68,24 +68,26 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | None = None) -> str:
+def enqueue_job(
+    session: Session, job_id: uuid.UUID, job_type: str | None = None, model: str | None = None
+) -> str:
     """Hand a committed job to the broker and return the queue it went to.
 
-    Call only after the job row is committed. `job_type` and `model` pick the queue; when `job_type` is
-    not given they are read from the row. Flower and the worker logs show the task's arguments as the job
-    id and, as its keyword arguments, the job's type and model (the row stays the only input).
+    Call only after the job row is committed; this commits `session` once it has recorded the send.
+    `job_type` and `model` pick the queue; when `job_type` is not given they are read from the row.
+    Flower and the worker logs show the task's arguments as the job id and, as its keyword arguments,
+    the job's type and model (the row stays the only input).
     """
     settings = get_settings()
     if job_type is None:
-        with db_session() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise ValueError(f"no job with id {job_id}")
-            job_type, model = job.type, job.model
+        job = session.get(Job, job_id)
+        if job is None:
+            raise ValueError(f"no job with id {job_id}")
+        job_type, model = job.type, job.model
     try:
-        with db_session() as session:
-            queue = pick_queue(session, settings, job_type, model, queue_depth)
+        queue = pick_queue(session, settings, job_type, model, queue_depth)
     except Exception:  # routing is an optimisation: a job must reach a queue regardless
+        session.rollback()
         logger.exception("could not route job %s by affinity; sending it to the shared queue", job_id)
         queue = queue_for(job_type, settings)
     get_celery().send_task(
@@ -94,26 +96,27 @@ def enqueue_job(job_id: uuid.UUID, job_type: str | None = None, model: str | Non
         queue=queue,
         kwargsrepr=repr({"type": job_type, "model": model}),
     )
-    mark_enqueued([job_id])
+    mark_enqueued(session, [job_id])
+    session.commit()
     return queue
 
 
-def enqueue_jobs(job_ids: Sequence[uuid.UUID]) -> int:
+def enqueue_jobs(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     """Hand many committed jobs to their shared queues over one producer (one connection and
     channel), then record when the broker accepted them (`enqueued_at`); return how many were sent.
 
     Bulk sends skip affinity routing: it is meant for the next job of an idle worker, not for a
     backlog. A job left without `enqueued_at` (the broker was down, or this process died before
-    recording it) is sent again by the reconciler.
+    recording it) is sent again by the reconciler. Call only after the jobs are committed; this commits
+    `session` once it has recorded the sends.
     """
     settings, app = get_settings(), get_celery()
     kinds: dict[uuid.UUID, tuple[str, str | None]] = {}
-    with db_session() as session:
-        for start in range(0, len(job_ids), 500):
-            rows = session.execute(
-                select(Job.id, Job.type, Job.model).where(Job.id.in_(job_ids[start : start + 500]))
-            )
-            kinds.update({row.id: (row.type, row.model) for row in rows})
+    for start in range(0, len(job_ids), 500):
+        rows = session.execute(
+            select(Job.id, Job.type, Job.model).where(Job.id.in_(job_ids[start : start + 500]))
+        )
+        kinds.update({row.id: (row.type, row.model) for row in rows})
     sent: list[uuid.UUID] = []
     try:
         with app.producer_or_acquire() as producer:
@@ -131,7 +134,8 @@ def enqueue_jobs(job_ids: Sequence[uuid.UUID]) -> int:
                 sent.append(job_id)
     finally:
         if sent:
-            mark_enqueued(sent)
+            mark_enqueued(session, sent)
+            session.commit()
     return len(sent)
 
 

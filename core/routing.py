@@ -35,7 +35,6 @@ is overtaken by affinity only in its first `DIFFQ_AFFINITY_MAX_WAIT_S`, and afte
 
 import re
 from collections.abc import Callable
-from datetime import UTC
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -107,8 +106,6 @@ def _oldest_generation_wait_s(session: Session) -> float:
     )
     if oldest is None:
         return 0.0
-    if oldest.tzinfo is None:  # SQLite hands back naive datetimes; all of diffq's are UTC
-        oldest = oldest.replace(tzinfo=UTC)
     return (utcnow() - oldest).total_seconds()
 
 

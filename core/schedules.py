@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from core.db import db_session
 from core.queue import enqueue_job
 from core.specs import JOB_SPEC, TRAINING_TYPES, JobSpec
 from core.submit import job_from_spec
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def as_utc(moment: datetime) -> datetime:
-    """`moment` in UTC; a naive one (SQLite returns them) is taken to be UTC already."""
+    """`moment` in UTC; a naive one is taken to be UTC already."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
@@ -90,49 +90,56 @@ class ScheduleSpec(BaseModel):
         return self
 
 
-def fire_due_schedules(now: datetime | None = None, limit: int = 100) -> dict[str, int]:
-    """Make the jobs of the schedules that are due, each due time once; enqueue them."""
+def fire_due_schedules(session: Session, now: datetime | None = None, limit: int = 100) -> dict[str, int]:
+    """Make the jobs of the schedules that are due, each due time once; enqueue them.
+
+    Commits each due time's job before it is sent."""
     now = now or utcnow()
-    with db_session() as session:
-        due = session.execute(
-            select(Schedule.id, Schedule.next_run_at)
-            .where(Schedule.enabled.is_(True), Schedule.next_run_at <= now)
-            .order_by(Schedule.next_run_at)
-            .limit(limit)
-        ).all()
+    due = session.execute(
+        select(Schedule.id, Schedule.next_run_at)
+        .where(Schedule.enabled.is_(True), Schedule.next_run_at <= now)
+        .order_by(Schedule.next_run_at)
+        .limit(limit)
+    ).all()
+    session.commit()
     fired = 0
     for schedule_id, due_at in due:
-        job_id = fire_schedule(schedule_id, due_at, now)
+        job_id = fire_schedule(session, schedule_id, due_at, now)
+        session.commit()
         if job_id is not None:
             fired += 1
             try:
-                enqueue_job(job_id)
+                enqueue_job(session, job_id)
             except Exception:
+                session.rollback()
                 # The job row is committed and queued: the source of truth. It is not lost.
                 logger.exception("could not enqueue job %s of schedule %s", job_id, schedule_id)
     return {"fired": fired} if fired else {}
 
 
-def fire_schedule(schedule_id: uuid.UUID, due_at: datetime, now: datetime) -> uuid.UUID | None:
-    """Make the job of one due time; None if another beat made it, or the schedule changed meanwhile."""
-    with db_session() as session:
-        schedule = session.get(Schedule, schedule_id)
-        if schedule is None:
-            return None
-        next_run_at = next_cron_time(schedule.cron, schedule.timezone, now) if schedule.cron else None
-        moved = session.execute(
-            update(Schedule)
-            .where(Schedule.id == schedule_id, Schedule.enabled.is_(True), Schedule.next_run_at == due_at)
-            .values(next_run_at=next_run_at, last_run_at=now, updated_at=now)
-        ).rowcount
-        if moved != 1:
-            return None
-        job = _job_for(schedule.job, schedule_id, due_at, now)
-        session.add(job)
-        session.flush()
-        logger.info("schedule %s (due %s) made job %s", schedule_id, due_at, job.id)
-        # A job that can't run (its template went stale) is recorded failed, not sent.
-        return job.id if job.status == JobStatus.QUEUED else None
+def fire_schedule(
+    session: Session, schedule_id: uuid.UUID, due_at: datetime, now: datetime
+) -> uuid.UUID | None:
+    """Make the job of one due time; None if another beat made it, or the schedule changed meanwhile.
+    The caller commits, and sends the job only then."""
+    schedule = session.get(Schedule, schedule_id, populate_existing=True)
+    if schedule is None:
+        return None
+    next_run_at = next_cron_time(schedule.cron, schedule.timezone, now) if schedule.cron else None
+    moved = session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule_id, Schedule.enabled.is_(True), Schedule.next_run_at == due_at)
+        .values(next_run_at=next_run_at, last_run_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        return None
+    job = _job_for(schedule.job, schedule_id, due_at, now)
+    session.add(job)
+    session.flush()
+    logger.info("schedule %s (due %s) made job %s", schedule_id, due_at, job.id)
+    # A job that can't run (its template went stale) is recorded failed, not sent.
+    return job.id if job.status == JobStatus.QUEUED else None
 
 
 def _job_for(template: dict[str, Any], schedule_id: uuid.UUID, due_at: datetime, now: datetime) -> Job:

@@ -1,7 +1,8 @@
 """Turning a validated job spec into a job row, and the checks that need the database or storage.
 
 The API runs these checks before it accepts a job or a schedule; the beat builds the jobs of due
-schedules with `job_from_spec` too, so a job is the same however it was submitted.
+schedules with `job_from_spec` too, so a job is the same however it was submitted. The checks only
+read, on the caller's session.
 """
 
 import uuid
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.dataset_refs import dataset_problem, parse_dataset
-from core.db import db_session
 from core.model_refs import reference_problem
 from core.model_registry import find_model
 from core.specs import JobSpec, new_seed
@@ -23,23 +24,23 @@ from core.tables import Job, JobStatus, ModelKind
 Problem = tuple[tuple[str, ...], str, str]
 
 
-def spec_problems(spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
+def spec_problems(session: Session, spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
     """What is wrong with a job that its spec alone can't tell: unknown models, names, datasets."""
     problems: list[Problem] = []
-    if spec.model is not None and (problem := model_problem(spec.model, spec.type, models_dir)):
+    if spec.model is not None and (problem := model_problem(session, spec.model, spec.type, models_dir)):
         problems.append((("model",), problem, "unknown_model"))
-    return problems + training_problems(spec, models_dir, storage)
+    return problems + training_problems(session, spec, models_dir, storage)
 
 
-def training_problems(spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
+def training_problems(session: Session, spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
     """The checks beyond the model: a LoRA to apply, the name a training job registers, its dataset."""
     problems: list[Problem] = []
     lora = getattr(spec.params, "lora", None)
-    if lora is not None and (problem := lora_problem(lora.name)):
+    if lora is not None and (problem := lora_problem(session, lora.name)):
         problems.append((("params", "lora", "name"), problem, "unknown_model"))
     output_model = getattr(spec, "output_model", None)
     if output_model is not None and (
-        problem := output_model_problem(output_model, spec.overwrite_output_model, models_dir)
+        problem := output_model_problem(session, output_model, spec.overwrite_output_model, models_dir)
     ):
         problems.append((("output_model",), problem, "model_exists"))
     dataset = getattr(spec.params, "dataset", None)
@@ -48,9 +49,9 @@ def training_problems(spec: JobSpec, models_dir: Path, storage: Storage) -> list
     return problems
 
 
-def model_problem(ref: str, job_type: str, models_dir: Path) -> str | None:
+def model_problem(session: Session, ref: str, job_type: str, models_dir: Path) -> str | None:
     """Why `ref` can't be the model of a `job_type` job; None if it can."""
-    registered = find_model(ref) if not (models_dir / ref).exists() else None
+    registered = find_model(session, ref) if not (models_dir / ref).exists() else None
     if registered is None:
         return reference_problem(ref, models_dir)
     if registered.kind == ModelKind.LORA:
@@ -63,8 +64,8 @@ def model_problem(ref: str, job_type: str, models_dir: Path) -> str | None:
     return None
 
 
-def lora_problem(name: str) -> str | None:
-    registered = find_model(name)
+def lora_problem(session: Session, name: str) -> str | None:
+    registered = find_model(session, name)
     if registered is None:
         return (
             f"no registered LoRA named '{name}'; train one with a 'train_lora' job "
@@ -75,24 +76,21 @@ def lora_problem(name: str) -> str | None:
     return None
 
 
-def output_model_problem(name: str, overwrite: bool, models_dir: Path) -> str | None:
+def output_model_problem(session: Session, name: str, overwrite: bool, models_dir: Path) -> str | None:
     """Why a training job may not register `name`; None if it may."""
     if (models_dir / name).exists():
         return f"'{name}' is a folder in the models dir; pick another output_model"
     if overwrite:
         return None
-    registered = find_model(name)
+    registered = find_model(session, name)
     if registered is not None:
         return (
             f"a model named '{name}' is already registered (made by job {registered.job_id}); pick another "
             "output_model, or set overwrite_output_model: true to replace it"
         )
-    with db_session() as session:
-        training = session.scalar(
-            select(Job.id).where(
-                Job.output_model == name, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
-            )
-        )
+    training = session.scalar(
+        select(Job.id).where(Job.output_model == name, Job.status.in_(JobStatus.ACTIVE))
+    )
     if training is not None:
         return (
             f"job {training} is already training a model named '{name}'; pick another output_model, "

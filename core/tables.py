@@ -18,11 +18,34 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A `DateTime(timezone=True)` column that always reads back as an aware UTC datetime.
+
+    Postgres keeps the zone; SQLite stores none and hands back naive datetimes. Every time diffq writes
+    is in UTC (`utcnow`), so a value is converted to UTC going in and a naive one is UTC coming out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -37,6 +60,7 @@ class JobStatus:
     CANCELED = "canceled"
 
     ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+    ACTIVE = (QUEUED, RUNNING)  # not finished yet: can be canceled
     FINISHED = (SUCCEEDED, FAILED, CANCELED)
 
 
@@ -55,15 +79,15 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # When the broker last accepted this job's message; None while it has not (see core.reconcile).
-    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The device the job ran on, as its worker names it: "cuda:2 (NVIDIA H100 80GB HBM3)" or "cpu".
     device: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Set for the jobs of a batch: which batch, and the job's place in it (the order it was submitted in).
     batch_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("batches.id", name="fk_jobs_batch_id_batches"), index=True
@@ -77,7 +101,7 @@ class Job(Base):
     schedule_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("schedules.id", ondelete="SET NULL"), index=True
     )
-    scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Batch(Base):
@@ -90,8 +114,8 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer)
     # How the jobs were given: {"source": "jobs" | "jsonl" | "sweep", ...} with a sweep's template and axes.
     source: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class WorkerNode(Base):
@@ -120,8 +144,8 @@ class WorkerNode(Base):
     busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # from claim to finish, loads included
     denoising_steps: Mapped[int] = mapped_column(BigInteger, default=0)
     denoising_seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class ModelKind:
@@ -143,8 +167,8 @@ class RegisteredModel(Base):
     # changes files that a worker may be reading or has cached.
     storage_prefix: Mapped[str] = mapped_column(String(1024))
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class JobMetric(Base):
@@ -171,10 +195,10 @@ class Schedule(Base):
     job: Mapped[dict[str, Any]] = mapped_column(JSON)
     cron: Mapped[str | None] = mapped_column(String(255))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
-    run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # The due time the beat fires next; None once a one-off schedule has fired.
-    next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
-    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -12,48 +12,52 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from core.db import db_session
 from core.tables import WorkerNode, utcnow
 
 
 def register_worker(
-    name: str, device: str, queues: list[str], pid: int, cache_budget_bytes: int | None
+    session: Session, name: str, device: str, queues: list[str], pid: int, cache_budget_bytes: int | None
 ) -> None:
-    """Write a fresh row for worker `name`, replacing what an earlier process of that name left."""
-    with db_session() as session:
-        session.execute(delete(WorkerNode).where(WorkerNode.name == name))
-        session.add(
-            WorkerNode(
-                name=name,
-                device=device,
-                queues=queues,
-                pid=pid,
-                resident=[],
-                cache_budget_bytes=cache_budget_bytes,
-                cache_hits=0,
-                cache_misses=0,
-                cache_evictions=0,
-                cache_load_seconds=0.0,
-                jobs_run=0,
-                busy_seconds=0.0,
-                denoising_steps=0,
-                denoising_seconds=0.0,
-            )
+    """Write a fresh row for worker `name`, replacing what an earlier process of that name left.
+    The caller commits."""
+    session.execute(delete(WorkerNode).where(WorkerNode.name == name))
+    session.add(
+        WorkerNode(
+            name=name,
+            device=device,
+            queues=queues,
+            pid=pid,
+            resident=[],
+            cache_budget_bytes=cache_budget_bytes,
+            cache_hits=0,
+            cache_misses=0,
+            cache_evictions=0,
+            cache_load_seconds=0.0,
+            jobs_run=0,
+            busy_seconds=0.0,
+            denoising_steps=0,
+            denoising_seconds=0.0,
         )
+    )
+    session.flush()
 
 
-def update_worker(name: str, **values: Any) -> bool:
-    """Update worker `name`'s row and its `last_seen`; False if it has no row (it was removed)."""
-    with db_session() as session:
-        updated = session.execute(
-            update(WorkerNode).where(WorkerNode.name == name).values(last_seen=utcnow(), **values)
-        ).rowcount
+def update_worker(session: Session, name: str, **values: Any) -> bool:
+    """Update worker `name`'s row and its `last_seen`; False if it has no row (it was removed).
+    The caller commits."""
+    updated = session.execute(
+        update(WorkerNode).where(WorkerNode.name == name).values(last_seen=utcnow(), **values)
+    ).rowcount
     return updated == 1
 
 
-def record_finished_job(name: str, busy_seconds: float, steps: int, seconds: float, **values: Any) -> bool:
-    """Count one finished job on worker `name`: `busy_seconds` in all, `steps` denoising in `seconds`."""
+def record_finished_job(
+    session: Session, name: str, busy_seconds: float, steps: int, seconds: float, **values: Any
+) -> bool:
+    """Count one finished job on worker `name`: `busy_seconds` in all, `steps` denoising in `seconds`.
+    The caller commits."""
     return update_worker(
+        session,
         name,
         jobs_run=WorkerNode.jobs_run + 1,
         busy_seconds=WorkerNode.busy_seconds + busy_seconds,
@@ -63,9 +67,9 @@ def record_finished_job(name: str, busy_seconds: float, steps: int, seconds: flo
     )
 
 
-def remove_worker(name: str) -> None:
-    with db_session() as session:
-        session.execute(delete(WorkerNode).where(WorkerNode.name == name))
+def remove_worker(session: Session, name: str) -> None:
+    """The caller commits."""
+    session.execute(delete(WorkerNode).where(WorkerNode.name == name))
 
 
 def live_workers(session: Session, stale_s: float) -> list[WorkerNode]:

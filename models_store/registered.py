@@ -10,6 +10,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from core.db import db_session
 from core.errors import BadModel
 from core.model_registry import find_model
 from core.paths import PathEscapeError, safe_join
@@ -31,7 +32,8 @@ def resolve_job_model(ref: str, models_dir: Path, storage: Storage | None = None
 def fetch_registered(name: str, models_dir: Path, storage: Storage) -> Path | None:
     """The local copy of the registered model `name`, fetched now if this worker has none; None if no
     model of that name is registered."""
-    model = find_model(name)
+    with db_session() as session:
+        model = find_model(session, name)
     if model is None:
         return None
     version = model.storage_prefix.rstrip("/").rsplit("/", 1)[-1]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from celery.beat import Scheduler
 
 from core.config import get_settings
+from core.db import db_session
 from core.reconcile import reconcile_once
 from core.schedules import fire_due_schedules
 
@@ -40,9 +41,19 @@ class Duty:
             logger.exception("%s failed; trying again next time", self.name)
 
 
+def reconcile() -> object:
+    with db_session() as session:
+        return reconcile_once(session)
+
+
+def fire_schedules() -> object:
+    with db_session() as session:
+        return fire_due_schedules(session)
+
+
 DUTIES: list[Duty] = [
-    Duty("reconcile", lambda: get_settings().reconcile_interval_s, reconcile_once),
-    Duty("schedules", lambda: get_settings().schedule_interval_s, fire_due_schedules),
+    Duty("reconcile", lambda: get_settings().reconcile_interval_s, reconcile),
+    Duty("schedules", lambda: get_settings().schedule_interval_s, fire_schedules),
 ]
 
 

@@ -3,7 +3,8 @@
 Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues;
 `worker_process_init` (in the pool process, which runs the jobs and holds the pipeline cache) writes the
 row and starts a heartbeat thread; `worker_process_shutdown` removes the row. Around each job, `running`
-marks the worker busy with the job's model, then writes the cache's state and the job's denoising rate.
+marks the worker busy with the job's model, then writes the cache's state and the job's denoising rate,
+on the job's session. The heartbeat thread writes on a session of its own.
 """
 
 import logging
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
+from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.db import db_session
 from core.tables import Job
 from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
 from workers.heartbeat import Heartbeat
@@ -67,7 +70,8 @@ def _join_fleet(**_: object) -> None:
     if NODE.name is None:
         return
     try:
-        _register()
+        with db_session() as session:
+            _register(session)
     except Exception:  # the heartbeat writes the row again; the worker works regardless
         logger.exception("could not add worker %s to the workers table", NODE.name)
     interval = get_settings().worker_heartbeat_s
@@ -86,43 +90,53 @@ def _leave_fleet(**_: object) -> None:
     if NODE.heartbeat is not None:
         NODE.heartbeat.stop()
     try:
-        remove_worker(NODE.name)
+        with db_session() as session:
+            remove_worker(session, NODE.name)
     except Exception:
         logger.exception("could not remove worker %s from the workers table", NODE.name)
 
 
-def _register() -> None:
+def _register(session: Session) -> None:
     from workers.pipelines import get_cache
 
     assert NODE.name is not None
     register_worker(
-        NODE.name, device_label(), NODE.queues, os.getpid(), cache_budget_bytes=get_cache().budget_bytes
+        session,
+        NODE.name,
+        device_label(),
+        NODE.queues,
+        os.getpid(),
+        cache_budget_bytes=get_cache().budget_bytes,
     )
 
 
 def _heartbeat() -> None:
-    if not update_worker(NODE.name):
-        _register()  # someone removed the row: write it again
+    with db_session() as session:  # the heartbeat's thread has a session of its own
+        if not update_worker(session, NODE.name):
+            _register(session)  # someone removed the row: write it again
 
 
 @contextmanager
-def running(job: Job, run: JobRun) -> Iterator[None]:
-    """Mark this worker busy with `job` while the block runs, then record the cache and the job's rate."""
+def running(session: Session, job: Job, run: JobRun) -> Iterator[None]:
+    """Mark this worker busy with `job` while the block runs, then record the cache and the job's rate.
+    Commits each write on `session` at once."""
     if NODE.name is None:  # not started as a worker (a task run in-process)
         yield
         return
     try:
-        update_worker(NODE.name, current_job=job.id, current_model=job.model)
+        update_worker(session, NODE.name, current_job=job.id, current_model=job.model)
+        session.commit()
     except Exception:  # the fleet's view is best effort; the job runs regardless
+        session.rollback()
         logger.exception("could not mark worker %s busy with job %s", NODE.name, job.id)
     started = time.monotonic()
     try:
         yield
     finally:
-        _record_job(run, time.monotonic() - started)
+        _record_job(session, run, time.monotonic() - started)
 
 
-def _record_job(run: JobRun, busy_seconds: float) -> None:
+def _record_job(session: Session, run: JobRun, busy_seconds: float) -> None:
     from workers.pipelines import get_cache
 
     assert NODE.name is not None
@@ -132,6 +146,7 @@ def _record_job(run: JobRun, busy_seconds: float) -> None:
     rate = progress.get("steps_per_s")
     try:
         record_finished_job(
+            session,
             NODE.name,
             busy_seconds=busy_seconds,
             steps=steps if rate else 0,
@@ -144,5 +159,7 @@ def _record_job(run: JobRun, busy_seconds: float) -> None:
             cache_evictions=stats.evictions,
             cache_load_seconds=stats.load_seconds,
         )
+        session.commit()
     except Exception:
+        session.rollback()
         logger.exception("could not record job %s on worker %s", run.job_id, NODE.name)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
 from core.images import encode_png
@@ -29,9 +30,11 @@ class JobRun:
     output_model: str | None = None
     overwrite_output_model: bool = False
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    # The job's session (workers/tasks.py): what a runner writes goes through it, each write committed.
+    session: Session | None = None
 
     @classmethod
-    def from_job(cls, job: Job) -> "JobRun":
+    def from_job(cls, job: Job, session: Session | None = None) -> "JobRun":
         return cls(
             job_id=job.id,
             attempt=job.attempts,
@@ -41,6 +44,7 @@ class JobRun:
             output_model=job.output_model,
             overwrite_output_model=bool(job.overwrite_output_model),
             outputs=list(job.outputs or []),
+            session=session,
         )
 
     def start_progress(self, total: int) -> ProgressReporter:
@@ -50,6 +54,7 @@ class JobRun:
             total,
             self.settings.progress_min_interval_s,
             check_interval_s=self.settings.cancel_check_interval_s,
+            session=self.session,
         )
         self.reporter.flush()
         return self.reporter
@@ -82,6 +87,7 @@ class JobRun:
             self.settings.progress_min_interval_s,
             start_step=start_step,
             outputs=self.outputs,
+            session=self.session,
         )
         self.reporter = reporter
         reporter.flush()

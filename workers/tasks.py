@@ -1,4 +1,10 @@
-"""The Celery task that runs one job: claim it, run its runner, record how it ended."""
+"""The Celery task that runs one job: claim it, run its runner, record how it ended.
+
+A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`),
+its progress reporter and the fleet's bookkeeping. Each state change is committed as it is made: the
+claim before the runner starts, progress as it goes, the end. The lease is renewed from a thread, on a
+session of its own (workers/lease.py).
+"""
 
 import logging
 import uuid
@@ -9,8 +15,9 @@ from celery import Task
 from celery.exceptions import WorkerLostError
 from celery.signals import worker_process_init
 from celery.worker.request import Request
+from sqlalchemy.orm import Session
 
-from core.db import get_engine
+from core.db import db_session, get_engine
 from core.errors import JobError
 from core.jobs import claim_job, finish_job, hand_back, job_status, record_canceled_progress
 from core.progress import JobCanceled
@@ -59,7 +66,8 @@ class RunJobRequest(Request):
             exc = exc.exc
         if isinstance(exc, WorkerLostError):
             try:
-                status = hand_back(uuid.UUID(self.args[0]), self.hostname)
+                with db_session() as session:
+                    status = hand_back(session, uuid.UUID(self.args[0]), self.hostname)
                 if status:
                     logger.warning("the process running job %s died; job %s", self.args[0], status)
             except Exception:
@@ -69,16 +77,22 @@ class RunJobRequest(Request):
 
 @app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest)
 def run_job(self: Task, job_id: str) -> str:
-    job = claim_job(uuid.UUID(job_id), worker=self.request.hostname or "worker", device=device_label())
+    with db_session() as session:
+        return _run(session, self.request.hostname or "worker", job_id)
+
+
+def _run(session: Session, worker: str, job_id: str) -> str:
+    job = claim_job(session, uuid.UUID(job_id), worker=worker, device=device_label())
+    session.commit()
     if job is None:
         # Already taken, finished or canceled: a duplicate delivery must not run it again.
         logger.info("job %s is not queued; skipping this delivery", job_id)
         return "skipped"
-    run = JobRun.from_job(job)
+    run = JobRun.from_job(job, session)
     outputs: list[dict] = []
     error: dict[str, str] | None = None
     # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
-    with running(job, run), hold_lease(job.id, job.attempts, run.settings.lease_s):
+    with running(session, job, run), hold_lease(job.id, job.attempts, run.settings.lease_s):
         try:
             runner = RUNNERS.get(job.type)
             if runner is None:
@@ -87,18 +101,26 @@ def run_job(self: Task, job_id: str) -> str:
         except JobCanceled:
             # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
             logger.info("job %s was canceled or taken over while running; stopped", job_id)
+            session.rollback()
             if run.reporter is not None:
-                record_canceled_progress(job.id, run.reporter.current)
+                record_canceled_progress(session, job.id, run.reporter.current)
+                session.commit()
             return JobStatus.CANCELED
         except Exception as exc:
             logger.exception("job %s failed", job_id)
+            session.rollback()  # a runner's write may have failed halfway
             error = error_for(exc)
     progress = run.reporter.current if run.reporter else None
     if error is not None:
-        finish_job(job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
+        finish_job(session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
+        session.commit()
         return JobStatus.FAILED
-    if not finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress):
-        if job_status(job.id) == JobStatus.CANCELED:
+    finished = finish_job(
+        session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
+    )
+    session.commit()
+    if not finished:
+        if job_status(session, job.id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.
             logger.info("job %s was canceled as it finished; deleting its outputs", job_id)
             for output in outputs:

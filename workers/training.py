@@ -297,7 +297,10 @@ class TrainingLoop:
         step = self.step = checkpoints.resume(accelerator)  # 0 on a first attempt
         first_epoch, first_batch = plan.position(step)
         self.reporter = reporter = job.start_training_progress(total=plan.total_steps, start_step=step)
-        if not forget_metrics_after(job.job_id, job.attempt, step):  # an earlier attempt's steps past it
+        # An earlier attempt may have logged steps past the checkpoint it left.
+        forgot = forget_metrics_after(job.session, job.job_id, job.attempt, step)
+        job.session.commit()
+        if not forgot:
             raise JobCanceled(str(job.job_id))
 
         model.train()
@@ -351,6 +354,7 @@ class TrainingLoop:
         assert job.output_model is not None  # the API sets it
         prefix, model_output = store_model(job.storage, job.job_id, job.output_model, folder, index_file)
         registered = register_model(
+            job.session,
             job_id=job.job_id,
             attempt=job.attempt,
             name=job.output_model,
@@ -359,6 +363,7 @@ class TrainingLoop:
             base_model=base_model,
             overwrite=job.overwrite_output_model,
         )
+        job.session.commit()
         if not registered:
             raise JobCanceled(str(job.job_id))
         return self.reporter.outputs + [model_output]

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.admission import Admission, job_values, unprocessable
-from api.deps import SessionDep
+from api.deps import BatchDep, SessionDep
 from api.forms import multipart_body, read_upload
 from api.schemas import BatchCreate, BatchPublic
 from core.batches import (
@@ -27,7 +27,7 @@ from core.batches import (
     sweep_size,
 )
 from core.config import get_settings
-from core.db import get_sessionmaker
+from core.db import db_session, get_sessionmaker
 from core.jobs import cancel_jobs
 from core.queue import enqueue_jobs
 from core.specs import JOB_SPEC, JobSpec
@@ -107,7 +107,7 @@ def write_batch(
     """Check, write and schedule the enqueueing of a batch's jobs; 422 if any job is not admitted."""
     if len(specs) > get_settings().max_batch_jobs:
         raise _too_many(len(specs))
-    admission = Admission(get_storage())
+    admission = Admission(session, get_storage())
     errors = [error for index, spec in enumerate(specs) for error in admission.problems(spec, loc_of(index))]
     if errors:
         raise unprocessable(_cap(errors))
@@ -124,7 +124,8 @@ def write_batch(
 
 def _enqueue(batch_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     try:
-        enqueue_jobs(job_ids)
+        with db_session() as session:
+            enqueue_jobs(session, job_ids)
     except Exception:
         logger.exception("could not enqueue all %d jobs of batch %s", len(job_ids), batch_id)
 
@@ -217,18 +218,10 @@ def _jsonl_batch(
         )
 
 
-def _get_batch(session: Session, batch_id: uuid.UUID) -> Batch:
-    batch = session.get(Batch, batch_id)
-    if batch is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch with id {batch_id}")
-    return batch
-
-
 @router.get("/{batch_id}", response_model=BatchPublic)
-def get_batch(batch_id: uuid.UUID, session: SessionDep, request: Request) -> BatchPublic:
+def get_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPublic:
     """Counts by status, overall progress, the running jobs and, once all jobs have finished, the
     manifest's links."""
-    batch = _get_batch(session, batch_id)
     return BatchPublic.from_batch(batch, batch_state(session, batch), str(request.base_url))
 
 
@@ -237,16 +230,15 @@ def get_batch(batch_id: uuid.UUID, session: SessionDep, request: Request) -> Bat
     response_model=BatchPublic,
     responses={409: {"description": "Every job of the batch has already finished."}},
 )
-def cancel_batch(batch_id: uuid.UUID, session: SessionDep, request: Request) -> BatchPublic:
+def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPublic:
     """Cancel every queued and running job of the batch; finished jobs keep their outputs."""
-    batch = _get_batch(session, batch_id)
-    canceled = cancel_jobs(Job.batch_id == batch_id)
+    canceled = cancel_jobs(session, Job.batch_id == batch.id)
     state = batch_state(session, batch)
     if not canceled:
         counts = ", ".join(f"{count} {name}" for name, count in state.counts.items() if count)
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            detail=f"batch {batch_id} has finished ({counts}); there is nothing left to cancel",
+            detail=f"batch {batch.id} has finished ({counts}); there is nothing left to cancel",
         )
     batch.canceled_at = utcnow()
     session.commit()
@@ -275,10 +267,9 @@ def manifest_entries(session: Session, batch: Batch, base_url: str) -> list[dict
 
 
 @router.get("/{batch_id}/manifest.json")
-def get_manifest_json(batch_id: uuid.UUID, session: SessionDep, request: Request) -> dict[str, Any]:
+def get_manifest_json(batch: BatchDep, session: SessionDep, request: Request) -> dict[str, Any]:
     """Every job of the batch with its parameters, status, error and outputs (with URLs). Before the
     batch is done (`done` false) it lists the jobs as they are so far."""
-    batch = _get_batch(session, batch_id)
     state = batch_state(session, batch, running_limit=0)
     return {
         "batch_id": str(batch.id),
@@ -309,10 +300,9 @@ CSV_COLUMNS = (
 
 
 @router.get("/{batch_id}/manifest.csv", response_class=Response)
-def get_manifest_csv(batch_id: uuid.UUID, session: SessionDep, request: Request) -> Response:
+def get_manifest_csv(batch: BatchDep, session: SessionDep, request: Request) -> Response:
     """One row per output (its own seed, URL and the job's params as JSON); a job without outputs
     (failed, canceled, not finished) gets one row with its status and error."""
-    batch = _get_batch(session, batch_id)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from sqlalchemy import select
 
 from api.admission import Admission, job_values, unprocessable
-from api.deps import SessionDep
+from api.deps import JobDep, SessionDep
 from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
 from core.jobs import cancel_job, job_metrics
 from core.queue import enqueue_job
@@ -32,14 +32,14 @@ def public(job: Job, request: Request) -> JobPublic:
 def create_job(
     spec: Annotated[JobSpec, Body(examples=[EXAMPLE])], session: SessionDep, request: Request
 ) -> JobPublic:
-    errors = Admission(get_storage()).problems(spec, ["body"])
+    errors = Admission(session, get_storage()).problems(spec, ["body"])
     if errors:
         raise unprocessable(errors)
     job = Job(**job_values(spec), status=JobStatus.QUEUED)
     session.add(job)
     session.commit()
     try:
-        enqueue_job(job.id, job.type, job.model)
+        enqueue_job(session, job.id, job.type, job.model)
     except Exception:
         # The row is the source of truth; a job that never reached the broker is requeued later.
         logger.exception("could not enqueue job %s", job.id)
@@ -47,10 +47,7 @@ def create_job(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPublic:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+def get_job(job: JobDep, request: Request) -> JobPublic:
     return public(job, request)
 
 
@@ -59,33 +56,31 @@ def get_job(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPubl
     response_model=JobPublic,
     responses={409: {"description": "The job has already finished."}},
 )
-def cancel(job_id: uuid.UUID, session: SessionDep, request: Request) -> JobPublic:
+def cancel(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
     """Cancel a job. A queued job never runs; a running one stops at its next step and stores nothing."""
-    canceled = cancel_job(job_id)
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    canceled = cancel_job(session, job.id)
+    session.commit()
+    session.refresh(job)
     if not canceled:
         when = f", finished at {job.finished_at.isoformat(timespec='seconds')}" if job.finished_at else ""
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            detail=f"job {job_id} is {job.status}{when}; only queued or running jobs can be canceled",
+            detail=f"job {job.id} is {job.status}{when}; only queued or running jobs can be canceled",
         )
     return public(job, request)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)
 def get_job_metrics(
-    job_id: uuid.UUID,
+    job: JobDep,
     session: SessionDep,
     after_step: Annotated[int, Query(ge=0, description="Only the steps after this one.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricsPublic:
     """A training job's loss history: `step`, `epoch`, `loss`, `lr` of each optimizer step."""
-    if session.get(Job, job_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
-    metrics = [MetricPublic.from_metric(m) for m in job_metrics(job_id, after_step=after_step, limit=limit)]
-    return MetricsPublic(job_id=job_id, data=metrics, count=len(metrics))
+    rows = job_metrics(session, job.id, after_step=after_step, limit=limit)
+    metrics = [MetricPublic.from_metric(m) for m in rows]
+    return MetricsPublic(job_id=job.id, data=metrics, count=len(metrics))
 
 
 @router.get("", response_model=JobsPublic)

@@ -4,11 +4,12 @@ and denoising rate. What each number means and where it comes from: core/metrics
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from core.metrics import get_registry
+from api.deps import SessionDep
+from core.metrics import metrics_registry
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", response_class=Response)
-def metrics() -> Response:
-    return Response(generate_latest(get_registry()), media_type=CONTENT_TYPE_LATEST)
+def metrics(session: SessionDep) -> Response:
+    return Response(generate_latest(metrics_registry(session)), media_type=CONTENT_TYPE_LATEST)

@@ -1,17 +1,17 @@
 """Scheduled jobs: a job template and a cron expression or a single `run_at`; `diffq beat` fires them."""
 
-import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.admission import Admission, unprocessable
-from api.deps import SessionDep
-from api.schemas import SchedulePublic, SchedulesPublic
-from core.schedules import ScheduleSpec, as_utc, next_cron_time
+from api.deps import ScheduleDep, SessionDep
+from api.schemas import SchedulePublic, SchedulesPublic, ScheduleUpdate
+from core.schedules import ScheduleSpec, next_cron_time
 from core.storage import get_storage
 from core.tables import Schedule, utcnow
 
@@ -30,7 +30,7 @@ EXAMPLE = {
 }
 
 
-def _apply(schedule: Schedule, spec: ScheduleSpec) -> None:
+def _apply(session: Session, schedule: Schedule, spec: ScheduleSpec) -> None:
     """Write `spec` into the row and work out its next due time.
 
     A cron schedule is due next at the first match from now. A single run keeps its state while
@@ -38,11 +38,9 @@ def _apply(schedule: Schedule, spec: ScheduleSpec) -> None:
     fires once enabled); a new `run_at` must lie ahead.
     """
     now = utcnow()
-    if errors := Admission(get_storage()).problems(spec.job, ["body", "job"]):
+    if errors := Admission(session, get_storage()).problems(spec.job, ["body", "job"]):
         raise unprocessable(errors)
-    same_run_at = (
-        schedule.run_at is not None and spec.run_at is not None and as_utc(schedule.run_at) == spec.run_at
-    )
+    same_run_at = schedule.run_at is not None and spec.run_at is not None and schedule.run_at == spec.run_at
     if spec.run_at is not None and not same_run_at and spec.run_at < now:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -67,19 +65,12 @@ def _apply(schedule: Schedule, spec: ScheduleSpec) -> None:
     schedule.updated_at = now
 
 
-def _get(session: SessionDep, schedule_id: uuid.UUID) -> Schedule:
-    schedule = session.get(Schedule, schedule_id)
-    if schedule is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule with id {schedule_id}")
-    return schedule
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SchedulePublic)
 def create_schedule(
     spec: Annotated[ScheduleSpec, Body(examples=[EXAMPLE])], session: SessionDep
 ) -> SchedulePublic:
     schedule = Schedule()
-    _apply(schedule, spec)
+    _apply(session, schedule, spec)
     session.add(schedule)
     session.commit()
     return SchedulePublic.from_schedule(schedule)
@@ -92,17 +83,15 @@ def list_schedules(session: SessionDep) -> SchedulesPublic:
 
 
 @router.get("/{schedule_id}", response_model=SchedulePublic)
-def get_schedule(schedule_id: uuid.UUID, session: SessionDep) -> SchedulePublic:
-    return SchedulePublic.from_schedule(_get(session, schedule_id))
+def get_schedule(schedule: ScheduleDep) -> SchedulePublic:
+    return SchedulePublic.from_schedule(schedule)
 
 
 @router.patch("/{schedule_id}", response_model=SchedulePublic)
-def update_schedule(
-    schedule_id: uuid.UUID, changes: Annotated[dict[str, Any], Body()], session: SessionDep
-) -> SchedulePublic:
+def update_schedule(update: ScheduleUpdate, schedule: ScheduleDep, session: SessionDep) -> SchedulePublic:
     """Change any of `name`, `job`, `cron` / `run_at`, `timezone`, `enabled`; the due time is worked out
     again. Giving `cron` drops `run_at` and the other way round."""
-    schedule = _get(session, schedule_id)
+    changes = update.model_dump(mode="json", exclude_unset=True)
     current = SchedulePublic.from_schedule(schedule).model_dump(
         mode="json", include={"name", "job", "cron", "run_at", "timezone", "enabled"}
     )
@@ -119,14 +108,14 @@ def update_schedule(
                 for e in error.errors(include_url=False, include_context=False)
             ]
         ) from None
-    _apply(schedule, spec)
+    _apply(session, schedule, spec)
     session.commit()
     return SchedulePublic.from_schedule(schedule)
 
 
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_schedule(schedule_id: uuid.UUID, session: SessionDep) -> Response:
+def delete_schedule(schedule: ScheduleDep, session: SessionDep) -> Response:
     """Delete the schedule; the jobs it made stay (their `schedule_id` is cleared)."""
-    session.delete(_get(session, schedule_id))
+    session.delete(schedule)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

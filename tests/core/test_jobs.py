@@ -9,6 +9,7 @@ from core.db import db_session
 from core.jobs import claim_job, finish_job, hand_back, record_progress, renew_lease
 from core.reconcile import requeue_expired
 from core.tables import Job, utcnow
+from tests.utils.db import in_session
 
 
 @pytest.fixture
@@ -35,22 +36,22 @@ def load(job_id) -> Job:
 
 
 def test_claim_once_while_the_lease_holds(job_id) -> None:
-    first = claim_job(job_id, "a")
+    first = in_session(claim_job, job_id, "a")
     assert first is not None and first.attempts == 1 and first.lease_expires_at > utcnow()
-    assert claim_job(job_id, "b") is None
-    assert renew_lease(job_id, 1)
+    assert in_session(claim_job, job_id, "b") is None
+    assert in_session(renew_lease, job_id, 1)
 
 
 def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id) -> None:
-    claim_job(job_id, "a")
+    in_session(claim_job, job_id, "a")
     expire_lease(job_id)
-    second = claim_job(job_id, "b")
+    second = in_session(claim_job, job_id, "b")
     assert second is not None and second.attempts == 2 and second.worker == "b"
     # The first worker comes back: none of its writes land.
-    assert not record_progress(job_id, 1, {"step": 3})
-    assert not renew_lease(job_id, 1)
-    assert not finish_job(job_id, 1, "succeeded", outputs=[{"key": "x"}])
-    assert finish_job(job_id, 2, "succeeded", outputs=[])
+    assert not in_session(record_progress, job_id, 1, {"step": 3})
+    assert not in_session(renew_lease, job_id, 1)
+    assert not in_session(finish_job, job_id, 1, "succeeded", outputs=[{"key": "x"}])
+    assert in_session(finish_job, job_id, 2, "succeeded", outputs=[])
     assert load(job_id).outputs == []
 
 
@@ -59,9 +60,9 @@ def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:
 
     monkeypatch.setattr(get_settings(), "max_attempts", 2)
     for worker in ("a", "b"):
-        assert claim_job(job_id, worker) is not None
+        assert in_session(claim_job, job_id, worker) is not None
         expire_lease(job_id)
-    assert claim_job(job_id, "c") is None
+    assert in_session(claim_job, job_id, "c") is None
     job = load(job_id)
     assert job.status == "failed" and job.error["code"] == "worker_lost"
     assert "2 times" in job.error["message"]
@@ -71,15 +72,15 @@ def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None
     from core.config import get_settings
 
     monkeypatch.setattr(get_settings(), "max_attempts", 2)
-    claim_job(job_id, "a")
-    assert hand_back(job_id, "b") is None  # a duplicate delivery died on another worker
-    assert claim_job(job_id, "b") is None
-    assert hand_back(job_id, "a") == "queued"
+    in_session(claim_job, job_id, "a")
+    assert in_session(hand_back, job_id, "b") is None  # a duplicate delivery died on another worker
+    assert in_session(claim_job, job_id, "b") is None
+    assert in_session(hand_back, job_id, "a") == "queued"
     assert load(job_id).enqueued_at is None  # to be sent again
-    taken = claim_job(job_id, "b")
+    taken = in_session(claim_job, job_id, "b")
     assert taken is not None and taken.attempts == 2 and taken.worker == "b"
-    assert not finish_job(job_id, 1, "succeeded", outputs=[])
-    assert hand_back(job_id, "b") == "failed"
+    assert not in_session(finish_job, job_id, 1, "succeeded", outputs=[])
+    assert in_session(hand_back, job_id, "b") == "failed"
     job = load(job_id)
     assert job.error["code"] == "worker_lost" and job.lease_expires_at is None
 
@@ -91,13 +92,13 @@ def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:
 
     # A queue no test worker consumes, so the message can be counted.
     monkeypatch.setattr(get_settings(), "queue", "diffq-test-reconcile")
-    claim_job(job_id, "a")
+    in_session(claim_job, job_id, "a")
     expire_lease(job_id)
     queue = redis.Redis.from_url(broker)
     before = queue.llen(get_settings().queue)
-    assert requeue_expired()["requeued"] >= 1
+    assert in_session(requeue_expired)["requeued"] >= 1
     job = load(job_id)
     assert job.status == "queued" and job.lease_expires_at is None
     assert job.enqueued_at is not None  # sent, and the broker took it
     assert queue.llen(get_settings().queue) == before + 1
-    assert requeue_expired()["requeued"] == 0  # nothing left to do
+    assert in_session(requeue_expired)["requeued"] == 0  # nothing left to do

@@ -12,6 +12,7 @@ from core.db import db_session
 from core.queue import enqueue_job, get_celery, make_celery
 from core.reconcile import BrokerWatch, reconcile_once
 from core.tables import Job, utcnow
+from tests.utils.db import in_session
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def enqueued_at(job_id: uuid.UUID):
 def test_enqueue_records_that_the_broker_took_the_job(broker, queue, new_job) -> None:
     job_id = new_job()
     assert enqueued_at(job_id) is None
-    enqueue_job(job_id)
+    in_session(enqueue_job, job_id)
     assert enqueued_at(job_id) is not None
     assert messages_for(broker, queue, job_id) == 1
 
@@ -71,36 +72,36 @@ def test_enqueue_records_that_the_broker_took_the_job(broker, queue, new_job) ->
 def test_a_job_that_never_reached_the_broker_is_sent_once(broker, queue, watch, new_job) -> None:
     unsent = new_job(queued_for_s=get_settings().resend_after_s + 60)
     just_committed = new_job()  # its sender may be about to send it
-    reconcile_once(watch)
+    in_session(reconcile_once, watch)
     assert messages_for(broker, queue, unsent) == 1
     assert enqueued_at(unsent) is not None
     assert messages_for(broker, queue, just_committed) == 0
-    reconcile_once(watch)
+    in_session(reconcile_once, watch)
     assert messages_for(broker, queue, unsent) == 1  # not again: the broker has it
 
 
 def test_every_queued_job_is_sent_again_when_the_broker_forgot(broker, queue, watch, new_job) -> None:
     job_ids = [new_job(), new_job()]
     for job_id in job_ids:
-        enqueue_job(job_id)
-    reconcile_once(watch)
+        in_session(enqueue_job, job_id)
+    in_session(reconcile_once, watch)
     assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]  # nothing lost
 
     # What a FLUSHDB or a restart without persistence does to this test's keys.
     redis.Redis.from_url(broker).delete(queue, watch.queue)
     with db_session() as session:
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(updated_at=utcnow()))
-    reconcile_once(watch)
+    in_session(reconcile_once, watch)
     assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]
     assert all(enqueued_at(job_id) is not None for job_id in job_ids)
-    reconcile_once(watch)
+    in_session(reconcile_once, watch)
     assert [messages_for(broker, queue, job_id) for job_id in job_ids] == [1, 1]
 
 
 def test_resend_queued_sends_every_queued_job_again(broker, queue, watch, new_job) -> None:
     job_id = new_job()
-    enqueue_job(job_id)
-    reconcile_once(watch, resend_queued=True)
+    in_session(enqueue_job, job_id)
+    in_session(reconcile_once, watch, resend_queued=True)
     assert messages_for(broker, queue, job_id) == 2  # the second one is skipped by its claim
 
 
@@ -150,10 +151,10 @@ def test_jobs_left_in_a_gone_workers_direct_queue_go_to_the_shared_queue(queue, 
     client = redis.Redis.from_url(broker)
     assert client.llen(direct) == 1
     try:
-        assert rescue_direct_queues(get_celery()) == 1
+        assert in_session(rescue_direct_queues, get_celery()) == 1
         assert client.llen(direct) == 0
         assert client.llen(queue) == 1
-        assert rescue_direct_queues(get_celery()) == 0  # nothing left to move
+        assert in_session(rescue_direct_queues, get_celery()) == 0  # nothing left to move
     finally:
         with db_session() as session:
             session.execute(delete(WorkerNode).where(WorkerNode.name == name))

@@ -12,6 +12,7 @@ from core.db import db_session
 from core.routing import direct_queue, pick_queue, queue_for, worker_queues
 from core.tables import Job, WorkerNode, utcnow
 from core.worker_nodes import register_worker, remove_worker, update_worker
+from tests.utils.db import in_session
 
 MODEL = "routing-test-model"
 
@@ -27,13 +28,18 @@ def workers(database: str) -> Iterator[list[str]]:
     settings = get_settings()
     names = [f"routing-{uuid.uuid4().hex[:8]}@test", f"routing-{uuid.uuid4().hex[:8]}@test"]
     for name in names:
-        register_worker(
-            name, "cpu", worker_queues("generation", name, settings), pid=1, cache_budget_bytes=None
+        in_session(
+            register_worker,
+            name,
+            "cpu",
+            worker_queues("generation", name, settings),
+            pid=1,
+            cache_budget_bytes=None,
         )
-    update_worker(names[0], resident=[{"model": MODEL, "bytes": 1}])
+    in_session(update_worker, names[0], resident=[{"model": MODEL, "bytes": 1}])
     yield names
     for name in names:
-        remove_worker(name)
+        in_session(remove_worker, name)
 
 
 def route(settings: Settings, job_type: str, model: str | None, depths: dict[str, int] | None = None) -> str:
@@ -70,7 +76,7 @@ def test_cold_model_goes_to_the_shared_queue(settings: Settings, workers: list[s
 
 def test_busy_warm_worker_takes_jobs_up_to_the_backlog(settings: Settings, workers: list[str]) -> None:
     own = direct_queue(settings.queue, workers[0])
-    update_worker(workers[0], current_job=uuid.uuid4())
+    in_session(update_worker, workers[0], current_job=uuid.uuid4())
     assert route(settings, "text2img", MODEL) == own  # running one, none waiting: backlog 1 < 2
     assert route(settings, "text2img", MODEL, {own: 1}) == settings.queue  # backlog 2: no more
 
@@ -101,15 +107,15 @@ def test_nothing_overtakes_a_job_that_waited_too_long(settings: Settings, worker
 
 
 def test_least_busy_warm_worker_wins(settings: Settings, workers: list[str]) -> None:
-    update_worker(workers[1], resident=[{"model": MODEL, "bytes": 1}])
-    update_worker(workers[0], current_job=uuid.uuid4())
+    in_session(update_worker, workers[1], resident=[{"model": MODEL, "bytes": 1}])
+    in_session(update_worker, workers[0], current_job=uuid.uuid4())
     assert route(settings, "text2img", MODEL) == direct_queue(settings.queue, workers[1])
 
 
 def test_model_being_loaded_for_the_running_job_counts_as_warm(
     settings: Settings, workers: list[str]
 ) -> None:
-    update_worker(workers[1], current_job=uuid.uuid4(), current_model="another-model")
+    in_session(update_worker, workers[1], current_job=uuid.uuid4(), current_model="another-model")
     assert route(settings, "text2img", "another-model") == direct_queue(settings.queue, workers[1])
 
 
@@ -127,15 +133,17 @@ def test_training_and_disabled_affinity_use_the_shared_queues(settings: Settings
 
 
 def test_worker_without_a_direct_queue_is_not_a_target(settings: Settings, workers: list[str]) -> None:
-    update_worker(workers[0], queues=[settings.queue])  # started with --queues
+    in_session(update_worker, workers[0], queues=[settings.queue])  # started with --queues
     assert route(settings, "text2img", MODEL) == settings.queue
 
 
 def test_busy_warm_worker_loses_to_an_idle_one_when_loading_is_quicker_than_waiting(
     settings: Settings, workers: list[str]
 ) -> None:
-    update_worker(workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=50.0)  # 5 s a job
-    update_worker(workers[1], cache_misses=4, cache_load_seconds=2.0)  # 0.5 s a load
+    in_session(
+        update_worker, workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=50.0
+    )  # 5 s a job
+    in_session(update_worker, workers[1], cache_misses=4, cache_load_seconds=2.0)  # 0.5 s a load
     assert route(settings, "text2img", MODEL) == settings.queue
     # Work waiting in the shared queue will keep the idle worker busy: wait for the warm one instead.
     assert route(settings, "text2img", MODEL, {settings.queue: 1}) == direct_queue(settings.queue, workers[0])
@@ -144,6 +152,8 @@ def test_busy_warm_worker_loses_to_an_idle_one_when_loading_is_quicker_than_wait
 def test_busy_warm_worker_wins_when_loading_is_slower_than_waiting(
     settings: Settings, workers: list[str]
 ) -> None:
-    update_worker(workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=20.0)  # 2 s a job
-    update_worker(workers[1], cache_misses=2, cache_load_seconds=16.0)  # 8 s a load
+    in_session(
+        update_worker, workers[0], current_job=uuid.uuid4(), jobs_run=10, busy_seconds=20.0
+    )  # 2 s a job
+    in_session(update_worker, workers[1], cache_misses=2, cache_load_seconds=16.0)  # 8 s a load
     assert route(settings, "text2img", MODEL) == direct_queue(settings.queue, workers[0])

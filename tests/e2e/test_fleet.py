@@ -17,6 +17,7 @@ from core.queue import enqueue_job
 from core.routing import direct_queue
 from core.tables import Job
 from models_store.memory import estimate_folder_bytes
+from tests.utils.db import in_session
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
 from tests.utils.services import WorkerProcess
 
@@ -146,7 +147,7 @@ def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_
     with db_session() as session:
         job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
         session.add(job)
-    queue = enqueue_job(job.id)
+    queue = in_session(enqueue_job, job.id)
     assert queue == direct_queue(settings.queue, f"main@{HOST}")
     done = wait_finished(client, str(job.id))
     assert (done["status"], done["worker"]) == ("succeeded", f"main@{HOST}")
@@ -155,7 +156,7 @@ def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_
         cold = Job(type="text2img", model=f"never-loaded-{uuid.uuid4().hex[:6]}", params=spec["params"])
         session.add(cold)
     try:
-        assert enqueue_job(cold.id) == settings.queue
+        assert in_session(enqueue_job, cold.id) == settings.queue
     finally:
         done = wait_finished(client, str(cold.id))
         assert done["error"]["code"] == "bad_model"  # no such model: the shared queue still ran it

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from core.db import db_session
 from core.schedules import fire_due_schedules
 from core.tables import Job, Schedule
+from tests.utils.db import in_session
 from tests.utils.jobs import wait_finished
 from tests.utils.services import ROOT, wait_for
 
@@ -100,7 +101,7 @@ def test_two_beats_in_one_process_make_one_job(client) -> None:
 
     def beat() -> None:
         start.wait()
-        results.append(fire_due_schedules(now=due))
+        results.append(in_session(fire_due_schedules, now=due))
 
     threads = [threading.Thread(target=beat) for _ in range(4)]
     for thread in threads:
@@ -122,8 +123,8 @@ def test_cron_schedule_fires_a_missed_time_once_then_moves_on(client) -> None:
     schedule = post(client, {"job": GENERATION, "cron": "*/5 * * * *"}).json()
     first_due = datetime.fromisoformat(schedule["next_run_at"])
     three_hours_late = first_due + timedelta(hours=3, seconds=1)
-    assert fire_due_schedules(now=three_hours_late) == {"fired": 1}
-    assert fire_due_schedules(now=three_hours_late) == {}
+    assert in_session(fire_due_schedules, now=three_hours_late) == {"fired": 1}
+    assert in_session(fire_due_schedules, now=three_hours_late) == {}
     after = client.http.get(f"/v1/schedules/{schedule['id']}").json()
     assert datetime.fromisoformat(after["next_run_at"]) == first_due + timedelta(hours=3, minutes=5)
     [job] = jobs_of(client, schedule["id"])

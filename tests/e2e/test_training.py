@@ -19,6 +19,7 @@ from core.db import db_session
 from core.reconcile import reconcile_once
 from core.storage import get_storage
 from core.tables import Job
+from tests.utils.db import in_session
 from tests.utils.jobs import submit_to_queue, train_spec, wait_finished
 from tests.utils.services import WorkerProcess, wait_for
 
@@ -205,7 +206,11 @@ def test_killed_worker_resumes_from_its_checkpoint(client, trainer, monkeypatch)
     trainer.start("heir")
     # The killed worker's lease (3 s) runs out; the reconciler hands the job to the training queue.
     monkeypatch.setattr(get_settings(), "train_queue", TRAIN_QUEUE)
-    wait_for(lambda: client.job(job_id)["status"] != "running" or reconcile_once()["requeued"], 30, "requeue")
+    wait_for(
+        lambda: client.job(job_id)["status"] != "running" or in_session(reconcile_once)["requeued"],
+        30,
+        "requeue",
+    )
     resumed = wait_finished(client, job_id, timeout=240)
     assert resumed["status"] == "succeeded", resumed["error"]
     assert resumed["attempts"] == 2 and resumed["worker"].startswith("heir@")

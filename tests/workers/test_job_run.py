@@ -1,6 +1,7 @@
 """Progress totals are the number of timesteps a pipeline really runs, known before it starts."""
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,11 +12,12 @@ from workers.pipelines import get_pipeline
 
 
 @pytest.fixture
-def job_run(database, s3) -> JobRun:
+def job_run(database, s3) -> Iterator[JobRun]:
     with db_session() as session:
         job = Job(type="text2img", model="tiny-sd", params={}, status=JobStatus.RUNNING)
         session.add(job)
-    return JobRun.from_job(job)
+        session.commit()
+        yield JobRun.from_job(job, session)
 
 
 @pytest.mark.parametrize(
@@ -48,4 +50,5 @@ def test_progress_total_is_known_before_the_run(
 def test_status_of_an_unknown_job_is_none(database) -> None:
     from core.jobs import job_status
 
-    assert job_status(uuid.uuid4()) is None
+    with db_session() as session:
+        assert job_status(session, uuid.uuid4()) is None
