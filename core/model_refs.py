@@ -13,11 +13,15 @@ def reference_problem(ref: str, models_dir: Path) -> str | None:
     """Why `ref` can't name a model, or None when it can."""
     if not ref or ref.startswith(("/", "\\", "~")) or ".." in Path(ref).parts:
         return f"model reference '{ref}' must be a name under the models dir or a Hub repo id 'org/name'"
-    local = (models_dir / ref).resolve()
-    if not local.is_relative_to(models_dir.resolve()):
-        return f"model reference '{ref}' escapes the models dir"
-    if (local / "model_index.json").is_file() or (local / "config.json").is_file():
-        return None
+    try:
+        local = (models_dir / ref).resolve()
+        if not local.is_relative_to(models_dir.resolve()):
+            return f"model reference '{ref}' escapes the models dir"
+        if (local / "model_index.json").is_file() or (local / "config.json").is_file():
+            return None
+    except (OSError, ValueError) as error:  # names the OS refuses: too long, a NUL byte
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return f"model reference '{ref[:100]}' is not a folder name or a Hub repo id: {reason}"
     if "/" in ref and HUB_REPO_ID.match(ref):
         return None
     return (
