@@ -146,7 +146,9 @@ def timesteps_run(class_name: str, config: Mapping[str, Any], ts: np.ndarray) ->
     if class_name in INDEXED and (ts.max() >= config["num_train_timesteps"] or ts.min() < 0):
         return False
     if class_name in DIVIDES_BY_STEP and not config["use_karras_sigmas"]:
-        return bool(np.all(np.diff(np.asarray(ts, dtype=np.float64)) != 0))
+        # Noise levels are interpolated over 0..num_train_timesteps - 1, which clamps timesteps beyond it.
+        levels = np.clip(np.asarray(ts, dtype=np.float64), 0, config["num_train_timesteps"] - 1)
+        return bool(np.all(np.diff(levels) != 0))
     return True
 
 
