@@ -7,6 +7,7 @@ from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.model_configs import steps_problem
 from core.specs import JobSpec
 from core.storage import Storage
 from core.submit import job_fields, model_problem, training_problems
@@ -32,6 +33,9 @@ class Admission:
                 self._models[key] = model_problem(self.session, spec.model, spec.type, self.models_dir)
             if problem := self._models[key]:
                 errors.append({"loc": [*loc, "model"], "msg": problem, "type": "unknown_model"})
+            elif problem := steps_problem(spec.model, spec.params, self.models_dir):
+                where = [*loc, "params", "num_inference_steps"]
+                errors.append({"loc": where, "msg": problem, "type": "too_many_steps"})
         for where, message, kind in training_problems(self.session, spec, self.models_dir, self.storage):
             errors.append({"loc": [*loc, *where], "msg": message, "type": kind})
         for field, message in input_image_problems(spec.params, self.storage, self._images):

@@ -17,10 +17,13 @@ def reference_problem(ref: str, models_dir: Path) -> str | None:
         return f"model reference '{ref}' must be a name under the models dir or a Hub repo id 'org/name'"
     try:
         local = safe_join(models_dir, ref)
+        if (local / "model_index.json").is_file() or (local / "config.json").is_file():
+            return None
     except PathEscapeError:
         return f"model reference '{ref}' escapes the models dir"
-    if (local / "model_index.json").is_file() or (local / "config.json").is_file():
-        return None
+    except (OSError, ValueError) as error:  # names the OS refuses: too long, a NUL byte
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return f"model reference '{ref[:100]}' is not a folder name or a Hub repo id: {reason}"
     if "/" in ref and HUB_REPO_ID.match(ref):
         return None
     return (

@@ -49,13 +49,22 @@ def scheduler_problem(name: str | None) -> str | None:
 
 def make_scheduler(name: str | None, base: Any) -> Any:
     """A new scheduler of the job's own: `name`'s class from `base`'s config, or a copy of `base` for None.
+    Raises `BadInput` if the class can't be built from that config.
 
     Always a new object, since schedulers keep state between steps and the pipeline they come from is
     shared by every job on the worker.
     """
     import diffusers
 
-    if name is None:
-        return type(base).from_config(base.config)
-    choice = SCHEDULERS[name]
-    return getattr(diffusers, choice.class_name).from_config(base.config, **choice.overrides)
+    from core.errors import BadInput
+
+    try:
+        if name is None:
+            return type(base).from_config(base.config)
+        choice = SCHEDULERS[name]
+        return getattr(diffusers, choice.class_name).from_config(base.config, **choice.overrides)
+    except Exception as error:  # a model's config the class can't take is the job's choice, not a bug
+        raise BadInput(
+            f"scheduler {name or type(base).__name__!r} can't be made from this model's scheduler config: "
+            f"{type(error).__name__}: {error}"
+        ) from error

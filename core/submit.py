@@ -51,7 +51,11 @@ def training_problems(session: Session, spec: JobSpec, models_dir: Path, storage
 
 def model_problem(session: Session, ref: str, job_type: str, models_dir: Path) -> str | None:
     """Why `ref` can't be the model of a `job_type` job; None if it can."""
-    registered = find_model(session, ref) if not (models_dir / ref).exists() else None
+    try:
+        local = (models_dir / ref).exists()
+    except (OSError, ValueError):  # a name the OS refuses (too long, a NUL byte) is no folder nor registered
+        return reference_problem(ref, models_dir)
+    registered = find_model(session, ref) if not local else None
     if registered is None:
         return reference_problem(ref, models_dir)
     if registered.kind == ModelKind.LORA:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from core.config import get_settings
+from core.errors import BadInput
+from core.scheduler_limits import scheduler_problem
 from core.schedulers import make_scheduler
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype, pipeline_for_task
@@ -51,11 +53,32 @@ def get_base_pipeline(model_ref: str, task: str) -> Any:
     )
 
 
-def get_pipeline(model_ref: str, task: str, scheduler: str | None = None) -> Any:
+def get_pipeline(
+    model_ref: str,
+    task: str,
+    scheduler: str | None = None,
+    steps: int | None = None,
+    strength: float | None = None,
+) -> Any:
     """A pipeline of the job's own for `task` on `model_ref`, with the named scheduler (None: the
     model's own, copied). For "unconditional", the cached pipeline itself: that runner drives the UNet
-    with a scheduler it makes."""
+    with a scheduler it makes.
+
+    With `steps`, the scheduler is first checked to run that many steps (at `strength`) on this model,
+    as the API checks the models it can read the configs of; raises `BadInput` with the same message.
+    """
     base = get_base_pipeline(model_ref, task)
+    job_scheduler = make_scheduler(scheduler, base.scheduler)
+    if steps is not None:
+        check_steps(model_ref, scheduler, make_scheduler(scheduler, base.scheduler), steps, strength)
     if task == "unconditional":
         return pipeline_for_task(base, task)
-    return pipeline_for_task(base, task, make_scheduler(scheduler, base.scheduler))
+    return pipeline_for_task(base, task, job_scheduler)
+
+
+def check_steps(
+    model_ref: str, name: str | None, scheduler: Any, steps: int, strength: float | None = None
+) -> None:
+    """Raise `BadInput` unless `scheduler` (a throwaway: this sets its timesteps) can run `steps` steps."""
+    if problem := scheduler_problem(model_ref, name, scheduler, steps, strength):
+        raise BadInput(problem)

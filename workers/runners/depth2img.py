@@ -26,7 +26,9 @@ def depth_tensor(depth_map: Image.Image) -> torch.Tensor:
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = Depth2ImgParams.model_validate(job.params)
     assert job.model is not None
-    pipe = get_pipeline(job.model, "depth2img", params.scheduler)
+    pipe = get_pipeline(
+        job.model, "depth2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength
+    )
     image = job.load_image(params.image).convert("RGB")
     depth_map = depth_tensor(job.load_image(params.depth_map)) if params.depth_map else None
     seed = params.seed if params.seed is not None else new_seed()

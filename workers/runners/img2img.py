@@ -18,7 +18,9 @@ from workers.pipelines import get_pipeline
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = Img2ImgParams.model_validate(job.params)
     assert job.model is not None
-    pipe = get_pipeline(job.model, "img2img", params.scheduler)
+    pipe = get_pipeline(
+        job.model, "img2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength
+    )
     image = job.load_image(params.image).convert("RGB")
     seed = params.seed if params.seed is not None else new_seed()
     seeds = [seed + index for index in range(params.num_images)]

@@ -20,7 +20,9 @@ from workers.pipelines import get_pipeline
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = InpaintParams.model_validate(job.params)
     assert job.model is not None
-    pipe = get_pipeline(job.model, "inpaint", params.scheduler)
+    pipe = get_pipeline(
+        job.model, "inpaint", params.scheduler, steps=params.num_inference_steps, strength=params.strength
+    )
     image = job.load_image(params.image).convert("RGB")
     mask = job.load_image(params.mask_image).convert("L")
     width, height = params.output_size(image.size)

@@ -18,7 +18,7 @@ from workers.pipelines import get_pipeline
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = Text2ImgParams.model_validate(job.params)
     assert job.model is not None
-    pipe = get_pipeline(job.model, "text2img", params.scheduler)
+    pipe = get_pipeline(job.model, "text2img", params.scheduler, steps=params.num_inference_steps)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = params.width or native, params.height or native
     seed = params.seed if params.seed is not None else new_seed()

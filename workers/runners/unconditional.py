@@ -21,7 +21,7 @@ from workers.pipelines import get_pipeline
 def run(job: JobRun) -> list[dict[str, Any]]:
     params = UnconditionalParams.model_validate(job.params)
     assert job.model is not None
-    pipe = get_pipeline(job.model, "unconditional")
+    pipe = get_pipeline(job.model, "unconditional", params.scheduler, steps=params.num_inference_steps)
     unet = pipe.unet
     # The job's own scheduler: a cached pipeline's scheduler is shared and keeps state.
     scheduler = make_scheduler(params.scheduler, pipe.scheduler)
