@@ -133,9 +133,8 @@ def job_type(name: str) -> JobTypeEntry:
     try:
         return JOB_TYPES[JobType(name)]
     except ValueError:
-        raise ValueError(
-            f"unknown job type '{name}'; expected one of {', '.join(map(repr, JOB_TYPES))}"
-        ) from None
+        known = ", ".join(f"'{known}'" for known in JOB_TYPES)
+        raise ValueError(f"unknown job type '{name}'; expected one of {known}") from None
 
 
 def parse_params(name: str, params: dict[str, Any] | Params) -> Params:
@@ -146,14 +145,16 @@ def parse_params(name: str, params: dict[str, Any] | Params) -> Params:
 
 def _check_specs_match_registry() -> None:
     """`JobSpec` (core/specs.py) must list exactly the registered specs, each under its own name."""
-    union = get_args(get_args(JobSpec)[0])
+    union = set(get_args(get_args(JobSpec)[0]))
     registered = {entry.spec for entry in JOB_TYPES.values()}
-    assert set(union) == registered, f"JobSpec lists {union}; the registry has {registered}"
+    if union != registered:
+        names = sorted(spec.__name__ for spec in union ^ registered)
+        raise TypeError(f"JobSpec and core/job_types.py's JOB_TYPES disagree on {', '.join(names)}")
     for name, entry in JOB_TYPES.items():
-        spec_type = get_args(entry.spec.model_fields["type"].annotation)
-        assert spec_type == (name.value,), f"{entry.spec.__name__}.type is {spec_type}, not '{name}'"
-        spec_params = entry.spec.model_fields["params"].annotation
-        assert spec_params is entry.params, f"{entry.spec.__name__}.params is {spec_params}"
+        if get_args(entry.spec.model_fields["type"].annotation) != (name.value,):
+            raise TypeError(f"{entry.spec.__name__}.type must be Literal['{name}']")
+        if entry.spec.model_fields["params"].annotation is not entry.params:
+            raise TypeError(f"{entry.spec.__name__}.params must be {entry.params.__name__}")
 
 
 _check_specs_match_registry()

@@ -6,7 +6,6 @@ from functools import cached_property
 from typing import Any
 
 from PIL import Image
-from pydantic import ValidationError
 
 from core.config import Settings, get_settings
 from core.errors import BadInput
@@ -58,7 +57,7 @@ class JobRun:
         """
         try:
             return parse_params(self.type, self.stored_params)
-        except ValidationError as error:
+        except ValueError as error:  # pydantic's ValidationError, or a type no entry names
             raise BadInput(f"the job's params do not fit a '{self.type}' job: {error}") from error
 
     def start_progress(self, total: int) -> ProgressReporter:

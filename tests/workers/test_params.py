@@ -32,6 +32,13 @@ def test_worker_refuses_params_that_do_not_fit_the_schema(s3) -> None:
         _ = run.params
 
 
+def test_worker_refuses_a_type_no_entry_names(s3) -> None:
+    job = stored_text2img()
+    job.type = "text2video"
+    with pytest.raises(BadInput, match="unknown job type 'text2video'"):
+        _ = JobRun.from_job(job).params
+
+
 def test_admission_keeps_the_limits(database, s3, models_dir) -> None:
     limit = get_settings().max_num_images
     spec = JOB_SPEC.validate_python(
