@@ -1,5 +1,6 @@
-"""What a job spec must pass beyond its schema before it is written: a model that exists, input images
-that exist and fit. Shared by single jobs and batches; a batch checks each model and image once."""
+"""What a job spec must pass beyond its schema before it is written: the deployment's limits, a model
+that exists, input images that exist and fit. Shared by single jobs, batches and schedules; a batch
+checks each model and image once."""
 
 from typing import Any
 
@@ -10,7 +11,7 @@ from core.config import get_settings
 from core.model_configs import steps_problem
 from core.specs import JobSpec
 from core.storage import Storage
-from core.submit import job_fields, model_problem, training_problems
+from core.submit import job_fields, limit_problems, model_problem, training_problems
 from core.uploads import ImageInfo, input_image_problems
 
 Loc = list[str | int]
@@ -20,12 +21,16 @@ class Admission:
     def __init__(self, session: Session, storage: Storage) -> None:
         self.session = session
         self.storage = storage
-        self.models_dir = get_settings().models_dir
+        self.settings = get_settings()
+        self.models_dir = self.settings.models_dir
         self._models: dict[tuple[str, str], str | None] = {}
         self._images: dict[str, ImageInfo | str] = {}
 
     def problems(self, spec: JobSpec, loc: Loc) -> list[dict[str, Any]]:
         """FastAPI-style error details for `spec`, located under `loc`; empty when it may be queued."""
+        # Reported alone, as the schema's errors are: the other checks wait until the job fits the limits.
+        if limits := limit_problems(spec.params, self.settings):
+            return [{"loc": [*loc, *where], "msg": message, "type": kind} for where, message, kind in limits]
         errors = []
         if spec.model is not None:
             key = (spec.model, spec.type)

@@ -22,13 +22,3 @@ class BadModel(JobError):
 
 class BadInput(JobError):
     code = "bad_input"
-
-
-class OutOfMemory(JobError):
-    code = "out_of_memory"
-
-
-class Canceled(JobError):
-    """Raised inside a run when the user asked to cancel; the job ends `canceled`, not failed."""
-
-    code = "canceled"

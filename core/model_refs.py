@@ -1,14 +1,26 @@
 """What a model reference may look like: a folder under the models dir, or a Hub repo id.
 
-The API checks references here before a job is accepted; the workers' model store resolves them.
+The API checks references here before a job is accepted; the workers' model store resolves them, and
+both read Hub repo ids with `hub_repo_id_problem`, so that what the API accepts the workers can fetch.
 """
 
-import re
 from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from core.paths import PathEscapeError, safe_join
 
-HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+def hub_repo_id_problem(ref: str) -> str | None:
+    """Why `ref` is not a Hub repo id `org/name`, as `huggingface_hub` checks them; None if it is one."""
+    if ref.count("/") != 1:
+        return f"'{ref}' is not of the form 'org/name'"
+    try:
+        validate_repo_id(ref)
+    except HFValidationError as error:
+        return str(error)
+    return None
 
 
 def reference_problem(ref: str, models_dir: Path) -> str | None:
@@ -24,9 +36,11 @@ def reference_problem(ref: str, models_dir: Path) -> str | None:
     except (OSError, ValueError) as error:  # names the OS refuses: too long, a NUL byte
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         return f"model reference '{ref[:100]}' is not a folder name or a Hub repo id: {reason}"
-    if "/" in ref and HUB_REPO_ID.match(ref):
-        return None
-    return (
-        f"model '{ref}' not found in the models dir; pass the name of a folder there "
-        "(try `diffq models make-tiny`) or a Hub repo id 'org/name'"
-    )
+    if "/" not in ref:
+        return (
+            f"model '{ref}' not found in the models dir; pass the name of a folder there "
+            "(try `diffq models make-tiny`) or a Hub repo id 'org/name'"
+        )
+    if problem := hub_repo_id_problem(ref):
+        return f"model '{ref}' is not a folder in the models dir nor a valid Hub repo id: {problem}"
+    return None

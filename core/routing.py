@@ -40,17 +40,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.specs import TRAINING_TYPES
+from core.job_types import TRAINING_TYPES
 from core.tables import Job, JobStatus, WorkerNode, utcnow
 from core.worker_nodes import live_workers, resident_models
 
-# Job types that train rather than generate; they go to the training queue. Add new ones here.
-TRAINING_JOB_TYPES = frozenset(TRAINING_TYPES)
-
 
 def queue_for(job_type: str, settings: Settings) -> str:
-    """The shared queue for jobs of `job_type`."""
-    return settings.train_queue if job_type in TRAINING_JOB_TYPES else settings.queue
+    """The shared queue for jobs of `job_type`: by its queue kind in core/job_types.py."""
+    return settings.train_queue if job_type in TRAINING_TYPES else settings.queue
 
 
 def direct_queue(queue: str, node: str) -> str:
@@ -68,7 +65,7 @@ def pick_queue(
 ) -> str:
     """The queue to send a job to: a warm worker's direct queue when that is quicker, else the shared one."""
     shared = queue_for(job_type, settings)
-    if not settings.affinity or model is None or job_type in TRAINING_JOB_TYPES:
+    if not settings.affinity or model is None or job_type in TRAINING_TYPES:
         return shared
     serving = [w for w in live_workers(session, settings.worker_stale_s) if shared in w.queues]
     backlog = {}
@@ -101,7 +98,7 @@ def _oldest_generation_wait_s(session: Session) -> float:
     """How long the oldest queued generation job has waited, in seconds (0 when none waits)."""
     oldest = session.scalar(
         select(func.min(Job.created_at)).where(
-            Job.status == JobStatus.QUEUED, Job.type.not_in(TRAINING_JOB_TYPES)
+            Job.status == JobStatus.QUEUED, Job.type.not_in(TRAINING_TYPES)
         )
     )
     if oldest is None:

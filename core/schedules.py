@@ -28,8 +28,9 @@ from pydantic import (
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from core.job_types import TRAINING_TYPES
 from core.queue import enqueue_job
-from core.specs import JOB_SPEC, TRAINING_TYPES, JobSpec
+from core.specs import JOB_SPEC, JobSpec
 from core.submit import job_from_spec
 from core.tables import Job, JobStatus, Schedule, utcnow
 

@@ -1,6 +1,11 @@
 """Job specs: what a user may submit, validated before a job is written.
 
-Each job type has a params model; `JobSpec` is the union of all job specs, told apart by `type`.
+Each job type has a params model; `JobSpec` is the union of all job specs, told apart by `type`, and
+lists the specs of core/job_types.py's registry (checked there at import).
+
+The models hold only what does not depend on settings: a worker parses a stored job's params with them
+whatever its own settings are. The limits a deployment sets (`DIFFQ_MAX_NUM_IMAGES`, `DIFFQ_MAX_PIXELS`)
+are checked when a job is admitted (core/submit.py's `limit_problems`).
 """
 
 import re
@@ -19,7 +24,6 @@ from pydantic import (
     model_validator,
 )
 
-from core.config import get_settings
 from core.dataset_refs import parse_dataset
 from core.schedulers import scheduler_problem
 from core.storage import _clean_key
@@ -31,13 +35,6 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def new_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
-
-
-def _check_num_images(value: int) -> int:
-    limit = get_settings().max_num_images
-    if value > limit:
-        raise ValueError(f"num_images must be at most {limit}, got {value}")
-    return value
 
 
 class Params(BaseModel):
@@ -66,12 +63,6 @@ def _check_multiple_of_8(value: int | None, info: ValidationInfo) -> int | None:
     if value is not None and value % 8:
         raise ValueError(f"{info.field_name} must be a multiple of 8, got {value}")
     return value
-
-
-def _check_size_limit(width: int | None, height: int | None) -> None:
-    limit = get_settings().max_pixels
-    if width and height and width * height > limit:
-        raise ValueError(f"width*height is {width * height} pixels; the limit is {limit}")
 
 
 class ImageRef(BaseModel):
@@ -127,12 +118,11 @@ class PromptParams(Params):
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="Image i uses seed + i; picked and recorded if unset."
     )
-    num_images: int = Field(default=1, ge=1)
+    num_images: int = Field(default=1, ge=1, description="At most DIFFQ_MAX_NUM_IMAGES.")
     scheduler: str | None = Field(
         default=None, description="A name from GET /v1/schedulers; the model's own scheduler if unset."
     )
 
-    _num_images_limit = field_validator("num_images")(_check_num_images)
     _scheduler_known = field_validator("scheduler")(_check_scheduler)
 
 
@@ -142,11 +132,6 @@ class Text2ImgParams(PromptParams):
     height: int | None = Field(default=None, ge=8, description="Multiple of 8; the model's size if unset.")
 
     _multiple_of_8 = field_validator("width", "height")(_check_multiple_of_8)
-
-    @model_validator(mode="after")
-    def _check_pixels(self) -> "Text2ImgParams":
-        _check_size_limit(self.width, self.height)
-        return self
 
 
 class StrengthParams(PromptParams):
@@ -187,11 +172,6 @@ class InpaintParams(StrengthParams):
 
     _multiple_of_8 = field_validator("width", "height")(_check_multiple_of_8)
 
-    @model_validator(mode="after")
-    def _check_pixels(self) -> "InpaintParams":
-        _check_size_limit(self.width, self.height)
-        return self
-
     def output_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         return (self.width or image_size[0], self.height or image_size[1])
 
@@ -209,12 +189,11 @@ class Depth2ImgParams(StrengthParams):
 class UnconditionalParams(Params):
     num_inference_steps: int = Field(default=50, ge=1, le=1000)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    num_images: int = Field(default=1, ge=1)
+    num_images: int = Field(default=1, ge=1, description="At most DIFFQ_MAX_NUM_IMAGES.")
     scheduler: str | None = Field(
         default=None, description="A name from GET /v1/schedulers; the model's own scheduler if unset."
     )
 
-    _num_images_limit = field_validator("num_images")(_check_num_images)
     _scheduler_known = field_validator("scheduler")(_check_scheduler)
 
 
@@ -418,9 +397,6 @@ class TrainLoraJob(BaseModel):
     _output_model_name = field_validator("output_model")(_check_model_name)
 
 
-TrainingJob = TrainUnconditionalJob | TrainLoraJob
-TRAINING_TYPES = ("train_unconditional", "train_lora")
-
 JobSpec = Annotated[
     Text2ImgJob
     | Img2ImgJob
@@ -432,12 +408,3 @@ JobSpec = Annotated[
     Field(discriminator="type"),
 ]
 JOB_SPEC = TypeAdapter(JobSpec)
-PARAMS_BY_TYPE: dict[str, type[Params]] = {
-    "text2img": Text2ImgParams,
-    "img2img": Img2ImgParams,
-    "inpaint": InpaintParams,
-    "depth2img": Depth2ImgParams,
-    "unconditional": UnconditionalParams,
-    "train_unconditional": TrainUnconditionalParams,
-    "train_lora": TrainLoraParams,
-}

@@ -1,4 +1,5 @@
-"""Turning a validated job spec into a job row, and the checks that need the database or storage.
+"""Turning a validated job spec into a job row, and the checks beyond its schema: the deployment's
+limits, and those that need the database or storage.
 
 The API runs these checks before it accepts a job or a schedule; the beat builds the jobs of due
 schedules with `job_from_spec` too, so a job is the same however it was submitted. The checks only
@@ -13,10 +14,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.config import Settings
 from core.dataset_refs import dataset_problem, parse_dataset
 from core.model_refs import reference_problem
 from core.model_registry import find_model
-from core.specs import JobSpec, new_seed
+from core.specs import JobSpec, Params, new_seed
 from core.storage import Storage
 from core.tables import Job, JobStatus, ModelKind
 
@@ -24,12 +26,22 @@ from core.tables import Job, JobStatus, ModelKind
 Problem = tuple[tuple[str, ...], str, str]
 
 
-def spec_problems(session: Session, spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
-    """What is wrong with a job that its spec alone can't tell: unknown models, names, datasets."""
+def limit_problems(params: Params, settings: Settings) -> list[Problem]:
+    """The limits this deployment sets on what a job makes (`DIFFQ_MAX_NUM_IMAGES`, `DIFFQ_MAX_PIXELS`).
+
+    They are checked when a job is admitted, not by the params models: a worker reads a job it was given
+    whatever its own settings say, so a worker whose limits differ from the API's still runs it.
+    """
     problems: list[Problem] = []
-    if spec.model is not None and (problem := model_problem(session, spec.model, spec.type, models_dir)):
-        problems.append((("model",), problem, "unknown_model"))
-    return problems + training_problems(session, spec, models_dir, storage)
+    num_images = getattr(params, "num_images", None)
+    if num_images is not None and num_images > settings.max_num_images:
+        message = f"num_images must be at most {settings.max_num_images}, got {num_images}"
+        problems.append((("params", "num_images"), message, "value_error"))
+    width, height = getattr(params, "width", None), getattr(params, "height", None)
+    if width and height and width * height > settings.max_pixels:
+        message = f"width*height is {width * height} pixels; the limit is {settings.max_pixels}"
+        problems.append((("params",), message, "value_error"))
+    return problems
 
 
 def training_problems(session: Session, spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:

@@ -4,6 +4,7 @@ training step's loss."""
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum, nonmember
 from typing import Any
 
 from sqlalchemy import (
@@ -52,16 +53,25 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[dict[str, Any]]: JSON}
 
 
-class JobStatus:
+class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
 
-    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
-    ACTIVE = (QUEUED, RUNNING)  # not finished yet: can be canceled
-    FINISHED = (SUCCEEDED, FAILED, CANCELED)
+    ALL = nonmember((QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED))
+    ACTIVE = nonmember((QUEUED, RUNNING))  # not finished yet: can be canceled
+    FINISHED = nonmember((SUCCEEDED, FAILED, CANCELED))
+
+
+class OutputKind(StrEnum):
+    """The `kind` of a training job's output records; a generated image's record has none."""
+
+    CHECKPOINT = "checkpoint"
+    SAMPLE_GRID = "sample_grid"
+    MODEL = "model"
+    MODEL_SNAPSHOT = "model_snapshot"
 
 
 class Job(Base):
@@ -148,7 +158,7 @@ class WorkerNode(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
-class ModelKind:
+class ModelKind(StrEnum):
     UNCONDITIONAL = "unconditional"
     LORA = "lora"
 

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import BadModel
+from core.job_types import JOB_TYPES
 
 if TYPE_CHECKING:
     import torch
 
-TASKS = ("text2img", "img2img", "inpaint", "depth2img", "unconditional")
+# The diffusers class that loads each generation job type's pipeline, from core/job_types.py.
+_LOADERS: dict[str, str] = {name: entry.pipeline for name, entry in JOB_TYPES.items() if entry.pipeline}
+TASKS = tuple(_LOADERS)
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -87,15 +90,6 @@ def load_pipeline(folder: Path, task: str, device: "torch.device", dtype: "torch
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-_LOADERS = {
-    "text2img": "AutoPipelineForText2Image",
-    "img2img": "AutoPipelineForImage2Image",
-    "inpaint": "AutoPipelineForInpainting",
-    "depth2img": "StableDiffusionDepth2ImgPipeline",
-    "unconditional": "DiffusionPipeline",
-}
 
 
 def pipeline_for_task(base: Any, task: str, scheduler: Any = None) -> Any:

@@ -2,18 +2,15 @@
 
 A reference comes from a user, so it is treated as untrusted: it may not name a path outside the models dir,
 and only safetensors weights are accepted, because pickle weights (`.bin`, `.ckpt`, ...) can run code when
-loaded. This module imports neither torch nor diffusers; `huggingface_hub` is imported only to download.
+loaded. This module imports neither torch nor diffusers.
 """
 
 import json
-import re
 from pathlib import Path
 
 from core.errors import BadModel
+from core.model_refs import hub_repo_id_problem
 from core.paths import PathEscapeError, safe_join
-
-# `org/name` as the Hub spells repo ids; `..` is refused so that an id can never be read as a path upwards.
-_HUB_ID = re.compile(r"^(?!.*\.\.)\w[\w.-]*/\w[\w.-]*$", re.ASCII)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -49,7 +46,8 @@ def resolve_model(ref: str, models_dir: Path) -> Path:
         _check_layout(ref, local)
         check_safetensors_only(local, ref)
         return local
-    if _HUB_ID.match(ref):
+    # The Hub's own check refuses `..`, so an id can never be read as a path upwards.
+    if hub_repo_id_problem(ref) is None:
         folder = _download(ref, root)
         _check_layout(ref, folder)
         check_safetensors_only(folder, ref)

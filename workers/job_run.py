@@ -2,15 +2,18 @@
 
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from PIL import Image
 from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
+from core.errors import BadInput
 from core.images import encode_png
+from core.job_types import parse_params
 from core.progress import ProgressReporter, TrainingReporter
-from core.specs import ImageRef
+from core.specs import ImageRef, Params
 from core.storage import Storage, get_storage
 from core.tables import Job
 from core.uploads import load_input_image
@@ -22,7 +25,8 @@ class JobRun:
     attempt: int
     type: str
     model: str | None
-    params: dict[str, Any]
+    # The params as stored on the job; runners read them typed, as `params`.
+    stored_params: dict[str, Any]
     settings: Settings = field(default_factory=get_settings)
     storage: Storage = field(default_factory=get_storage)
     reporter: ProgressReporter | None = None
@@ -40,12 +44,25 @@ class JobRun:
             attempt=job.attempts,
             type=job.type,
             model=job.model,
-            params=dict(job.params),
+            stored_params=dict(job.params),
             output_model=job.output_model,
             overwrite_output_model=bool(job.overwrite_output_model),
             outputs=list(job.outputs or []),
             session=session,
         )
+
+    @cached_property
+    def params(self) -> Params:
+        """The job's params as its type's params model (core/job_types.py), parsed once.
+
+        Only the schema applies: the API checked this deployment's limits (`DIFFQ_MAX_*`) when it admitted
+        the job, so a worker configured with other limits still runs it. Params that no longer fit the
+        schema (stored before it changed) fail the job as `bad_input`.
+        """
+        try:
+            return parse_params(self.type, self.stored_params)
+        except ValueError as error:  # pydantic's ValidationError, or a type no entry names
+            raise BadInput(f"the job's params do not fit a '{self.type}' job: {error}") from error
 
     def start_progress(self, total: int) -> ProgressReporter:
         self.reporter = ProgressReporter(

@@ -1,28 +1,15 @@
 """One runner per job type: each loads its pipeline (or trains a model), runs it with progress and
-stores outputs."""
+stores outputs. A job type names its runner's module in core/job_types.py; its `run` is looked up here."""
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
+from core.job_types import JOB_TYPES
 from workers.job_run import JobRun
-from workers.runners import (
-    depth2img,
-    img2img,
-    inpaint,
-    text2img,
-    train_lora,
-    train_unconditional,
-    unconditional,
-)
 
 Runner = Callable[[JobRun], list[dict[str, Any]]]
 
 RUNNERS: dict[str, Runner] = {
-    "text2img": text2img.run,
-    "img2img": img2img.run,
-    "inpaint": inpaint.run,
-    "depth2img": depth2img.run,
-    "unconditional": unconditional.run,
-    "train_unconditional": train_unconditional.run,
-    "train_lora": train_lora.run,
+    name: importlib.import_module(entry.runner).run for name, entry in JOB_TYPES.items()
 }

@@ -24,7 +24,8 @@ def depth_tensor(depth_map: Image.Image) -> torch.Tensor:
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = Depth2ImgParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, Depth2ImgParams)
     assert job.model is not None
     pipe = get_pipeline(
         job.model, "depth2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength

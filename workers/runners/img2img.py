@@ -16,7 +16,8 @@ from workers.pipelines import get_pipeline
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = Img2ImgParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, Img2ImgParams)
     assert job.model is not None
     pipe = get_pipeline(
         job.model, "img2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength

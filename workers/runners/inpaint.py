@@ -18,7 +18,8 @@ from workers.pipelines import get_pipeline
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = InpaintParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, InpaintParams)
     assert job.model is not None
     pipe = get_pipeline(
         job.model, "inpaint", params.scheduler, steps=params.num_inference_steps, strength=params.strength

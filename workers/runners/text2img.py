@@ -16,7 +16,8 @@ from workers.pipelines import get_pipeline
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = Text2ImgParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, Text2ImgParams)
     assert job.model is not None
     pipe = get_pipeline(job.model, "text2img", params.scheduler, steps=params.num_inference_steps)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor

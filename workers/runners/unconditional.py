@@ -19,7 +19,8 @@ from workers.pipelines import get_pipeline
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = UnconditionalParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, UnconditionalParams)
     assert job.model is not None
     pipe = get_pipeline(job.model, "unconditional", params.scheduler, steps=params.num_inference_steps)
     unet = pipe.unet
