@@ -33,7 +33,8 @@ LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = TrainLoraParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, TrainLoraParams)
     with accelerator_for(
         job.settings.device, params.mixed_precision, params.gradient_accumulation_steps
     ) as accelerator:

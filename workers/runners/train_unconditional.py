@@ -27,7 +27,8 @@ from workers.training_data import load_training_images
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:
-    params = TrainUnconditionalParams.model_validate(job.params)
+    params = job.params
+    assert isinstance(params, TrainUnconditionalParams)
     with accelerator_for(
         job.settings.device, params.mixed_precision, params.gradient_accumulation_steps
     ) as accelerator:
