@@ -32,3 +32,9 @@ class Canceled(JobError):
     """Raised inside a run when the user asked to cancel; the job ends `canceled`, not failed."""
 
     code = "canceled"
+
+
+class NumericalError(JobError):
+    """The latents or the decoded image went NaN or infinite: the job fails rather than store a blank."""
+
+    code = "numerical_error"
