@@ -141,9 +141,10 @@ def input_image_problems(
                     "they must be the same size",
                 )
             )
-    width, height = round_size(*params.output_size((image.width, image.height)))
-    if problem := size_problem(*params.output_size((image.width, image.height))):
+    output = params.output_size((image.width, image.height))
+    if problem := size_problem(*output):
         problems.append(("image", f"{problem}; send a larger image"))
+    width, height = round_size(*output)
     limit = get_settings().max_pixels
     if width * height > limit:
         problems.append(
