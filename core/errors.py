@@ -22,3 +22,9 @@ class BadModel(JobError):
 
 class BadInput(JobError):
     code = "bad_input"
+
+
+class NumericalError(JobError):
+    """The latents or the decoded image went NaN or infinite: the job fails rather than store a blank."""
+
+    code = "numerical_error"

@@ -33,8 +33,19 @@ MAX_SEED = 2**32 - 1
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def new_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
+def new_seed(num_images: int = 1) -> int:
+    """A random first seed whose `num_images` seeds (seed + i) all fit in 32 bits."""
+    return secrets.randbelow(MAX_SEED + 2 - num_images)
+
+
+def _check_seed_range(seed: int | None, num_images: int) -> None:
+    # Torch's CPU generator takes 64-bit seeds but diffq records 32-bit ones: a last seed over the range
+    # would be recorded with params that are refused when resubmitted.
+    if seed is not None and seed + num_images - 1 > MAX_SEED:
+        raise ValueError(
+            f"seed + num_images - 1 = {seed + num_images - 1} is over the largest seed, {MAX_SEED} (image i "
+            f"uses seed + i); use a seed of at most {MAX_SEED - num_images + 1}"
+        )
 
 
 class Params(BaseModel):
@@ -125,6 +136,11 @@ class PromptParams(Params):
 
     _scheduler_known = field_validator("scheduler")(_check_scheduler)
 
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> "PromptParams":
+        _check_seed_range(self.seed, self.num_images)
+        return self
+
 
 class Text2ImgParams(PromptParams):
     lora: LoraRef | None = Field(default=None, description="A registered LoRA to apply, with its scale.")
@@ -162,7 +178,10 @@ class Img2ImgParams(StrengthParams):
 class InpaintParams(StrengthParams):
     """Inpainting: `mask_image` is white where the image is repainted and black where it is kept."""
 
-    mask_image: ImageRef
+    mask_image: ImageRef = Field(
+        description="White where the image is repainted, black where it is kept. A mask with transparency "
+        "is read from its alpha alone: transparent is repainted, opaque kept."
+    )
     strength: float = Field(default=1.0, gt=0, le=1, description="1 repaints the masked area from noise.")
     width: int | None = Field(default=None, ge=8, description="Multiple of 8; the image's size if unset.")
     height: int | None = Field(default=None, ge=8, description="Multiple of 8; the image's size if unset.")
@@ -195,6 +214,11 @@ class UnconditionalParams(Params):
     )
 
     _scheduler_known = field_validator("scheduler")(_check_scheduler)
+
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> "UnconditionalParams":
+        _check_seed_range(self.seed, self.num_images)
+        return self
 
 
 def _check_dataset(value: str) -> str:

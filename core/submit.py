@@ -120,7 +120,7 @@ def job_fields(spec: JobSpec) -> dict[str, Any]:
     can be remade."""
     params: dict[str, Any] = spec.params.model_dump(mode="json")
     if "seed" in params and params["seed"] is None:
-        params["seed"] = new_seed()
+        params["seed"] = new_seed(params.get("num_images", 1))
     return {
         "type": spec.type,
         "model": spec.model,

@@ -10,28 +10,25 @@ import uuid
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from core.config import get_settings
 from core.errors import BadInput
+from core.images import (
+    IMAGE_FORMATS,
+    BadImage,
+    Role,
+    bad_image,
+    decode_image,
+    normalize_image,
+    round_size,
+    size_problem,
+)
 from core.specs import ImageRef, Params, upload_key
 from core.storage import Storage
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+ALLOWED_FORMATS = IMAGE_FORMATS
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP": "image/bmp"}
-
-# EXIF orientations that turn the image a quarter, so that its width and height swap once applied.
-_QUARTER_TURNS = (5, 6, 7, 8)
-_ORIENTATION_TAG = 0x0112
-
-
-class BadImage(Exception):
-    """An input image diffq refuses; `too_large` tells a size limit (413) from a bad file (422)."""
-
-    def __init__(self, message: str, too_large: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.too_large = too_large
 
 
 @dataclass(frozen=True)
@@ -51,19 +48,15 @@ def inspect_image(data: bytes) -> ImageInfo:
     The size is the one the image has once its EXIF orientation is applied, as diffusers' `load_image`
     does. Raises `BadImage`.
     """
-    return _decode(data)[1]
+    return _decode(data, "image")[1]
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Check and decode image bytes, with the EXIF orientation applied (as diffusers' `load_image` does)."""
-    image = _decode(data)[0]
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block; `_oriented_size` ignored it too
-        return image
+def open_image(data: bytes, role: Role = "image") -> Image.Image:
+    """Check and read image bytes with `read_image`'s rules for `role` (core/images.py)."""
+    return _decode(data, role)[0]
 
 
-def _decode(data: bytes) -> tuple[Image.Image, ImageInfo]:
+def _decode(data: bytes, role: Role) -> tuple[Image.Image, ImageInfo]:
     settings = get_settings()
     if len(data) > settings.max_upload_bytes:
         raise BadImage(
@@ -74,30 +67,23 @@ def _decode(data: bytes) -> tuple[Image.Image, ImageInfo]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                width, height = image.size
-                if width * height > settings.max_upload_pixels:
-                    raise BadImage(
-                        f"the image is {width}×{height} = {width * height} pixels; the limit is "
-                        f"{settings.max_upload_pixels} (DIFFQ_MAX_UPLOAD_PIXELS)",
-                        too_large=True,
-                    )
-                image.verify()
-            # `verify` leaves the image unusable and does not decode every format: decode it for real.
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            image.load()
-            info = ImageInfo(*_oriented_size(image), format=str(image.format))
+            header = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = header.size
+            if width * height > settings.max_upload_pixels:
+                raise BadImage(
+                    f"the image is {width}×{height} = {width * height} pixels; the limit is "
+                    f"{settings.max_upload_pixels} (DIFFQ_MAX_UPLOAD_PIXELS)",
+                    too_large=True,
+                )
+            header.verify()
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImage(f"the image is too large to decode safely: {error}", too_large=True) from error
     except Exception as error:
-        # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
-        # struct.error, ...); to a user they all mean the same thing.
-        reason = str(error) or type(error).__name__
-        formats = ", ".join(ALLOWED_FORMATS[:-1]) + f" or {ALLOWED_FORMATS[-1]}"
-        raise BadImage(f"not a decodable image ({reason}); send a {formats} file") from error
-    return image, info
+        raise bad_image(error) from error
+    # `verify` leaves the image unusable and does not decode every format: decode it for real.
+    decoded = decode_image(data)
+    image = normalize_image(decoded, role=role)
+    return image, ImageInfo(image.width, image.height, format=str(decoded.format))
 
 
 def store_upload(data: bytes, storage: Storage) -> tuple[str, ImageInfo]:
@@ -108,14 +94,15 @@ def store_upload(data: bytes, storage: Storage) -> tuple[str, ImageInfo]:
     return upload_id, info
 
 
-def load_input_image(storage: Storage, ref: ImageRef) -> Image.Image:
-    """The image a job names, for a worker; a missing or bad one fails the job with `bad_input`."""
+def load_input_image(storage: Storage, ref: ImageRef, role: Role = "image") -> Image.Image:
+    """The image a job names, read as `role` (core/images.py), for a worker; a missing or bad one fails
+    the job with `bad_input`."""
     try:
         data = storage.get(ref.storage_key)
     except KeyError:
         raise BadInput(f"{_describe(ref)} no longer exists in storage; upload the image again") from None
     try:
-        return open_image(data)
+        return open_image(data, role)
     except BadImage as error:
         raise BadInput(f"{_describe(ref)}: {error.message}") from error
 
@@ -126,7 +113,8 @@ def input_image_problems(
     """`(field, message)` for each problem with a job's input images; empty when there is none.
 
     Each referenced image must exist and be a valid image; the fields that must match `image` must have
-    its size; and the output must fit `DIFFQ_MAX_PIXELS`. `seen` caches what was learnt per storage key,
+    its size; and the output, rounded down to multiples of 8, must be at least `MIN_SIZE` square pixels
+    and fit `DIFFQ_MAX_PIXELS`. `seen` caches what was learnt per storage key,
     so that a batch whose jobs share an image reads it once.
     """
     problems: list[tuple[str, str]] = []
@@ -153,7 +141,10 @@ def input_image_problems(
                     "they must be the same size",
                 )
             )
-    width, height = params.output_size((image.width, image.height))
+    output = params.output_size((image.width, image.height))
+    if problem := size_problem(*output):
+        problems.append(("image", f"{problem}; send a larger image"))
+    width, height = round_size(*output)
     limit = get_settings().max_pixels
     if width * height > limit:
         problems.append(
@@ -185,12 +176,3 @@ def _lookup(storage: Storage, ref: ImageRef, seen: dict[str, ImageInfo | str]) -
 
 def _describe(ref: ImageRef) -> str:
     return f"upload {ref.upload!r}" if ref.upload is not None else f"storage key {ref.key!r}"
-
-
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
-    try:
-        orientation = image.getexif().get(_ORIENTATION_TAG)
-    except Exception:  # a malformed EXIF block: load_image would not turn the image either
-        orientation = None
-    return (height, width) if orientation in _QUARTER_TURNS else (width, height)

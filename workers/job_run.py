@@ -5,18 +5,36 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
-from core.errors import BadInput
-from core.images import encode_png
+from core.errors import BadInput, NumericalError
+from core.images import Role, encode_png
 from core.job_types import parse_params
 from core.progress import ProgressReporter, TrainingReporter
 from core.specs import ImageRef, Params
 from core.storage import Storage, get_storage
 from core.tables import Job
 from core.uploads import load_input_image
+
+
+def check_finite(values: torch.Tensor | np.ndarray, what: str) -> None:
+    """Fail the job with `numerical_error` if `values` hold a NaN or an infinity.
+
+    One reduction and one read of its result: on a GPU, a sync per step but no copy.
+    """
+    if isinstance(values, np.ndarray):
+        finite = bool(np.isfinite(values).all())
+    else:
+        finite = not bool((values.isnan().any() | values.isinf().any()).item())
+    if not finite:
+        raise NumericalError(
+            f"{what} hold NaN or infinite values; the run diverged (too many steps for this scheduler, "
+            "or a half-precision overflow): try another scheduler, fewer steps or full precision"
+        )
 
 
 @dataclass
@@ -91,9 +109,10 @@ class JobRun:
             timesteps, _ = pipe.get_timesteps(num_inference_steps, strength, pipe.device)
         return self.start_progress(total=len(timesteps))
 
-    def load_image(self, ref: ImageRef) -> Image.Image:
-        """An input image of the job, decoded (EXIF orientation applied); `bad_input` if it is gone."""
-        return load_input_image(self.storage, ref)
+    def load_image(self, ref: ImageRef, role: Role = "image") -> Image.Image:
+        """An input image of the job read as `role` (RGB image, L mask, L or F depth map; see
+        core/images.py); `bad_input` if it is gone or bad."""
+        return load_input_image(self.storage, ref, role)
 
     def start_training_progress(self, total: int, start_step: int) -> TrainingReporter:
         """Progress per optimizer step, from `start_step` when resuming; keeps the earlier outputs."""
@@ -117,10 +136,17 @@ class JobRun:
             # Schedulers may run more or fewer steps than asked (PNDM adds one; img2img skips
             # some): the pipeline knows how many it really runs.
             reporter.total = getattr(pipe, "num_timesteps", None) or reporter.total
+            check_finite(callback_kwargs["latents"], f"the latents at step {step_index + 1}")
             reporter.update(step_index + 1)
             return callback_kwargs
 
         return on_step_end
+
+    def decoded_images(self, array: np.ndarray) -> list[Image.Image]:
+        """A pipeline's `output_type="np"` images (floats in [0, 1]) as PIL images, as its "pil" output
+        would be, once checked finite: NaN would otherwise come out black."""
+        check_finite(array, "the decoded image")
+        return [Image.fromarray(image) for image in (array * 255).round().astype("uint8")]
 
     def output_key(self, name: str) -> str:
         return f"jobs/{self.job_id}/{name}"

@@ -2,8 +2,9 @@
 
 Images are resized so that their shorter side is the training size, then center-cropped, as
 diffusers' training scripts do, and kept as uint8 (a quarter of the memory of floats); a batch is
-scaled to [-1, 1] when it is drawn. A dataset that has no images, or an image that does not decode,
-fails the job with `bad_input` and the file's name.
+scaled to [-1, 1] when it is drawn. Images are read by `core.images.read_image`, as job inputs are (EXIF
+orientation, bit depth, transparency onto white). A dataset that has no images, or an image that does
+not decode, fails the job with `bad_input` and the file's name.
 """
 
 import io
@@ -14,11 +15,12 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from core.config import get_settings
 from core.dataset_refs import IMAGE_SUFFIXES, METADATA_FILE, parse_dataset
 from core.errors import BadInput
+from core.images import BadImage, read_image
 from core.storage import Storage
 from workers.glyphs import render_glyphs
 
@@ -94,10 +96,9 @@ def _imagefolder(
     images = []
     for name in names:
         try:
-            with Image.open(io.BytesIO(files[name])) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise BadInput(f"dataset '{dataset}': image {name} can't be read ({error})") from None
+            images.append(read_image(files[name], role="image"))
+        except BadImage as error:
+            raise BadInput(f"dataset '{dataset}': image {name} can't be read ({error.message})") from None
     return TrainingImages(_to_tensor(images, size), [captions.get(name) for name in names])
 
 

@@ -168,3 +168,110 @@ def test_depth2img_matches_diffusers(client, models_dir, user_depth: bool) -> No
         for i in range(2)
     ]
     assert_matches(outputs_as_arrays(client, job), expected)
+
+
+def test_inpaint_without_a_size_runs_at_the_input_size_rounded_down(client) -> None:
+    params = {
+        "prompt": PROMPT,
+        "image": upload_image(client, noise_image(100, 75, seed=4)),
+        "mask_image": upload_image(client, square_mask(100, 75)),
+        "num_inference_steps": 2,
+        "seed": 5,
+        "num_images": 1,
+    }
+    job_id = client.submit({"type": "inpaint", "model": "tiny-sd", "params": params})["id"]
+    job = wait_finished(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (96, 72)
+    output = Image.open(io.BytesIO(client.download(job["outputs"][0]["url"])))
+    assert output.size == (96, 72)
+    assert read_png_parameters(client.download(job["outputs"][0]["url"]))["params"]["width"] == 96
+
+
+@pytest.mark.parametrize("job_type", ["img2img", "inpaint"])
+def test_an_image_that_rounds_below_the_minimum_is_a_422(client, job_type: str) -> None:
+    tiny = noise_image(4, 4)
+    params = {"prompt": PROMPT, "image": upload_image(client, tiny), "num_inference_steps": 2}
+    if job_type == "inpaint":
+        params["mask_image"] = upload_image(client, square_mask(4, 4))
+    response = client.http.post("/v1/jobs", json={"type": job_type, "model": "tiny-sd", "params": params})
+    assert response.status_code == 422, response.text
+    assert "rounds down to 0×0" in response.text and "the minimum is 8×8" in response.text
+
+
+def test_img2img_from_a_16bit_greyscale_png_starts_from_its_gradient(client, models_dir) -> None:
+    row = np.linspace(0, 65535, 64).round().astype(np.uint16)
+    source = Image.fromarray(np.repeat(row[None], 64, axis=0))
+    params = {
+        "prompt": PROMPT,
+        "image": upload_image(client, source),
+        "strength": 0.5,
+        "num_inference_steps": 4,
+        "seed": 2,
+        "num_images": 1,
+    }
+    job_id = client.submit({"type": "img2img", "model": "tiny-sd", "params": params})["id"]
+    job = wait_finished(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    # It starts from the 8-bit gradient, as a direct call with that gradient does (not a near-white image).
+    eight_bit = np.round(row / 257).astype(np.uint8)
+    gradient = Image.fromarray(np.repeat(eight_bit[None], 64, axis=0)).convert("RGB")
+    pipe = reference("StableDiffusionImg2ImgPipeline", models_dir / "tiny-sd")
+    call = {k: params[k] for k in ("prompt", "strength", "num_inference_steps")}
+    expected = pipe(image=gradient, generator=torch.Generator("cpu").manual_seed(2), **call).images
+    assert_matches(outputs_as_arrays(client, job), expected)
+
+
+def test_inpaint_with_a_transparent_hole_in_an_rgba_mask_repaints_the_hole(client) -> None:
+    """Opaque black with a transparent square means "repaint the square": the same job as the white
+    square on black."""
+    init = noise_image(seed=6)
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    rgba.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    common = {"prompt": PROMPT, "image": upload_image(client, init), "num_inference_steps": 4, "seed": 9}
+    jobs = [
+        client.submit({"type": "inpaint", "model": "tiny-sd", "params": common | {"mask_image": mask}})["id"]
+        for mask in (upload_image(client, rgba), upload_image(client, square_mask()))
+    ]
+    from_alpha, from_luminance = (wait_finished(client, job_id) for job_id in jobs)
+    assert from_alpha["status"] == from_luminance["status"] == "succeeded", from_alpha["error"]
+    got, expected = outputs_as_arrays(client, from_alpha)[0], outputs_as_arrays(client, from_luminance)[0]
+    assert np.abs(got - expected).max() <= 1
+    # The square is repainted (the tiny model's VAE alters the rest too, less).
+    change = np.abs(got - as_array(init)).mean(axis=2)
+    inside = np.asarray(square_mask()) > 127
+    assert change[inside].mean() > change[~inside].mean()
+
+
+def test_seeds_past_32_bits_are_a_422(client) -> None:
+    for spec in (
+        text2img_spec(seed=4294967295, num_images=2),
+        {"type": "unconditional", "model": "tiny-ddpm", "params": {"seed": 4294967295, "num_images": 2}},
+    ):
+        response = client.http.post("/v1/jobs", json=spec)
+        assert response.status_code == 422, response.text
+        assert "4294967296" in response.text and "at most 4294967294" in response.text
+    assert client.http.post("/v1/jobs", json=text2img_spec(seed=4294967294, num_images=2)).status_code == 201
+
+
+@pytest.mark.parametrize("job_type", ["text2img", "img2img"])
+def test_each_outputs_recorded_params_remake_it_alone(client, job_type: str) -> None:
+    if job_type == "text2img":
+        spec = text2img_spec(num_inference_steps=3, num_images=2, seed=4294967294)
+    else:
+        params = {"prompt": PROMPT, "image": upload_image(client, noise_image(72, 64, seed=3))}
+        spec = {"type": "img2img", "model": "tiny-sd", "params": params | {"num_images": 2, "strength": 0.5}}
+        spec["params"]["num_inference_steps"] = 4  # no seed: the API picks and records one
+    job = wait_finished(client, client.submit(spec)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    originals = [client.download(output["url"]) for output in job["outputs"]]
+    recorded = [read_png_parameters(data) for data in originals]
+    assert recorded[1]["params"]["seed"] == recorded[0]["params"]["seed"] + 1
+    for data, parameters in zip(originals, recorded, strict=True):
+        again = wait_finished(client, client.submit(parameters)["id"])
+        assert again["status"] == "succeeded", again["error"]
+        remade = client.download(again["outputs"][0]["url"])
+        assert read_png_parameters(remade) == parameters
+        # One grey level: a batch of two and a batch of one round differently, as a direct call does.
+        diff = np.abs(as_array(Image.open(io.BytesIO(remade))) - as_array(Image.open(io.BytesIO(data))))
+        assert diff.max() <= 1, f"seed {parameters['params']['seed']} remade differs by {diff.max()}"

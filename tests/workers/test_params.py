@@ -4,6 +4,7 @@ import pytest
 
 from api.admission import Admission
 from core.config import get_settings
+from core.db import db_session
 from core.errors import BadInput
 from core.job_types import JOB_TYPES, JobType
 from core.specs import JOB_SPEC, Text2ImgParams
@@ -44,16 +45,17 @@ def test_admission_keeps_the_limits(database, s3, models_dir) -> None:
     spec = JOB_SPEC.validate_python(
         {"type": "text2img", "model": "tiny-sd", "params": {"prompt": "a cat", "num_images": limit + 1}}
     )
-    admission = Admission(get_storage())
-    assert admission.problems(spec, ["body"]) == [
-        {
-            "loc": ["body", "params", "num_images"],
-            "msg": f"num_images must be at most {limit}, got {limit + 1}",
-            "type": "value_error",
-        }
-    ]
-    spec.params.num_images = limit
-    assert admission.problems(spec, ["body"]) == []
+    with db_session() as session:
+        admission = Admission(session, get_storage())
+        assert admission.problems(spec, ["body"]) == [
+            {
+                "loc": ["body", "params", "num_images"],
+                "msg": f"num_images must be at most {limit}, got {limit + 1}",
+                "type": "value_error",
+            }
+        ]
+        spec.params.num_images = limit
+        assert admission.problems(spec, ["body"]) == []
 
 
 @pytest.mark.parametrize(

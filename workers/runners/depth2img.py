@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.images import fit_image
 from core.specs import Depth2ImgParams, new_seed
 from workers.job_run import JobRun
 from workers.pipelines import get_pipeline
@@ -30,9 +31,9 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     pipe = get_pipeline(
         job.model, "depth2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength
     )
-    image = job.load_image(params.image).convert("RGB")
-    depth_map = depth_tensor(job.load_image(params.depth_map)) if params.depth_map else None
-    seed = params.seed if params.seed is not None else new_seed()
+    image = fit_image(job.load_image(params.image))
+    depth_map = depth_tensor(job.load_image(params.depth_map, "depth")) if params.depth_map else None
+    seed = params.seed if params.seed is not None else new_seed(params.num_images)
     seeds = [seed + index for index in range(params.num_images)]
 
     reporter = job.start_diffusers_progress(pipe, params.num_inference_steps, params.strength)
@@ -47,10 +48,11 @@ def run(job: JobRun) -> list[dict[str, Any]]:
         num_images_per_prompt=params.num_images,
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         callback_on_step_end=job.diffusers_callback(reporter),
+        output_type="np",
     )
 
     base = params.model_dump(mode="json", exclude={"num_images", "seed"})
     parameters = [
         {"type": job.type, "model": job.model, "params": base | {"seed": s, "num_images": 1}} for s in seeds
     ]
-    return job.save_images(result.images, parameters)
+    return job.save_images(job.decoded_images(result.images), parameters)

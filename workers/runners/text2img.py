@@ -22,7 +22,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     pipe = get_pipeline(job.model, "text2img", params.scheduler, steps=params.num_inference_steps)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = params.width or native, params.height or native
-    seed = params.seed if params.seed is not None else new_seed()
+    seed = params.seed if params.seed is not None else new_seed(params.num_images)
     seeds = [seed + index for index in range(params.num_images)]
 
     reporter = job.start_diffusers_progress(pipe, params.num_inference_steps)
@@ -37,10 +37,11 @@ def run(job: JobRun) -> list[dict[str, Any]]:
             num_images_per_prompt=params.num_images,
             generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
             callback_on_step_end=job.diffusers_callback(reporter),
+            output_type="np",
         )
 
     base = params.model_dump(exclude={"num_images", "seed"}) | {"width": width, "height": height}
     parameters = [
         {"type": job.type, "model": job.model, "params": base | {"seed": s, "num_images": 1}} for s in seeds
     ]
-    return job.save_images(result.images, parameters)
+    return job.save_images(job.decoded_images(result.images), parameters)

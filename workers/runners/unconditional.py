@@ -14,7 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from core.schedulers import make_scheduler
 from core.specs import UnconditionalParams, new_seed
-from workers.job_run import JobRun
+from workers.job_run import JobRun, check_finite
 from workers.pipelines import get_pipeline
 
 
@@ -26,7 +26,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     unet = pipe.unet
     # The job's own scheduler: a cached pipeline's scheduler is shared and keeps state.
     scheduler = make_scheduler(params.scheduler, pipe.scheduler)
-    seed = params.seed if params.seed is not None else new_seed()
+    seed = params.seed if params.seed is not None else new_seed(params.num_images)
     seeds = [seed + index for index in range(params.num_images)]
     generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     # Ancestral schedulers draw noise at each step; the others take no generator.
@@ -45,6 +45,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
         for step, t in enumerate(scheduler.timesteps, start=1):
             model_output = unet(scheduler.scale_model_input(image, t), t).sample
             image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
+            check_finite(image, f"the samples at step {step}")
             reporter.update(step)
 
     array = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
