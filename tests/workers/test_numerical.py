@@ -1,9 +1,14 @@
 """A run whose latents go NaN fails with `numerical_error` at the step it happened, and stores nothing.
 
-DPM-Solver++ and UniPC with 1000 steps on a 1000-timestep DDPM schedule divide by zero from their second
-step (every timestep rounds to 0): today's cause of a job that "succeeded" with a black image. The job is
-written as a row and run through the worker's real task in this process, as a worker would run it.
+The NaN comes from a model: a copy of a tiny model whose UNet has a NaN bias, saved and loaded through
+the real `from_pretrained` path, as a broken checkpoint would be. (A scheduler that divides by zero,
+once the cause of a job that "succeeded" with a black image, is refused before the first step now; see
+tests/workers/test_scheduler_checks.py.) The job is written as a row and run through the worker's real
+task in this process, as a worker would run it.
 """
+
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -19,25 +24,39 @@ def write_queued_job(type_: str, model: str, params: dict) -> str:
     return str(job.id)
 
 
-@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "unipc"])
+def nan_copy(models_dir: Path, source: str) -> str:
+    """A copy of model `source` whose UNet's output bias is NaN; returns its name."""
+    from safetensors.torch import load_file, save_file
+
+    name = f"nan-{source}"
+    if not (models_dir / name).exists():
+        shutil.copytree(models_dir / source, models_dir / name)
+        [weights] = (models_dir / name / "unet").glob("*.safetensors")
+        tensors = load_file(weights)
+        tensors["conv_out.bias"][0] = float("nan")
+        save_file(tensors, weights, metadata={"format": "pt"})
+    return name
+
+
+@pytest.mark.parametrize("scheduler", [None, "dpmpp_2m", "unipc"])
 def test_nan_latents_fail_the_job_with_numerical_error(database, s3, models_dir, scheduler: str) -> None:
     from workers.tasks import run_job
 
-    params = {"num_inference_steps": 1000, "seed": 0, "num_images": 2, "scheduler": scheduler}
-    job_id = write_queued_job("unconditional", "tiny-ddpm", params)
+    params = {"num_inference_steps": 4, "seed": 0, "num_images": 2, "scheduler": scheduler}
+    job_id = write_queued_job("unconditional", nan_copy(models_dir, "tiny-ddpm"), params)
     assert run_job(job_id) == JobStatus.FAILED
     with db_session() as session:
         job = session.get_one(Job, job_id)
         assert job.status == JobStatus.FAILED
         assert job.error["code"] == "numerical_error", job.error
-        assert "at step 2" in job.error["message"]
+        assert "at step 1" in job.error["message"]
         assert job.outputs == [] or job.outputs is None
-        assert job.progress["step"] == 1  # the step that went NaN is not counted as done
+        assert job.progress["step"] == 0  # the step that went NaN is not counted as done
     assert get_storage().list(f"jobs/{job_id}") == []
 
 
 def test_nan_latents_in_a_diffusers_pipeline_fail_at_their_step(database, s3, models_dir) -> None:
-    """The same check in the diffusers step callback: img2img with dpmpp_2m and 1000 steps."""
+    """The same check in the diffusers step callback: img2img on a tiny-sd whose UNet makes NaN."""
     from core.storage import get_storage
     from core.uploads import store_upload
     from tests.utils.images import noise_image, png_bytes
@@ -48,18 +67,18 @@ def test_nan_latents_in_a_diffusers_pipeline_fail_at_their_step(database, s3, mo
         "prompt": "a squirrel",
         "image": {"upload": upload_id},
         "strength": 1.0,
-        "num_inference_steps": 1000,
+        "num_inference_steps": 4,
         "guidance_scale": 7.5,
         "seed": 0,
         "num_images": 1,
         "scheduler": "dpmpp_2m",
     }
-    job_id = write_queued_job("img2img", "tiny-sd", params)
+    job_id = write_queued_job("img2img", nan_copy(models_dir, "tiny-sd"), params)
     assert run_job(job_id) == JobStatus.FAILED
     with db_session() as session:
         job = session.get_one(Job, job_id)
         assert job.error["code"] == "numerical_error", job.error
-        assert "the latents at step" in job.error["message"]
+        assert "the latents at step 1" in job.error["message"]
     assert get_storage().list(f"jobs/{job_id}") == []
 
 
@@ -69,7 +88,7 @@ def test_a_non_finite_decoded_image_fails_and_a_finite_one_is_kept() -> None:
     from core.errors import NumericalError
     from workers.job_run import JobRun
 
-    run = JobRun(job_id=None, attempt=1, type="img2img", model="tiny-sd", params={}, storage=None)
+    run = JobRun(job_id=None, attempt=1, type="img2img", model="tiny-sd", stored_params={}, storage=None)
     images = np.full((2, 8, 16, 3), 0.5, dtype=np.float32)
     decoded = run.decoded_images(images)
     assert [image.size for image in decoded] == [(16, 8), (16, 8)]

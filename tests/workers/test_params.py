@@ -68,7 +68,8 @@ def test_admission_keeps_the_limits(database, s3, models_dir) -> None:
 )
 def test_admission_refuses_bad_hub_ids(database, s3, models_dir, model: str, words: str) -> None:
     spec = JOB_SPEC.validate_python({"type": "text2img", "model": model, "params": {"prompt": "a cat"}})
-    [problem] = Admission(get_storage()).problems(spec, ["body"])
+    with db_session() as session:
+        [problem] = Admission(session, get_storage()).problems(spec, ["body"])
     assert problem["loc"] == ["body", "model"] and problem["type"] == "unknown_model"
     assert "not a folder in the models dir nor a valid Hub repo id" in problem["msg"]
     assert words in problem["msg"]
@@ -76,7 +77,8 @@ def test_admission_refuses_bad_hub_ids(database, s3, models_dir, model: str, wor
 
 def test_admission_accepts_a_hub_id(database, s3, models_dir) -> None:
     spec = JOB_SPEC.validate_python({"type": "text2img", "model": "org/name", "params": {"prompt": "a cat"}})
-    assert Admission(get_storage()).problems(spec, ["body"]) == []
+    with db_session() as session:
+        assert Admission(session, get_storage()).problems(spec, ["body"]) == []
 
 
 def test_every_job_type_has_a_runner_and_generation_types_a_loader() -> None:
