@@ -28,3 +28,10 @@ class NumericalError(JobError):
     """The latents or the decoded image went NaN or infinite: the job fails rather than store a blank."""
 
     code = "numerical_error"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message, for a one-line `error.message` (libraries' messages can run
+    to many lines); its class name when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -23,13 +23,18 @@ def hub_repo_id_problem(ref: str) -> str | None:
     return None
 
 
+def is_diffusers_folder(folder: Path) -> bool:
+    """Whether `folder` holds a diffusers pipeline (`model_index.json`) or a single model (`config.json`)."""
+    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+
+
 def reference_problem(ref: str, models_dir: Path) -> str | None:
     """Why `ref` can't name a model, or None when it can."""
     if not ref or ref.startswith(("/", "\\", "~")) or ".." in Path(ref).parts:
         return f"model reference '{ref}' must be a name under the models dir or a Hub repo id 'org/name'"
     try:
         local = safe_join(models_dir, ref)
-        if (local / "model_index.json").is_file() or (local / "config.json").is_file():
+        if is_diffusers_folder(local):
             return None
     except PathEscapeError:
         return f"model reference '{ref}' escapes the models dir"

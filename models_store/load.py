@@ -7,7 +7,7 @@ processes that never load a model.
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import BadModel
+from core.errors import BadModel, first_line
 from core.job_types import JOB_TYPES
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def load_pipeline(folder: Path, task: str, device: "torch.device", dtype: "torch
         pipe = loader.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, TypeError, ImportError) as error:
         raise BadModel(
-            f"cannot load {folder} for {task}: {type(error).__name__}: {_first_line(error)}"
+            f"cannot load {folder} for {task}: {type(error).__name__}: {first_line(error)}"
         ) from error
     _check_fits_task(pipe, task, str(folder))
     pipe = pipe.to(device)
@@ -122,7 +122,7 @@ def pipeline_for_task(base: Any, task: str, scheduler: Any = None) -> Any:
         try:
             pipe = getattr(diffusers, _LOADERS[task]).from_pipe(base, **modules)
         except ValueError as error:
-            raise BadModel(f"a {name} model cannot run {task} jobs: {_first_line(error)}") from error
+            raise BadModel(f"a {name} model cannot run {task} jobs: {first_line(error)}") from error
     _check_fits_task(pipe, task, name)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -145,8 +145,3 @@ def _check_fits_task(pipe: Any, task: str, name: str) -> None:
             f"cannot run {name} for depth2img: its UNet takes {pipe.unet.config.in_channels} input channels, "
             "not the 5 (latents and depth) of a depth model such as stabilityai/stable-diffusion-2-depth"
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"

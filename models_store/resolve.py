@@ -8,8 +8,8 @@ loaded. This module imports neither torch nor diffusers.
 import json
 from pathlib import Path
 
-from core.errors import BadModel
-from core.model_refs import hub_repo_id_problem
+from core.errors import BadModel, first_line
+from core.model_refs import hub_repo_id_problem, is_diffusers_folder
 from core.paths import PathEscapeError, safe_join
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -69,7 +69,7 @@ def model_exists(ref: str, models_dir: Path) -> bool:
         local = _local_path(ref, root)
     except BadModel:
         return False
-    return local.is_dir() and ((local / "model_index.json").is_file() or (local / "config.json").is_file())
+    return local.is_dir() and is_diffusers_folder(local)
 
 
 def check_safetensors_only(folder: Path, ref: str | None = None) -> None:
@@ -116,7 +116,7 @@ def _local_path(ref: str, root: Path) -> Path:
 
 
 def _check_layout(ref: str, folder: Path) -> None:
-    if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
+    if not is_diffusers_folder(folder):
         raise BadModel(
             f"model {ref!r} at {folder} is not in diffusers format (no model_index.json or config.json); "
             "convert it with diffusers' conversion scripts or save it with save_pretrained"
@@ -191,13 +191,13 @@ def _download(repo_id: str, root: Path) -> Path:
             f"network); download it where the Hub is reachable, or put it under {root}"
         ) from error
     except HfHubHTTPError as error:
-        raise BadModel(f"downloading model {repo_id!r} from the Hub failed: {_first_line(error)}") from error
+        raise BadModel(f"downloading model {repo_id!r} from the Hub failed: {first_line(error)}") from error
     except HFValidationError as error:
         raise BadModel(
-            f"model reference {repo_id!r} is not a valid Hub repo id: {_first_line(error)}"
+            f"model reference {repo_id!r} is not a valid Hub repo id: {first_line(error)}"
         ) from error
     except OSError as error:
-        raise BadModel(f"downloading model {repo_id!r} from the Hub failed: {_first_line(error)}") from error
+        raise BadModel(f"downloading model {repo_id!r} from the Hub failed: {first_line(error)}") from error
 
 
 def _check_weights_downloaded(ref: str, folder: Path, root: Path) -> None:
@@ -213,8 +213,3 @@ def _check_weights_downloaded(ref: str, folder: Path, root: Path) -> None:
                 f"model {ref!r} has no safetensors weights in {where} on the Hub (pickle or variant-only "
                 f"weights are not loaded); convert it to safetensors and put it under {root}"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

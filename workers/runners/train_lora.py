@@ -20,7 +20,7 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from core.errors import BadModel
+from core.errors import BadModel, first_line
 from core.specs import TrainLoraParams
 from core.tables import ModelKind
 from models_store.registered import resolve_job_model
@@ -146,7 +146,7 @@ def load_base(model_ref: str, job: JobRun) -> StableDiffusionPipeline:
     except (OSError, ValueError, TypeError) as error:
         raise BadModel(
             f"cannot load '{model_ref}' as a Stable Diffusion pipeline for LoRA training: "
-            f"{type(error).__name__}: {_first_line(error)}"
+            f"{type(error).__name__}: {first_line(error)}"
         ) from error
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -191,8 +191,3 @@ def validation_images(pipe: StableDiffusionPipeline, params: TrainLoraParams) ->
             torch.Generator("cpu").manual_seed(params.seed + i) for i in range(params.num_validation_images)
         ],
     ).images
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
