@@ -151,7 +151,7 @@ def client(stack: Stack):
 
 
 @pytest.fixture(scope="session")
-def api(models_dir: Path, database: str, broker: str, s3: str) -> Iterator["TestClient"]:
+def api_client(models_dir: Path, database: str, broker: str, s3: str) -> Iterator["TestClient"]:
     """The API in-process (FastAPI's TestClient) on the real Postgres, Redis and S3, without uvicorn
     or a worker: the fast tier's way to test what the API answers."""
     from fastapi.testclient import TestClient
@@ -160,3 +160,21 @@ def api(models_dir: Path, database: str, broker: str, s3: str) -> Iterator["Test
 
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def api(api_client: "TestClient") -> Iterator["TestClient"]:
+    """`api_client` for one test; the jobs it got accepted are canceled after it, so that no later
+    end-to-end test's worker spends its time on them."""
+    yield api_client
+    cancel_queued_jobs()
+
+
+def cancel_queued_jobs() -> None:
+    from sqlalchemy import update
+
+    from core.db import db_session
+    from core.tables import Job, JobStatus
+
+    with db_session() as session:
+        session.execute(update(Job).where(Job.status == JobStatus.QUEUED).values(status=JobStatus.CANCELED))

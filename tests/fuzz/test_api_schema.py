@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from sqlalchemy import update
+
+from tests.conftest import cancel_queued_jobs
 
 EXAMPLES = int(os.environ.get("DIFFQ_FUZZ_EXAMPLES", "10"))
 
@@ -28,15 +29,11 @@ schema = load_schema()
 
 
 @pytest.fixture(scope="module")
-def fuzzed_api(api) -> Iterator[None]:
+def fuzzed_api(api_client) -> Iterator[None]:
     """The API on its services; afterwards the jobs the fuzzer got accepted are canceled, so that they
     don't keep the end-to-end tests' worker busy."""
     yield
-    from core.db import db_session
-    from core.tables import Job, JobStatus
-
-    with db_session() as session:
-        session.execute(update(Job).where(Job.status == JobStatus.QUEUED).values(status=JobStatus.CANCELED))
+    cancel_queued_jobs()
 
 
 def problems_in_4xx(body: Any) -> list[str]:
