@@ -1,22 +1,26 @@
 """What the API returns."""
 
+import inspect
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from core.batches import BatchState
 from core.schedules import as_utc
-from core.specs import JobSpec
+from core.specs import JOB_SPEC, JobSpec
 from core.storage import Storage
 from core.tables import Batch
 
@@ -193,26 +197,65 @@ class SchedulersPublic(BaseModel):
     default: str
 
 
+# The job types, for the template's schema; a template's type is checked with each expanded spec.
+JOB_TYPES = tuple(JOB_SPEC.json_schema()["discriminator"]["mapping"])
+_SWEEP_DESCRIPTION = 'Params field → its values, e.g. {"prompt": [...], "seed": [1, 2]}.'
+
+
 class BatchTemplate(BaseModel):
-    """A job spec whose params the sweep completes; validated once expanded."""
+    """A job spec whose params the sweep completes; validated once expanded (its errors are located
+    at each expansion, `["body", "sweep", index, ...]`), so the schema's limits are only stated here."""
 
     model_config = ConfigDict(extra="forbid")
-    type: str = "text2img"
-    model: str
+    type: str = Field(default="text2img", json_schema_extra={"enum": list(JOB_TYPES)})
+    model: str = Field(json_schema_extra={"minLength": 1, "maxLength": 512})
     params: dict[str, Any] = {}
+
+
+class BatchOfJobs(BaseModel):
+    """A batch given as a list of job specs (the schema of `BatchCreate`'s first form)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    jobs: list[JobSpec] = Field(min_length=1)
+
+
+class BatchOfSweep(BaseModel):
+    """A batch given as a template and a sweep (the schema of `BatchCreate`'s second form)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    template: BatchTemplate
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        min_length=1, description=_SWEEP_DESCRIPTION
+    )
 
 
 class BatchCreate(BaseModel):
     """Either `jobs`, a list of job specs, or a `template` and a `sweep` that the server expands into
     one job per combination of the sweep's values (the last key varies fastest)."""
 
+    # One model checks both forms, so that a body that is neither gets one plain message rather than the
+    # errors of both forms; its JSON schema is the `oneOf` of the two (`BatchOfJobs`, `BatchOfSweep`).
+
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
     jobs: list[JobSpec] | None = Field(default=None, min_length=1)
     template: BatchTemplate | None = None
-    sweep: dict[str, list[Any]] | None = Field(
-        default=None, description='Params field → its values, e.g. {"prompt": [...], "seed": [1, 2]}.'
-    )
+    sweep: dict[str, list[Any]] | None = Field(default=None, description=_SWEEP_DESCRIPTION)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "title": cls.__name__,
+            "description": inspect.cleandoc(cls.__doc__ or ""),
+            "oneOf": [
+                handler(BatchOfJobs.__pydantic_core_schema__),
+                handler(BatchOfSweep.__pydantic_core_schema__),
+            ],
+        }
 
     @model_validator(mode="after")
     def _one_source(self) -> "BatchCreate":

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.admission import Admission, job_values, unprocessable
 from api.deps import BatchDep, SessionDep
-from api.routes.uploads import FileField, read_upload
+from api.routes.uploads import REQUIRED_BODY, FileField, read_upload
 from api.schemas import BatchCreate, BatchPublic
 from core.batch_specs import (
     BatchInvalid,
@@ -101,7 +101,9 @@ def create_batch(
     return write_batch(session, body.name, batch, background, str(request.base_url))
 
 
-@router.post("/jsonl", status_code=status.HTTP_201_CREATED, response_model=BatchPublic)
+@router.post(
+    "/jsonl", status_code=status.HTTP_201_CREATED, response_model=BatchPublic, openapi_extra=REQUIRED_BODY
+)
 async def create_batch_from_jsonl(
     request: Request,
     background: BackgroundTasks,

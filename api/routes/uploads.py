@@ -18,8 +18,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 # Multipart framing around the file: boundaries, part headers and a few short text fields.
 FORM_OVERHEAD_BYTES = 64 * 1024
 
-# Optional in the signature so that a request without it gets this message, not a bare "Field required".
+# Optional in the signature so that a request without it gets `read_upload`'s message rather than a bare
+# "Field required"; the routes mark the body required (`REQUIRED_BODY`).
 FileField = Annotated[UploadFile | None, File(description="The file (required).")]
+REQUIRED_BODY = {"requestBody": {"required": True}}
 
 
 async def read_upload(request: Request, file: UploadFile | None) -> bytes:
@@ -54,6 +56,7 @@ async def read_upload(request: Request, file: UploadFile | None) -> bytes:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UploadPublic,
+    openapi_extra=REQUIRED_BODY,
     responses={
         413: {"description": "Over the byte or pixel limit."},
         422: {"description": "Neither an image nor a zip."},
