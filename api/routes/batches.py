@@ -108,7 +108,9 @@ async def create_batch_from_jsonl(
     request: Request,
     background: BackgroundTasks,
     file: FileField = None,
-    type: Annotated[str | None, Form(description="Job type of the lines that name none (text2img).")] = None,
+    type_: Annotated[
+        str | None, Form(alias="type", description="Job type of the lines that name none (text2img).")
+    ] = None,
     model: Annotated[str | None, Form(description="Model of the lines that name none.")] = None,
     name: Annotated[str | None, Form(description="A name for the batch.")] = None,
 ) -> BatchPublic:
@@ -120,7 +122,7 @@ async def create_batch_from_jsonl(
     """
     data = await read_upload(request, file)
     return await run_in_threadpool(
-        _jsonl_batch, data, type or None, model or None, name or None, background, str(request.base_url)
+        _jsonl_batch, data, type_ or None, model or None, name or None, background, str(request.base_url)
     )
 
 

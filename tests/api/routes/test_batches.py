@@ -143,3 +143,10 @@ def test_unknown_batch_is_404(api) -> None:
         response = api.get(f"/v1/batches/{uuid.uuid4()}{path}")
         assert response.status_code == 404
         assert "no batch with id" in response.text
+
+
+def test_jsonl_form_type_is_the_default_job_type(api) -> None:
+    response = post_jsonl(api, '{"prompt": "x"}\n', model="tiny-sd", type="img2img")
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "file", "line", 1, "img2img", "params", "image"]
