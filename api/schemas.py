@@ -1,16 +1,28 @@
 """What the API returns."""
 
+import inspect
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from core.batches import BatchState
 from core.schedules import as_utc
-from core.specs import JobSpec
+from core.specs import JOB_SPEC, JobSpec
 from core.storage import Storage
-from core.tables import Batch, Job, JobMetric, RegisteredModel, Schedule
+from core.tables import Batch
 
 
 class JobError(BaseModel):
@@ -19,6 +31,8 @@ class JobError(BaseModel):
 
 
 class JobOutput(BaseModel):
+    """A stored output; its `url` is made from the `storage` and `base_url` in the validation context."""
+
     key: str
     url: str
     content_type: str
@@ -31,8 +45,20 @@ class JobOutput(BaseModel):
     step: int | None = None
     name: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _with_url(cls, output: Any, info: ValidationInfo) -> Any:
+        if isinstance(output, dict) and "url" not in output and info.context:
+            storage: Storage = info.context["storage"]
+            return output | {"url": storage.url(output["key"], base_url=info.context["base_url"])}
+        return output
+
 
 class JobPublic(BaseModel):
+    """`JobPublic.model_validate(job, context={"storage": storage, "base_url": base_url})`."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     type: str
     model: str | None
@@ -54,34 +80,20 @@ class JobPublic(BaseModel):
     schedule_id: uuid.UUID | None = None
     scheduled_for: datetime | None = None
 
+    @field_validator("outputs", mode="before")
     @classmethod
-    def from_job(cls, job: Job, storage: Storage, base_url: str) -> "JobPublic":
-        outputs = [
-            JobOutput(**output, url=storage.url(output["key"], base_url=base_url))
-            for output in job.outputs or []
-        ]
-        return cls(
-            id=job.id,
-            type=job.type,
-            model=job.model,
-            params=job.params,
-            status=job.status,
-            progress=job.progress,
-            outputs=outputs,
-            error=JobError(**job.error) if job.error else None,
-            attempts=job.attempts,
-            worker=job.worker,
-            device=job.device,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            batch_id=job.batch_id,
-            batch_index=job.batch_index,
-            output_model=job.output_model,
-            overwrite_output_model=bool(job.overwrite_output_model),
-            schedule_id=job.schedule_id,
-            scheduled_for=job.scheduled_for,
-        )
+    def _no_outputs(cls, outputs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        return outputs or []
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _no_error(cls, error: dict[str, str] | None) -> dict[str, str] | None:
+        return error or None
+
+    @field_validator("overwrite_output_model", mode="before")
+    @classmethod
+    def _unset_is_false(cls, value: bool | None) -> bool:
+        return bool(value)
 
 
 class JobsPublic(BaseModel):
@@ -90,14 +102,12 @@ class JobsPublic(BaseModel):
 
 
 class MetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     step: int
     epoch: int
     loss: float
     lr: float
-
-    @classmethod
-    def from_metric(cls, metric: JobMetric) -> "MetricPublic":
-        return cls(step=metric.step, epoch=metric.epoch, loss=metric.loss, lr=metric.lr)
 
 
 class MetricsPublic(BaseModel):
@@ -107,6 +117,8 @@ class MetricsPublic(BaseModel):
 
 
 class ModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     kind: str
     base_model: str | None
@@ -115,18 +127,6 @@ class ModelPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_model(cls, model: RegisteredModel) -> "ModelPublic":
-        return cls(
-            name=model.name,
-            kind=model.kind,
-            base_model=model.base_model,
-            storage_prefix=model.storage_prefix,
-            job_id=model.job_id,
-            created_at=model.created_at,
-            updated_at=model.updated_at,
-        )
-
 
 class ModelsPublic(BaseModel):
     data: list[ModelPublic]
@@ -134,6 +134,8 @@ class ModelsPublic(BaseModel):
 
 
 class SchedulePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     name: str | None
     job: dict[str, Any]
@@ -146,24 +148,10 @@ class SchedulePublic(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    @field_validator("run_at", "next_run_at", "last_run_at", "created_at", "updated_at", mode="after")
     @classmethod
-    def from_schedule(cls, schedule: Schedule) -> "SchedulePublic":
-        def utc(moment: datetime | None) -> datetime | None:
-            return as_utc(moment) if moment is not None else None
-
-        return cls(
-            id=schedule.id,
-            name=schedule.name,
-            job=schedule.job,
-            cron=schedule.cron,
-            timezone=schedule.timezone,
-            run_at=utc(schedule.run_at),
-            enabled=schedule.enabled,
-            next_run_at=utc(schedule.next_run_at),
-            last_run_at=utc(schedule.last_run_at),
-            created_at=utc(schedule.created_at),
-            updated_at=utc(schedule.updated_at),
-        )
+    def _utc(cls, moment: datetime | None) -> datetime | None:
+        return as_utc(moment) if moment is not None else None
 
 
 class ScheduleUpdate(BaseModel):
@@ -209,26 +197,65 @@ class SchedulersPublic(BaseModel):
     default: str
 
 
+# The job types, for the template's schema; a template's type is checked with each expanded spec.
+JOB_TYPES = tuple(JOB_SPEC.json_schema()["discriminator"]["mapping"])
+_SWEEP_DESCRIPTION = 'Params field → its values, e.g. {"prompt": [...], "seed": [1, 2]}.'
+
+
 class BatchTemplate(BaseModel):
-    """A job spec whose params the sweep completes; validated once expanded."""
+    """A job spec whose params the sweep completes; validated once expanded (its errors are located
+    at each expansion, `["body", "sweep", index, ...]`), so the schema's limits are only stated here."""
 
     model_config = ConfigDict(extra="forbid")
-    type: str = "text2img"
-    model: str
+    type: str = Field(default="text2img", json_schema_extra={"enum": list(JOB_TYPES)})
+    model: str = Field(json_schema_extra={"minLength": 1, "maxLength": 512})
     params: dict[str, Any] = {}
+
+
+class BatchOfJobs(BaseModel):
+    """A batch given as a list of job specs (the schema of `BatchCreate`'s first form)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    jobs: list[JobSpec] = Field(min_length=1)
+
+
+class BatchOfSweep(BaseModel):
+    """A batch given as a template and a sweep (the schema of `BatchCreate`'s second form)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    template: BatchTemplate
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        min_length=1, description=_SWEEP_DESCRIPTION
+    )
 
 
 class BatchCreate(BaseModel):
     """Either `jobs`, a list of job specs, or a `template` and a `sweep` that the server expands into
     one job per combination of the sweep's values (the last key varies fastest)."""
 
+    # One model checks both forms, so that a body that is neither gets one plain message rather than the
+    # errors of both forms; its JSON schema is the `oneOf` of the two (`BatchOfJobs`, `BatchOfSweep`).
+
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
     jobs: list[JobSpec] | None = Field(default=None, min_length=1)
     template: BatchTemplate | None = None
-    sweep: dict[str, list[Any]] | None = Field(
-        default=None, description='Params field → its values, e.g. {"prompt": [...], "seed": [1, 2]}.'
-    )
+    sweep: dict[str, list[Any]] | None = Field(default=None, description=_SWEEP_DESCRIPTION)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "title": cls.__name__,
+            "description": inspect.cleandoc(cls.__doc__ or ""),
+            "oneOf": [
+                handler(BatchOfJobs.__pydantic_core_schema__),
+                handler(BatchOfSweep.__pydantic_core_schema__),
+            ],
+        }
 
     @model_validator(mode="after")
     def _one_source(self) -> "BatchCreate":
@@ -245,6 +272,8 @@ class BatchCreate(BaseModel):
 
 
 class BatchRunningJob(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     batch_index: int | None
     progress: dict[str, Any] | None
@@ -253,6 +282,10 @@ class BatchRunningJob(BaseModel):
 
 
 class BatchProgress(BaseModel):
+    """From a `BatchState`'s attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     finished: int
     total: int
     fraction: float
@@ -264,6 +297,9 @@ class BatchManifestLinks(BaseModel):
 
 
 class BatchPublic(BaseModel):
+    """`BatchPublic.model_validate(batch, context={"state": state, "base_url": base_url})`: the batch row's
+    columns, and what its jobs add up to from the `BatchState`."""
+
     id: uuid.UUID
     name: str | None
     total: int
@@ -276,32 +312,25 @@ class BatchPublic(BaseModel):
     created_at: datetime
     canceled_at: datetime | None
 
+    @model_validator(mode="before")
     @classmethod
-    def from_batch(cls, batch: Batch, state: BatchState, base_url: str) -> "BatchPublic":
-        base = f"{base_url.rstrip('/')}/v1/batches/{batch.id}"
-        return cls(
-            id=batch.id,
-            name=batch.name,
-            total=batch.total,
-            status=state.status,
-            done=state.done,
-            counts=state.counts,
-            progress=BatchProgress(finished=state.finished, total=state.total, fraction=state.fraction),
-            running=[
-                BatchRunningJob(
-                    id=job.id,
-                    batch_index=job.batch_index,
-                    progress=job.progress,
-                    worker=job.worker,
-                    started_at=job.started_at,
-                )
-                for job in state.running
-            ],
-            manifest=(
-                BatchManifestLinks(json_url=f"{base}/manifest.json", csv_url=f"{base}/manifest.csv")
-                if state.done
-                else None
-            ),
-            created_at=batch.created_at,
-            canceled_at=batch.canceled_at,
-        )
+    def _from_batch_and_state(cls, batch: Any, info: ValidationInfo) -> Any:
+        if not isinstance(batch, Batch):
+            return batch
+        state: BatchState = info.context["state"]
+        base = f"{info.context['base_url'].rstrip('/')}/v1/batches/{batch.id}"
+        return {
+            "id": batch.id,
+            "name": batch.name,
+            "total": batch.total,
+            "created_at": batch.created_at,
+            "canceled_at": batch.canceled_at,
+            "status": state.status,
+            "done": state.done,
+            "counts": state.counts,
+            "progress": state,
+            "running": state.running,
+            "manifest": {"json_url": f"{base}/manifest.json", "csv_url": f"{base}/manifest.csv"}
+            if state.done
+            else None,
+        }

@@ -2,12 +2,13 @@
 
 A batch's state lives on its jobs; the `batches` row only groups them. The jobs are inserted with one
 executemany INSERT (SQLAlchemy's insertmanyvalues: a few statements of many rows each), not one ORM
-flush per row, and handed to the broker only after the transaction commits.
+flush per row, and handed to the broker only after the transaction commits. A batch's specs come from
+`core/batch_specs.py`; its manifest (every job with its outputs' URLs, as JSON or CSV) is made here.
 """
 
-import itertools
+import csv
+import io
 import json
-import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,64 +16,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from core.storage import Storage
 from core.tables import Batch, Job, JobStatus, utcnow
-
-# A JSON Lines line with this key is a whole job spec; any other line is the params of one.
-SPEC_KEY = "params"
-
-
-def sweep_size(sweep: dict[str, list[Any]]) -> int:
-    return math.prod(len(values) for values in sweep.values())
-
-
-def expand_sweep(template: dict[str, Any], sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """The job specs of a template and a sweep: one per combination of the sweep's values.
-
-    `sweep` maps a params field to the values it takes; the combinations come in the order of
-    `itertools.product` over the keys as given, so the last key varies fastest: a sweep of
-    `{"prompt": [a, b], "seed": [1, 2]}` gives (a, 1), (a, 2), (b, 1), (b, 2). A swept field replaces the
-    template's value.
-    """
-    keys = list(sweep)
-    specs = []
-    for values in itertools.product(*(sweep[key] for key in keys)):
-        params = dict(template.get("params") or {}) | dict(zip(keys, values, strict=True))
-        specs.append({**template, "params": params})
-    return specs
-
-
-@dataclass
-class JsonlLine:
-    number: int
-    spec: dict[str, Any] | None = None
-    error: str | None = None
-
-
-def parse_jsonl(text: str, defaults: dict[str, Any]) -> list[JsonlLine]:
-    """Job specs from JSON Lines, one JSON object a line; blank lines are skipped.
-
-    A line with a "params" key is a job spec (`{"type": ..., "model": ..., "params": {...}}`) whose
-    missing `type` and `model` come from `defaults`; any other line is the params of a job of the
-    default type and model (`{"prompt": "a cat", "seed": 1}`). Specs are validated later, per line.
-    """
-    lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            lines.append(JsonlLine(number, error=f"not JSON: {error}"))
-            continue
-        if not isinstance(value, dict):
-            lines.append(JsonlLine(number, error=f"a line must be a JSON object, got {type(value).__name__}"))
-            continue
-        if SPEC_KEY in value:
-            spec = {key: val for key, val in defaults.items() if val is not None} | value
-        else:
-            spec = {key: val for key, val in defaults.items() if val is not None} | {"params": value}
-        lines.append(JsonlLine(number, spec=spec))
-    return lines
 
 
 def insert_batch(
@@ -161,3 +106,95 @@ def batch_state(session: Session, batch: Batch, running_limit: int = 100) -> Bat
 def batch_jobs(session: Session, batch_id: uuid.UUID) -> list[Job]:
     """Every job of a batch, in batch order."""
     return list(session.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.batch_index)))
+
+
+def manifest_entries(session: Session, batch: Batch, storage: Storage, base_url: str) -> list[dict[str, Any]]:
+    """One entry per job, in batch order, with its parameters and its outputs' URLs."""
+    return [
+        {
+            "index": job.batch_index,
+            "job_id": str(job.id),
+            "status": job.status,
+            "type": job.type,
+            "model": job.model,
+            "params": job.params,
+            "error": job.error,
+            "outputs": [
+                output | {"url": storage.url(output["key"], base_url=base_url)}
+                for output in job.outputs or []
+            ],
+        }
+        for job in batch_jobs(session, batch.id)
+    ]
+
+
+def manifest(session: Session, batch: Batch, storage: Storage, base_url: str) -> dict[str, Any]:
+    """Every job of the batch with its parameters, status, error and outputs; before the batch is done
+    (`done` false) the jobs as they are so far."""
+    state = batch_state(session, batch, running_limit=0)
+    return {
+        "batch_id": str(batch.id),
+        "name": batch.name,
+        "status": state.status,
+        "done": state.done,
+        "counts": state.counts,
+        "jobs": manifest_entries(session, batch, storage, base_url),
+    }
+
+
+CSV_COLUMNS = (
+    "index",
+    "job_id",
+    "status",
+    "type",
+    "model",
+    "output",
+    "seed",
+    "width",
+    "height",
+    "url",
+    "key",
+    "prompt",
+    "error",
+    "params",
+)
+
+
+def manifest_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The CSV rows of manifest entries: one per output, with its own seed and URL and the job's params
+    (with that seed) as JSON; a job without outputs gets one row with its status and error."""
+    rows = []
+    for entry in entries:
+        error = entry["error"] or {}
+        row = {
+            "index": entry["index"],
+            "job_id": entry["job_id"],
+            "status": entry["status"],
+            "type": entry["type"],
+            "model": entry["model"],
+            "prompt": entry["params"].get("prompt", ""),
+            "error": f"{error['code']}: {error['message']}" if error else "",
+        }
+        for number, output in enumerate(entry["outputs"] or [{}]):
+            params = entry["params"] | ({"seed": output["seed"]} if output.get("seed") is not None else {})
+            rows.append(
+                row
+                | {
+                    "output": number if output else "",
+                    "seed": output.get("seed", entry["params"].get("seed", "")),
+                    "width": output.get("width", ""),
+                    "height": output.get("height", ""),
+                    "url": output.get("url", ""),
+                    "key": output.get("key", ""),
+                    "params": json.dumps(params, sort_keys=True),
+                }
+            )
+    return rows
+
+
+def manifest_csv(entries: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(manifest_rows(entries))
+    return buffer.getvalue()

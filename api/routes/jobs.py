@@ -25,7 +25,9 @@ EXAMPLE = {
 
 
 def public(job: Job, request: Request) -> JobPublic:
-    return JobPublic.from_job(job, get_storage(), str(request.base_url))
+    return JobPublic.model_validate(
+        job, context={"storage": get_storage(), "base_url": str(request.base_url)}
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
@@ -79,7 +81,7 @@ def get_job_metrics(
 ) -> MetricsPublic:
     """A training job's loss history: `step`, `epoch`, `loss`, `lr` of each optimizer step."""
     rows = job_metrics(session, job.id, after_step=after_step, limit=limit)
-    metrics = [MetricPublic.from_metric(m) for m in rows]
+    metrics = [MetricPublic.model_validate(m) for m in rows]
     return MetricsPublic(job_id=job.id, data=metrics, count=len(metrics))
 
 

@@ -16,7 +16,7 @@ def get_models(
     session: SessionDep,
     kind: Annotated[str | None, Query(pattern="^(unconditional|lora)$")] = None,
 ) -> ModelsPublic:
-    models = [ModelPublic.from_model(model) for model in list_models(session, kind)]
+    models = [ModelPublic.model_validate(model) for model in list_models(session, kind)]
     return ModelsPublic(data=models, count=len(models))
 
 
@@ -25,4 +25,4 @@ def get_model(name: str, session: SessionDep) -> ModelPublic:
     model = find_model(session, name)
     if model is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no registered model named '{name}'")
-    return ModelPublic.from_model(model)
+    return ModelPublic.model_validate(model)

@@ -73,18 +73,18 @@ def create_schedule(
     _apply(session, schedule, spec)
     session.add(schedule)
     session.commit()
-    return SchedulePublic.from_schedule(schedule)
+    return SchedulePublic.model_validate(schedule)
 
 
 @router.get("", response_model=SchedulesPublic)
 def list_schedules(session: SessionDep) -> SchedulesPublic:
     schedules = session.scalars(select(Schedule).order_by(Schedule.created_at.desc())).all()
-    return SchedulesPublic(data=[SchedulePublic.from_schedule(s) for s in schedules], count=len(schedules))
+    return SchedulesPublic(data=[SchedulePublic.model_validate(s) for s in schedules], count=len(schedules))
 
 
 @router.get("/{schedule_id}", response_model=SchedulePublic)
 def get_schedule(schedule: ScheduleDep) -> SchedulePublic:
-    return SchedulePublic.from_schedule(schedule)
+    return SchedulePublic.model_validate(schedule)
 
 
 @router.patch("/{schedule_id}", response_model=SchedulePublic)
@@ -92,7 +92,7 @@ def update_schedule(update: ScheduleUpdate, schedule: ScheduleDep, session: Sess
     """Change any of `name`, `job`, `cron` / `run_at`, `timezone`, `enabled`; the due time is worked out
     again. Giving `cron` drops `run_at` and the other way round."""
     changes = update.model_dump(mode="json", exclude_unset=True)
-    current = SchedulePublic.from_schedule(schedule).model_dump(
+    current = SchedulePublic.model_validate(schedule).model_dump(
         mode="json", include={"name", "job", "cron", "run_at", "timezone", "enabled"}
     )
     if "cron" in changes and changes["cron"] is not None:
@@ -110,7 +110,7 @@ def update_schedule(update: ScheduleUpdate, schedule: ScheduleDep, session: Sess
         ) from None
     _apply(session, schedule, spec)
     session.commit()
-    return SchedulePublic.from_schedule(schedule)
+    return SchedulePublic.model_validate(schedule)
 
 
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)

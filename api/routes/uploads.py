@@ -2,34 +2,70 @@
 and zips of images (with captions) as training datasets."""
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from api.forms import multipart_body, read_upload
 from api.schemas import UploadPublic
+from core.config import get_settings
 from core.specs import upload_key
 from core.storage import get_storage
 from core.uploads import BadImage, store_upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 ZIP_MAGIC = b"PK\x03\x04"
+# Multipart framing around the file: boundaries, part headers and a few short text fields.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+# Optional in the signature so that a request without it gets `read_upload`'s message rather than a bare
+# "Field required"; the routes mark the body required (`REQUIRED_BODY`).
+FileField = Annotated[UploadFile | None, File(description="The file (required).")]
+REQUIRED_BODY = {"requestBody": {"required": True}}
+
+
+async def read_upload(request: Request, file: UploadFile | None) -> bytes:
+    """The bytes of the multipart field `file`: a 422 without one, a 413 past DIFFQ_MAX_UPLOAD_BYTES.
+
+    At most the limit and one byte are read (Starlette spools a large file to disk, not to memory).
+    """
+    limit = get_settings().max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"the upload is {declared} bytes; the limit is {limit} (DIFFQ_MAX_UPLOAD_BYTES)",
+        )
+    if file is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {"loc": ["body", "file"], "msg": "send the file as multipart field 'file'", "type": "missing"}
+            ],
+        )
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"the file is over {limit} bytes, the limit (DIFFQ_MAX_UPLOAD_BYTES)",
+        )
+    return data
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UploadPublic,
-    openapi_extra=multipart_body(),
+    openapi_extra=REQUIRED_BODY,
     responses={
         413: {"description": "Over the byte or pixel limit."},
         422: {"description": "Neither an image nor a zip."},
     },
 )
-async def create_upload(request: Request) -> UploadPublic:
+async def create_upload(request: Request, file: FileField = None) -> UploadPublic:
     """Store an input image (PNG, JPEG, WebP or BMP) or a dataset zip (multipart field `file`); jobs
     name it by its id: `{"upload": id}` as an image, `"dataset": id` in a training job."""
-    data, _ = await read_upload(request)
+    data = await read_upload(request, file)
     if data.startswith(ZIP_MAGIC):
         # A training dataset: its images are checked when a job reads it (bad_input names the file).
         upload_id = uuid.uuid4().hex

@@ -3,8 +3,10 @@
 import uuid
 
 import httpx
+import jsonschema
 import pytest
 
+from api.routes.batches import EXAMPLE
 from core.db import db_session
 from core.tables import Batch
 from tests.utils.jobs import text2img_spec
@@ -27,23 +29,46 @@ def batch_count() -> int:
         return session.query(Batch).count()
 
 
-@pytest.mark.parametrize(
-    ("body", "words"),
-    [
-        ({"jobs": []}, "at least 1 item"),
-        (
-            {"jobs": [text2img_spec()], "template": {"model": "tiny-sd"}, "sweep": {"seed": [1]}},
-            "either jobs",
-        ),
-        ({"template": {"model": "tiny-sd", "params": {"prompt": "x"}}}, "a template needs a sweep"),
-        ({"template": {"model": "tiny-sd"}, "sweep": {"seed": []}}, "must not be empty: seed"),
-        ({"jobs": [text2img_spec()], "sweep": {"seed": [1]}}, "leave sweep out"),
-    ],
-)
+MALFORMED = [
+    ({"jobs": []}, "at least 1 item"),
+    (
+        {"jobs": [text2img_spec()], "template": {"model": "tiny-sd"}, "sweep": {"seed": [1]}},
+        "either jobs",
+    ),
+    ({"template": {"model": "tiny-sd", "params": {"prompt": "x"}}}, "a template needs a sweep"),
+    ({"template": {"model": "tiny-sd"}, "sweep": {"seed": []}}, "must not be empty: seed"),
+    ({"jobs": [text2img_spec()], "sweep": {"seed": [1]}}, "leave sweep out"),
+]
+WELL_FORMED = [
+    EXAMPLE,
+    {"jobs": [text2img_spec(), text2img_spec(seed=2)]},
+    {"name": "n", "template": {"model": "tiny-sd"}, "sweep": {"seed": [1]}},
+]
+
+
+@pytest.mark.parametrize(("body", "words"), MALFORMED)
 def test_malformed_batch_is_422(api, body: dict, words: str) -> None:
     response = post(api, body)
     assert response.status_code == 422
     assert words in response.text
+
+
+def batch_body_validator() -> jsonschema.Draft202012Validator:
+    from api.main import app
+
+    openapi = app.openapi()
+    [content] = openapi["paths"]["/v1/batches"]["post"]["requestBody"]["content"].values()
+    return jsonschema.Draft202012Validator(content["schema"] | {"components": openapi["components"]})
+
+
+@pytest.mark.parametrize("body", [body for body, _ in MALFORMED])
+def test_the_body_schema_refuses_what_the_route_refuses(body: dict) -> None:
+    assert not batch_body_validator().is_valid(body)
+
+
+@pytest.mark.parametrize("body", WELL_FORMED)
+def test_the_body_schema_accepts_a_list_of_jobs_or_a_template_and_sweep(body: dict) -> None:
+    batch_body_validator().validate(body)
 
 
 def test_one_bad_job_rejects_the_whole_batch_and_names_it(api) -> None:
@@ -118,3 +143,10 @@ def test_unknown_batch_is_404(api) -> None:
         response = api.get(f"/v1/batches/{uuid.uuid4()}{path}")
         assert response.status_code == 404
         assert "no batch with id" in response.text
+
+
+def test_jsonl_form_type_is_the_default_job_type(api) -> None:
+    response = post_jsonl(api, '{"prompt": "x"}\n', model="tiny-sd", type="img2img")
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "file", "line", 1, "img2img", "params", "image"]
