@@ -10,7 +10,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.config import get_settings
 from core.errors import BadInput
@@ -94,7 +94,10 @@ def _decode(data: bytes) -> tuple[Image.Image, ImageInfo]:
     except Exception as error:
         # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
         # struct.error, ...); to a user they all mean the same thing.
-        reason = str(error) or type(error).__name__
+        if isinstance(error, UnidentifiedImageError):  # its message is the repr of our BytesIO
+            reason = f"{len(data)} bytes in no format Pillow recognises"
+        else:
+            reason = str(error) or type(error).__name__
         formats = ", ".join(ALLOWED_FORMATS[:-1]) + f" or {ALLOWED_FORMATS[-1]}"
         raise BadImage(f"not a decodable image ({reason}); send a {formats} file") from error
     return image, info

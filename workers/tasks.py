@@ -67,7 +67,13 @@ class RunJobRequest(Request):
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-@app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest)
+class JobFailed(Exception):
+    """Raised by the task of a job that failed (and is recorded failed), so that Celery's log and
+    Flower show a failed task. An expected exception (`throws`): logged without a traceback, and,
+    with `task_acks_on_failure_or_timeout` (Celery's default), acknowledged, never redelivered."""
+
+
+@app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest, throws=(JobFailed,))
 def run_job(self: Task, job_id: str) -> str:
     job = claim_job(uuid.UUID(job_id), worker=self.request.hostname or "worker", device=device_label())
     if job is None:
@@ -96,7 +102,7 @@ def run_job(self: Task, job_id: str) -> str:
     progress = run.reporter.current if run.reporter else None
     if error is not None:
         finish_job(job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
-        return JobStatus.FAILED
+        raise JobFailed(f"job {job_id} failed: {error['code']}: {error['message']}")
     if not finish_job(job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress):
         if job_status(job.id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.
