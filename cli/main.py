@@ -15,10 +15,14 @@ from core.config import get_settings
 app = typer.Typer(
     help="diffq: a job queue for diffusion models.", no_args_is_help=True, rich_markup_mode=None
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-models_app = typer.Typer(help="The local model store.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
+models_app = typer.Typer(help="The local model store.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+
+# The quickstart's defaults (see cli/quickstart.py for how they were measured).
+QUICKSTART_EPOCHS = 60
+QUICKSTART_STEPS = 50
 
 ApiUrl = Annotated[str | None, typer.Option(help="API base URL (default: DIFFQ_PUBLIC_URL).")]
 
@@ -500,15 +504,24 @@ def upload(file: Path, api_url: ApiUrl = None) -> None:
 
 @app.command()
 def quickstart(
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of 16 steps each.")] = 90,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of 16 steps each.")] = QUICKSTART_EPOCHS,
     num_images: Annotated[int, typer.Option(min=1, max=16, help="Images to generate.")] = 16,
-    inference_steps: Annotated[int, typer.Option(min=1, max=1000, help="DDPM steps per image.")] = 1000,
+    inference_steps: Annotated[
+        int, typer.Option(min=1, max=1000, help="Denoising steps per generated image.")
+    ] = QUICKSTART_STEPS,
+    scheduler: Annotated[str, typer.Option(help="The scheduler that generates the grid.")] = "ddim",
+    name: Annotated[str, typer.Option(help="The name the trained model is registered under.")] = (
+        "quickstart-glyphs"
+    ),
 ) -> None:
     """Run diffq end to end on embedded defaults: train a small model on the built-in glyphs dataset
     through a job, then generate a grid of images with it."""
     from cli.quickstart import run_quickstart
 
-    raise typer.Exit(run_quickstart(epochs=epochs, num_images=num_images, inference_steps=inference_steps))
+    status = run_quickstart(
+        epochs=epochs, num_images=num_images, inference_steps=inference_steps, scheduler=scheduler, name=name
+    )
+    raise typer.Exit(status)
 
 
 def main() -> None:
