@@ -34,7 +34,7 @@ def test_quickstart_trains_then_generates(tmp_path: Path) -> None:
     out = result.stdout
     assert re.search(r"\(train_unconditional\) succeeded on diffq@", out), out
     assert re.search(r"\(unconditional\) succeeded on diffq@", out), out
-    assert "10 ddim steps" in out
+    assert "10 ddpm steps" in out
     # Warnings a user can't act on stay out of the quickstart's output (the worker's log has them).
     for noise in ("SecurityWarning", "superuser", "torchvision", "Traceback", "celery@", "[queues]"):
         assert noise not in out + result.stderr, noise
@@ -48,7 +48,7 @@ def test_quickstart_trains_then_generates(tmp_path: Path) -> None:
         assert path.is_relative_to(home / "outputs")
         parameters = read_png_parameters(path.read_bytes())
         assert parameters["model"] == "quickstart-glyphs"
-        assert parameters["params"]["scheduler"] == "ddim"
+        assert parameters["params"]["scheduler"] == "ddpm"
         with Image.open(path) as image:
             assert image.size == (16, 16)
 
