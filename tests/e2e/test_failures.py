@@ -62,7 +62,7 @@ def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:
     # A failed job is a failed task in the worker's log (and in Flower), not a "succeeded" one.
     def task_line() -> str | None:
         lines = fault_worker.log_path.read_text(errors="replace").splitlines()
-        return next((line for line in lines if f"[{job_id}]" in line and "Task " in line), None)
+        return next((line for line in lines if "Task diffq.run_job[" in line and job_id in line), None)
 
     line = wait_for(task_line, 30, "the task's line in the worker log", interval=0.2)
     assert "succeeded" not in line
