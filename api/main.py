@@ -1,13 +1,20 @@
 """The submission API. Start it with `diffq api`."""
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from api.routes import batches, files, jobs, metrics, models, schedulers, schedules, uploads
+
+DOCS_ASSETS = "/docs-assets"
 
 app = FastAPI(
     title="diffq",
     summary="A job queue for diffusion models: submit generation and training jobs, watch them run, "
     "fetch images and models.",
+    docs_url=None,  # served below from the package's own Swagger UI files, so that it works offline
 )
 app.include_router(jobs.router)
 app.include_router(files.router)
@@ -17,6 +24,24 @@ app.include_router(schedulers.router)
 app.include_router(metrics.router)
 app.include_router(models.router)
 app.include_router(schedules.router)
+app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+
+@app.get("/docs", include_in_schema=False)
+def swagger_ui() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json",
+        title=f"{app.title} - Swagger UI",
+        oauth2_redirect_url=app.swagger_ui_oauth2_redirect_url,
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+    )
+
+
+@app.get(app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect", include_in_schema=False)
+def swagger_ui_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
 
 
 @app.get("/healthz", tags=["health"])

@@ -36,3 +36,38 @@ def download_batch(client: Client, batch_id: str, folder: Path, threads: int = 8
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (folder / "manifest.csv").write_text(client.manifest_csv(batch_id))
     return paths
+
+
+def is_image(output: dict[str, Any]) -> bool:
+    return str(output.get("content_type", "")).startswith("image/")
+
+
+def download_job(client: Client, job: dict[str, Any], folder: Path) -> list[Path]:
+    """Write the job's images (generated images, training sample grids) into `folder`, each under its
+    storage key relative to the job (`0.png`, `samples/…png`). Returns their paths."""
+    prefix = f"jobs/{job['id']}/"
+    paths = []
+    for output in job["outputs"]:
+        if not is_image(output):
+            continue
+        path = folder / output["key"].removeprefix(prefix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(client.download(output["url"]))
+        paths.append(path)
+    return paths
+
+
+def local_path(key: str) -> Path | None:
+    """Where an output is on this machine, when storage is a local folder that has it."""
+    from urllib.parse import urlparse
+
+    from core.config import get_settings
+    from core.storage import LocalStorage, make_storage
+
+    settings = get_settings()
+    if urlparse(settings.storage_url).scheme != "file":
+        return None
+    storage = make_storage(settings)
+    if isinstance(storage, LocalStorage) and storage.exists(key):
+        return storage.path(key)
+    return None

@@ -11,11 +11,22 @@ import typer
 
 from core.config import get_settings
 
-app = typer.Typer(help="diffq: a job queue for diffusion models.", no_args_is_help=True)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-models_app = typer.Typer(help="The local model store.", no_args_is_help=True)
+# Plain (not boxed) help and usage errors: a usage error is a usage line and one `Error:` line.
+app = typer.Typer(
+    help="diffq: a job queue for diffusion models.", no_args_is_help=True, rich_markup_mode=None
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
+models_app = typer.Typer(help="The local model store.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+
+# The quickstart's defaults. Measured on the 2-core machine: 40 epochs (640 steps) of the
+# quickstart's UNet, sampled with 50 or 100 strided DDPM steps, draw clean coloured squares, crosses
+# and discs; DDIM or DPM-Solver++ at 25-50 steps give muddy or saturated noise from a model this
+# briefly trained (they do not correct its errors as DDPM's fresh noise does).
+QUICKSTART_EPOCHS = 40
+QUICKSTART_STEPS = 100
+QUICKSTART_SCHEDULER = "ddpm"
 
 ApiUrl = Annotated[str | None, typer.Option(help="API base URL (default: DIFFQ_PUBLIC_URL).")]
 
@@ -171,8 +182,10 @@ def db_upgrade(revision: str = "head") -> None:
     """Create or upgrade the database schema."""
     from migrations.run import upgrade
 
-    upgrade(revision)
-    typer.echo(f"database at {get_settings().database_url} is at {revision}")
+    url = _masked(get_settings().database_url)
+    if upgrade(revision):
+        typer.echo(f"created the database {url}")
+    typer.echo(f"database at {url} is at {revision}")
 
 
 @models_app.command("make-tiny")
@@ -207,38 +220,216 @@ def submit(
     api_url: ApiUrl = None,
 ) -> None:
     """Submit a job and print its id."""
-    from cli.client import ApiError, Client
+    from cli.client import Client, CliError
 
     if file:
-        spec = json.loads(file.read_text())
+        spec = _read_json(file)
     else:
         if not model:
-            raise typer.BadParameter("pass --model or --file")
+            raise CliError("pass --model (a model name, `diffq models list`, or a Hub id) or --file")
         params = _parse_params(param or [])
         if prompt is not None:
             params["prompt"] = prompt
         spec = {"type": type, "model": model, "params": params}
-    try:
-        job = Client(api_url or get_settings().public_url).submit(spec)
-    except ApiError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
+    job = Client(api_url or get_settings().public_url).submit(spec)
     typer.echo(job["id"])
 
 
-@app.command()
-def watch(job_id: str, api_url: ApiUrl = None) -> None:
-    """Show a job's progress until it ends; exit 1 unless it succeeded."""
-    from cli.client import Client
-    from cli.progress import watch_jobs
+def _read_json(path: Path) -> Any:
+    from cli.client import CliError
 
-    jobs = watch_jobs(Client(api_url or get_settings().public_url), [job_id])
-    job = jobs[0]
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise CliError(f"can't read {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise CliError(f"{path} is not JSON: {error}") from None
+
+
+@app.command()
+def watch(
+    item_id: Annotated[str, typer.Argument(metavar="ID", help="A job id or a batch id.")],
+    api_url: ApiUrl = None,
+) -> None:
+    """Show a job's or a batch's progress until it ends, then where its images are; exit 1 unless it
+    succeeded."""
+    from cli.client import Client
+    from cli.progress import watch_batch, watch_jobs
+
+    client = Client(api_url or get_settings().public_url)
+    kind, item = client.job_or_batch(item_id)
+    if kind == "batch":
+        final = watch_batch(client, item["id"])
+        counts = ", ".join(f"{count} {status}" for status, count in final["counts"].items() if count)
+        typer.echo(f"batch {item['id']} {final['status']}: {counts}")
+        if final["status"] != "succeeded":
+            raise typer.Exit(1)
+        return
+    [job] = watch_jobs(client, [item["id"]])
     for output in job["outputs"]:
-        typer.echo(output["url"])
+        typer.echo(_where(output))
     if job["status"] != "succeeded":
-        typer.echo(f"job {job_id} {job['status']}: {job.get('error')}", err=True)
+        typer.echo(_ended(job), err=True)
         raise typer.Exit(1)
+
+
+def _where(output: dict[str, Any]) -> str:
+    """An output's local path when storage is a local folder here, else its URL."""
+    from cli.download import local_path
+
+    return str(local_path(output["key"]) or output["url"])
+
+
+def _ended(job: dict[str, Any]) -> str:
+    """'job <id> failed: <code>: <message>', or 'job <id> canceled'."""
+    error = job.get("error")
+    text = f"job {job['id']} {job['status']}"
+    return f"{text}: {error['code']}: {error['message']}" if error else text
+
+
+class Status(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+
+@app.command()
+def jobs(
+    status: Annotated[Status | None, typer.Option(help="Only jobs with this status.")] = None,
+    type: Annotated[str | None, typer.Option(help="Only jobs of this type (text2img, ...).")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only the jobs of this batch, in batch order.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="The most jobs to list.")] = 20,
+    api_url: ApiUrl = None,
+) -> None:
+    """List jobs, newest first: id, type, model, status, progress, when it was submitted."""
+    from cli.client import Client, check_id
+
+    batch_id = check_id(batch, "batch") if batch else None
+    listed = Client(api_url or get_settings().public_url).jobs(
+        status=status.value if status else None, type=type, batch_id=batch_id, limit=limit
+    )
+    if not listed["data"]:
+        typer.echo("no jobs", err=True)
+        return
+    for job in listed["data"]:
+        progress = job.get("progress") or {}
+        steps = f"{progress.get('step', 0)}/{progress['total']}" if progress.get("total") else "-"
+        created = job["created_at"][:19].replace("T", " ")
+        error = f"  {job['error']['code']}" if job.get("error") else ""
+        typer.echo(
+            f"{job['id']}  {job['type']:<19} {job['model'] or job.get('output_model') or '-':<20} "
+            f"{job['status']:<9} {steps:>9}  {created}{error}"
+        )
+
+
+@app.command()
+def show(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="A job id.")], api_url: ApiUrl = None
+) -> None:
+    """Show one job: status, progress, error, outputs (local paths or URLs) and params."""
+    from cli.client import ApiError, Client, CliError, check_id
+    from cli.progress import clock
+
+    client = Client(api_url or get_settings().public_url)
+    try:
+        job = client.job(check_id(job_id))
+    except ApiError as error:
+        if error.status_code == 404:
+            raise CliError(f"no job with id {job_id} (`diffq jobs` lists the jobs)") from None
+        raise
+    progress = job.get("progress") or {}
+    lines = [
+        ("job", job["id"]),
+        ("type", job["type"]),
+        ("model", job["model"] or "-"),
+        ("status", job["status"]),
+    ]
+    if job.get("output_model"):
+        lines.append(("output model", job["output_model"]))
+    if job.get("batch_id"):
+        lines.append(("batch", f"{job['batch_id']} #{job['batch_index']}"))
+    if progress.get("total"):
+        text = f"step {progress.get('step', 0)}/{progress['total']}"
+        if job["status"] == "running" and progress.get("eta_s") is not None:
+            text += f", {clock(progress['eta_s'])} remaining"
+        lines.append(("progress", text))
+    if job.get("error"):
+        lines.append(("error", f"{job['error']['code']}: {job['error']['message']}"))
+    lines.append(("attempts", str(job["attempts"])))
+    if job.get("worker"):
+        lines.append(("worker", f"{job['worker']} on {job.get('device') or '?'}"))
+    for label, key in (("submitted", "created_at"), ("started", "started_at"), ("finished", "finished_at")):
+        if job.get(key):
+            lines.append((label, job[key][:19].replace("T", " ")))
+    lines.append(("params", json.dumps(job["params"], sort_keys=True)))
+    for label, value in lines:
+        typer.echo(f"{label + ':':<14}{value}")
+    if job["outputs"]:
+        typer.echo("outputs:")
+        for output in job["outputs"]:
+            typer.echo(f"  {_where(output)}")
+
+
+DownloadDir = Annotated[Path | None, typer.Option("--dir", help="The folder to write into (default: ./ID).")]
+
+
+@app.command()
+def download(
+    item_id: Annotated[str, typer.Argument(metavar="ID", help="A job id or a batch id.")],
+    dir: DownloadDir = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Download a job's images, or a batch's images with its manifests, into a folder."""
+    from cli.client import Client, CliError
+    from cli.download import download_batch, download_job
+
+    client = Client(api_url or get_settings().public_url)
+    kind, item = client.job_or_batch(item_id)
+    folder = dir or Path(item["id"])
+    if kind == "batch":
+        paths = download_batch(client, item["id"], folder)
+        typer.echo(f"{len(paths)} images and the manifests of batch {item['id']} in {folder}")
+        return
+    if item["status"] != "succeeded" and not item["outputs"]:
+        raise CliError(f"{_ended(item)}; it has no images yet (`diffq watch {item['id']}` waits for it)")
+    paths = download_job(client, item, folder)
+    for path in paths:
+        typer.echo(path)
+    if not paths:
+        raise CliError(f"job {item['id']} has no images to download")
+
+
+@app.command()
+def config() -> None:
+    """Print the settings in use: database, broker, storage, models dir, API URL (secrets masked)."""
+    settings = get_settings()
+    masked = _masked
+    broker = settings.broker_url
+    if broker == "filesystem://":
+        broker += f" (in {settings.broker_dir})"
+    rows = [
+        ("home", str(settings.home), "DIFFQ_HOME"),
+        ("database", masked(settings.database_url), "DIFFQ_DATABASE_URL"),
+        ("broker", masked(broker) if "://" in broker and "@" in broker else broker, "DIFFQ_BROKER_URL"),
+        ("storage", settings.storage_url, "DIFFQ_STORAGE_URL"),
+        ("models dir", str(settings.models_dir), "DIFFQ_MODELS_DIR"),
+        ("API URL", settings.public_url, "DIFFQ_PUBLIC_URL"),
+    ]
+    if settings.s3_endpoint_url:
+        rows.append(("S3 endpoint", settings.s3_endpoint_url, "DIFFQ_S3_ENDPOINT_URL"))
+    if settings.flower_user:
+        rows.append(
+            (
+                "Flower user",
+                settings.flower_user + " (password set)" * bool(settings.flower_password),
+                "DIFFQ_FLOWER_USER",
+            )
+        )
+    for label, value, variable in rows:
+        source = "set" if variable in os.environ else "default"
+        typer.echo(f"{label + ':':<13}{value}   [{variable}, {source}]")
 
 
 @app.command()
@@ -259,16 +450,12 @@ def batch(
     with a "params" key is a whole job spec, whose type and model default to --type and --model.
     With --watch or --download, exit 1 unless every job succeeded.
     """
-    from cli.client import ApiError, Client
+    from cli.client import Client
     from cli.download import download_batch
     from cli.progress import watch_batch
 
     client = Client(api_url or get_settings().public_url)
-    try:
-        submitted = client.submit_batch_jsonl(file, type=type, model=model, name=name)
-    except ApiError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
+    submitted = client.submit_batch_jsonl(file, type=type, model=model, name=name)
     batch_id = submitted["id"]
     typer.echo(batch_id)
     if not (watch or download):
@@ -296,15 +483,16 @@ def cancel(
     api_url: ApiUrl = None,
 ) -> None:
     """Cancel jobs or batches: queued jobs never run, running ones stop at their next step."""
-    from cli.client import ApiError, Client
+    from cli.client import Client, CliError, check_id
 
     client = Client(api_url or get_settings().public_url)
     failed = False
     for item in ids:
         try:
+            item = check_id(item, "batch" if batch else "job")
             result = client.cancel_batch(item) if batch else client.cancel(item)
-        except ApiError as error:
-            typer.echo(str(error), err=True)
+        except CliError as error:
+            typer.echo(f"{item}: {error}", err=True)
             failed = True
             continue
         typer.echo(f"{item} {result['status']}")
@@ -315,29 +503,60 @@ def cancel(
 @app.command()
 def upload(file: Path, api_url: ApiUrl = None) -> None:
     """Upload an input image; print the reference a job's params take (e.g. --param image=...)."""
-    from cli.client import ApiError, Client
+    from cli.client import Client
 
-    try:
-        uploaded = Client(api_url or get_settings().public_url).upload(file)
-    except ApiError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps(uploaded["image"]))
+    uploaded = Client(api_url or get_settings().public_url).upload(file)
+    typer.echo(json.dumps(uploaded.get("image") or {"dataset": uploaded["id"]}))
 
 
 @app.command()
 def quickstart(
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of 16 steps each.")] = 90,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of 16 steps each.")] = QUICKSTART_EPOCHS,
     num_images: Annotated[int, typer.Option(min=1, max=16, help="Images to generate.")] = 16,
-    inference_steps: Annotated[int, typer.Option(min=1, max=1000, help="DDPM steps per image.")] = 1000,
+    inference_steps: Annotated[
+        int, typer.Option(min=1, max=1000, help="Denoising steps per generated image.")
+    ] = QUICKSTART_STEPS,
+    scheduler: Annotated[
+        str, typer.Option(help="The scheduler that generates the grid.")
+    ] = QUICKSTART_SCHEDULER,
+    name: Annotated[str, typer.Option(help="The name the trained model is registered under.")] = (
+        "quickstart-glyphs"
+    ),
 ) -> None:
     """Run diffq end to end on embedded defaults: train a small model on the built-in glyphs dataset
     through a job, then generate a grid of images with it."""
     from cli.quickstart import run_quickstart
 
-    raise typer.Exit(run_quickstart(epochs=epochs, num_images=num_images, inference_steps=inference_steps))
+    status = run_quickstart(
+        epochs=epochs, num_images=num_images, inference_steps=inference_steps, scheduler=scheduler, name=name
+    )
+    raise typer.Exit(status)
 
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from cli.client import CliError
+    from migrations.run import DatabaseUnavailable
+
+    try:
+        app()
+    except (CliError, DatabaseUnavailable) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
+    except (OperationalError, ProgrammingError) as error:
+        settings = get_settings()
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        typer.echo(f"error: the database at {_masked(settings.database_url)} failed: {reason}", err=True)
+        typer.echo("  `diffq db upgrade` creates it; `diffq config` shows the settings in use", err=True)
+        raise SystemExit(1) from None
+
+
+def _masked(url: str) -> str:
+    from sqlalchemy import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

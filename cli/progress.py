@@ -1,9 +1,10 @@
-"""Progress bars for jobs, fed by polling the API."""
+"""Progress bars for jobs and batches, fed by polling the API."""
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from cli.client import FINISHED, Client
 
@@ -14,12 +15,13 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} {task.fields[status]}"),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[steps]} {task.fields[status]}"),
+        TextColumn("{task.fields[times]}"),
         TextColumn("{task.fields[detail]}"),
     ) as bars:
         tasks = {
-            job_id: bars.add_task(job_id[:8], total=None, status="queued", detail="") for job_id in job_ids
+            job_id: bars.add_task(job_id[:8], total=None, status="queued", steps="", times="", detail="")
+            for job_id in job_ids
         }
         while len(final) < len(job_ids):
             for job_id, task in tasks.items():
@@ -27,13 +29,14 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
                     continue
                 job = client.job(job_id)
                 progress = job.get("progress") or {}
-                description = f"{job_id[:8]} {job['type']}"
                 bars.update(
                     task,
-                    description=description,
+                    description=f"{job_id[:8]} {job['type']}",
                     total=progress.get("total"),
                     completed=progress.get("step", 0),
+                    steps=f"step {progress.get('step', 0)}/{progress.get('total') or '?'}",
                     status=job["status"],
+                    times=times(job),
                     detail=training_detail(progress),
                 )
                 if job["status"] in FINISHED:
@@ -44,19 +47,28 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
 
 def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str, Any]:
     """Show the batch's overall bar and one line per running job until every job has ended."""
+    started = time.monotonic()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[detail]}"),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[times]}"),
     ) as bars:
-        overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="")
+        overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="")
         lines: dict[str, TaskID] = {}
         while True:
             batch = client.batch(batch_id)
             counts = batch["counts"]
             detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
-            bars.update(overall, total=1.0, completed=batch["progress"]["fraction"], detail=detail)
+            fraction = batch["progress"]["fraction"]
+            elapsed = time.monotonic() - started
+            bars.update(
+                overall,
+                total=1.0,
+                completed=fraction,
+                detail=detail,
+                times=f"elapsed {clock(elapsed)}",
+            )
             running = {job["id"]: job for job in batch["running"]}
             for job_id in [job_id for job_id in lines if job_id not in running]:
                 bars.remove_task(lines.pop(job_id))
@@ -64,17 +76,44 @@ def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str,
                 progress = job.get("progress") or {}
                 if job_id not in lines:
                     lines[job_id] = bars.add_task(
-                        f"  #{job['batch_index']} {job_id[:8]}", total=None, detail=""
+                        f"  #{job['batch_index']} {job_id[:8]}", total=None, detail="", times=""
                     )
                 bars.update(
                     lines[job_id],
                     total=progress.get("total"),
                     completed=progress.get("step", 0),
-                    detail=f"{progress.get('step', 0)}/{progress.get('total', '?')} on {job.get('worker')}",
+                    detail=f"step {progress.get('step', 0)}/{progress.get('total') or '?'} "
+                    f"on {job.get('worker')}",
+                    times=times(job),
                 )
             if batch["done"]:
                 return batch
             time.sleep(poll_s)
+
+
+def clock(seconds: float | None) -> str:
+    """Seconds as h:mm:ss or m:ss; '?' when unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def times(job: dict[str, Any]) -> str:
+    """'elapsed m:ss remaining m:ss' of a job since it started (the remaining time from its progress)."""
+    if not job.get("started_at"):
+        return ""
+    started = datetime.fromisoformat(job["started_at"])
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    end = datetime.fromisoformat(job["finished_at"]) if job.get("finished_at") else datetime.now(UTC)
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    text = f"elapsed {clock((end - started).total_seconds())}"
+    if job["status"] == "running":
+        text += f" remaining {clock((job.get('progress') or {}).get('eta_s'))}"
+    return text
 
 
 def training_detail(progress: dict[str, Any]) -> str:

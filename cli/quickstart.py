@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -20,6 +21,11 @@ from cli.client import Client
 from cli.progress import watch_jobs
 from core.config import get_settings
 from core.storage import LocalStorage, get_storage
+
+# Warnings the quickstart's user can't act on: transformers' about torchvision, Celery's about
+# running as root (the quickstart's worker reads only its own local broker). The worker's log goes to
+# a file, named when a job fails.
+QUIET = {"PYTHONWARNINGS": "ignore::UserWarning", "TRANSFORMERS_VERBOSITY": "error"}
 
 
 def free_port() -> int:
@@ -52,16 +58,18 @@ UNET_SHAPE = {
     "up_block_types": ["UpBlock2D", "UpBlock2D"],
     "norm_num_groups": 16,
 }
+# The training job's own sample grids use the training scheduler (DDPM), strided to this many steps.
+SAMPLE_STEPS = 50
 # The grid is saved this many times larger than the images, so that 16 px glyphs can be seen.
 GRID_ZOOM = 8
 
 
-def training_spec(epochs: int, inference_steps: int) -> dict[str, Any]:
+def training_spec(epochs: int, name: str = QUICKSTART_MODEL) -> dict[str, Any]:
     """A train_unconditional job on the built-in glyphs: 256 images of 16 px, 16 steps per epoch."""
     return {
         "type": "train_unconditional",
-        "output_model": QUICKSTART_MODEL,
-        "overwrite_output_model": True,  # running the quickstart again replaces its model
+        "output_model": name,
+        "overwrite_output_model": True,  # run_quickstart says so when it replaces an earlier model
         "params": {
             "dataset": "builtin:glyphs",
             "image_size": IMAGE_SIZE,
@@ -69,10 +77,14 @@ def training_spec(epochs: int, inference_steps: int) -> dict[str, Any]:
             "num_epochs": epochs,
             "learning_rate": 1e-3,
             "lr_warmup_steps": 50,
+            # At 16 px the linear schedule leaves little signal in most timesteps; the cosine one
+            # trains on all of them (Nichol & Dhariwal), and the EMA of the weights samples cleaner.
+            "beta_schedule": "squaredcos_cap_v2",
+            "use_ema": True,
             "save_image_epochs": max(1, epochs // 2),
             "save_model_epochs": epochs,
             "checkpointing_steps": 500,
-            "sample_inference_steps": min(inference_steps, 250),
+            "sample_inference_steps": SAMPLE_STEPS,
             "eval_batch_size": 16,
             "seed": 0,
             **UNET_SHAPE,
@@ -80,7 +92,16 @@ def training_spec(epochs: int, inference_steps: int) -> dict[str, Any]:
     }
 
 
-def run_quickstart(epochs: int, num_images: int, inference_steps: int) -> int:
+def free_grid_path(home: Path) -> Path:
+    """`quickstart-grid.png`, or the first of `quickstart-grid-2.png`, … that does not exist yet."""
+    path, number = home / "quickstart-grid.png", 1
+    while path.exists():
+        number += 1
+        path = home / f"quickstart-grid-{number}.png"
+    return path
+
+
+def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler: str, name: str) -> int:
     from diffusers.utils import make_image_grid
     from PIL import Image
 
@@ -99,43 +120,62 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int) -> int:
     # first, and on a busy machine the spinning threads make each step several times slower.
     threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     queues = ",".join(dict.fromkeys(q for q in (settings.queue, settings.train_queue) if q))
+    log_path = settings.home / "quickstart-worker.log"
+    log = log_path.open("w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "cli", "worker", "--loglevel", "WARNING", "--queues", queues],
-        env=os.environ | threads | {"DIFFQ_PUBLIC_URL": url},
+        env=QUIET | os.environ | threads | {"DIFFQ_PUBLIC_URL": url},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         client = Client(url)
-        training = client.submit(training_spec(epochs, inference_steps))
+        earlier = client.request("GET", f"/v1/models/{name}")
+        if earlier.status_code == 200:
+            typer.echo(
+                f"    this run replaces the model '{name}' of an earlier run "
+                f"(job {earlier.json()['job_id']}); pass --name to keep both"
+            )
+        training = client.submit(training_spec(epochs, name))
         typer.echo(
-            f"3/4 training '{QUICKSTART_MODEL}', a UNet2DModel, on builtin:glyphs for {epochs} epochs "
+            f"3/4 training '{name}', a UNet2DModel, on builtin:glyphs for {epochs} epochs "
             f"(job {training['id']}) ..."
         )
         [training] = watch_jobs(client, [training["id"]])
         report(training)
         if training["status"] != "succeeded":
+            typer.echo(f"the worker's log: {log_path}")
             return 1
-        typer.echo(f"4/4 generating {num_images} images with '{QUICKSTART_MODEL}' ...")
+        steps = f"{inference_steps} {scheduler} steps"
+        typer.echo(f"4/4 generating {num_images} images with '{name}' ({steps}) ...")
         generation = client.submit(
             {
                 "type": "unconditional",
-                "model": QUICKSTART_MODEL,
-                "params": {"num_inference_steps": inference_steps, "seed": 0, "num_images": num_images},
+                "model": name,
+                "params": {
+                    "num_inference_steps": inference_steps,
+                    "scheduler": scheduler,
+                    "seed": 0,
+                    "num_images": num_images,
+                },
             }
         )
         [generation] = watch_jobs(client, [generation["id"]])
         report(generation)
         if generation["status"] != "succeeded":
+            typer.echo(f"the worker's log: {log_path}")
             return 1
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+        log.close()
 
     storage = get_storage()
     images = [Image.open(io.BytesIO(storage.get(output["key"]))) for output in generation["outputs"]]
     rows, cols = grid_shape(len(images))
     grid = make_image_grid(images, rows=rows, cols=cols)
     grid = grid.resize((grid.width * GRID_ZOOM, grid.height * GRID_ZOOM), Image.Resampling.NEAREST)
-    grid_path = settings.home / "quickstart-grid.png"
+    grid_path = free_grid_path(settings.home)
     grid.save(grid_path)
     typer.echo(f"the grid of generated glyphs ({rows}×{cols}, shown {GRID_ZOOM}× larger): {grid_path}")
     return 0

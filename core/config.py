@@ -1,12 +1,14 @@
 """All diffq settings, read from `DIFFQ_*` environment variables.
 
 The defaults are the embedded ones: a SQLite file, a local output folder and a filesystem broker,
-all under `DIFFQ_HOME` (`./.diffq`), so that diffq runs with no server at all.
+all under `DIFFQ_HOME` (a per-user data folder, e.g. `~/.local/share/diffq` on Linux), so that diffq
+runs with no server at all, and every process of one user finds the same ones wherever it starts.
 """
 
 from functools import lru_cache
 from pathlib import Path
 
+from platformdirs import user_data_path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFQ_", extra="ignore")
 
-    home: Path = Path(".diffq")
+    home: Path = Field(default_factory=lambda: user_data_path("diffq", appauthor=False))
     database_url: str = ""
     broker_url: str = ""
     storage_url: str = ""

@@ -26,7 +26,7 @@ import warnings
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 PARAMETERS_KEY = "diffq"
@@ -61,17 +61,20 @@ def decode_image(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             image.load()
     except Exception as error:
-        raise bad_image(error) from error
+        raise bad_image(error, data) from error
     return image
 
 
-def bad_image(error: Exception) -> BadImage:
-    """The `BadImage` for an error Pillow raised while reading an image."""
+def bad_image(error: Exception, data: bytes) -> BadImage:
+    """The `BadImage` for an error Pillow raised while reading `data` as an image."""
     if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return BadImage(f"the image is too large to decode safely: {error}", too_large=True)
     # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
     # struct.error, ...); to a user they all mean the same thing.
-    reason = str(error) or type(error).__name__
+    if isinstance(error, UnidentifiedImageError):  # its message shows our BytesIO object, not the file
+        reason = f"{len(data)} bytes in no format Pillow recognises"
+    else:
+        reason = str(error) or type(error).__name__
     formats = ", ".join(IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]}"
     return BadImage(f"not a decodable image ({reason}); send a {formats} file")
 

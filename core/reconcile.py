@@ -162,7 +162,10 @@ def reconcile_once(
         lost = forget_enqueued(session)
         session.commit()
         why = "the broker lost its messages (new, flushed or restarted)" if forgot else "asked to"
-        logger.warning("%s: sending all %d queued jobs again", why, lost)
+        if lost:
+            logger.warning("%s: sending all %d queued jobs again", why, lost)
+        else:  # a first start, or an empty broker: nothing was lost
+            logger.info("no broker marker yet and no queued job to send again")
     resend_after = timedelta(seconds=get_settings().resend_after_s)
     counts["resent"] = send_unsent(session, None if forgot or resend_queued else utcnow() - resend_after)
     counts["rescued"] = rescue_direct_queues(session, get_celery())

@@ -79,7 +79,7 @@ def _decode(data: bytes, role: Role) -> tuple[Image.Image, ImageInfo]:
     except BadImage:
         raise
     except Exception as error:
-        raise bad_image(error) from error
+        raise bad_image(error, data) from error
     # `verify` leaves the image unusable and does not decode every format: decode it for real.
     decoded = decode_image(data)
     image = normalize_image(decoded, role=role)

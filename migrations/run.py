@@ -4,10 +4,18 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
 
 from core.config import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+# Postgres's "database does not exist".
+INVALID_CATALOG_NAME = "3D000"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database can't be reached or created; the message says what to do."""
 
 
 def alembic_config(database_url: str | None = None) -> Config:
@@ -17,8 +25,55 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
-def upgrade(revision: str = "head", database_url: str | None = None) -> None:
+def ensure_database(database_url: str) -> bool:
+    """Create the database the URL names if it does not exist yet (a SQLite file's folder, or a
+    Postgres database, created from the server's `postgres` database). True if it was created."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        return False
+    if url.get_backend_name() != "postgresql":
+        return False
+    engine = create_engine(url)
+    try:
+        with engine.connect():
+            return False
+    except OperationalError as error:
+        # psycopg gives no sqlstate for a refused connection, only the server's message.
+        missing = f'database "{url.database}" does not exist' in str(error.orig)
+        if getattr(error.orig, "sqlstate", None) != INVALID_CATALOG_NAME and not missing:
+            raise DatabaseUnavailable(f"can't connect to {_safe(url)}: {_first_line(error)}") from None
+    finally:
+        engine.dispose()
+    server = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            name = connection.dialect.identifier_preparer.quote(url.database)
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    except OperationalError as error:
+        raise DatabaseUnavailable(
+            f"database {url.database!r} does not exist and could not be created ({_first_line(error)}); "
+            f"create it with: createdb -h {url.host or 'localhost'} -U {url.username or 'postgres'} "
+            f"{url.database}"
+        ) from None
+    finally:
+        server.dispose()
+    return True
+
+
+def upgrade(revision: str = "head", database_url: str | None = None) -> bool:
+    """Bring the schema to `revision`, creating the database first if needed; True if it was created."""
     url = database_url or get_settings().database_url
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    created = ensure_database(url)
     command.upgrade(alembic_config(url), revision)
+    return created
+
+
+def _safe(url) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _first_line(error: Exception) -> str:
+    orig = getattr(error, "orig", None) or error
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

@@ -75,7 +75,13 @@ class RunJobRequest(Request):
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-@app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest)
+class JobFailed(Exception):
+    """Raised by the task of a job that failed (and is recorded failed), so that Celery's log and
+    Flower show a failed task. An expected exception (`throws`): logged without a traceback, and,
+    with `task_acks_on_failure_or_timeout` (Celery's default), acknowledged, never redelivered."""
+
+
+@app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest, throws=(JobFailed,))
 def run_job(self: Task, job_id: str) -> str:
     with db_session() as session:
         return _run(session, self.request.hostname or "worker", job_id)
@@ -114,7 +120,7 @@ def _run(session: Session, worker: str, job_id: str) -> str:
     if error is not None:
         finish_job(session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
         session.commit()
-        return JobStatus.FAILED
+        raise JobFailed(f"job {job_id} failed: {error['code']}: {error['message']}")
     finished = finish_job(
         session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
     )

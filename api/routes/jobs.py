@@ -96,10 +96,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
     schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule made.")] = None,
+    type_: Annotated[str | None, Query(alias="type", max_length=64, description="Only this type.")] = None,
 ) -> JobsPublic:
     query = select(Job).limit(limit).offset(offset)
     if status_:
         query = query.where(Job.status == status_)
+    if type_:
+        query = query.where(Job.type == type_)
     if schedule_id:
         query = query.where(Job.schedule_id == schedule_id)
     if batch_id:

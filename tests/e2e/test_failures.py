@@ -7,7 +7,7 @@ import pytest
 from core.config import get_settings
 from core.queue import RUN_JOB_TASK, get_celery
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
-from tests.utils.services import WorkerProcess
+from tests.utils.services import WorkerProcess, wait_for
 
 FAULT_QUEUE = "diffq-test-faults"
 
@@ -58,6 +58,15 @@ def test_worker_that_raises_mid_run_fails_the_job(client, fault_worker) -> None:
     # One batched UNet call per step: the failure came in step 5, after four were recorded.
     assert done["progress"]["step"] == 4
     assert client.http.get("/v1/jobs", params={"status": "running"}).json()["count"] == 0
+
+    # A failed job is a failed task in the worker's log (and in Flower), not a "succeeded" one.
+    def task_line() -> str | None:
+        lines = fault_worker.log_path.read_text(errors="replace").splitlines()
+        return next((line for line in lines if "Task diffq.run_job[" in line and job_id in line), None)
+
+    line = wait_for(task_line, 30, "the task's line in the worker log", interval=0.2)
+    assert "succeeded" not in line
+    assert "JobFailed" in line and "injected failure in UNet call 5" in line
 
 
 def test_duplicate_delivery_runs_once(client) -> None:

@@ -40,11 +40,12 @@ def nan_copy(models_dir: Path, source: str) -> str:
 
 @pytest.mark.parametrize("scheduler", [None, "dpmpp_2m", "unipc"])
 def test_nan_latents_fail_the_job_with_numerical_error(database, s3, models_dir, scheduler: str) -> None:
-    from workers.tasks import run_job
+    from workers.tasks import JobFailed, run_job
 
     params = {"num_inference_steps": 4, "seed": 0, "num_images": 2, "scheduler": scheduler}
     job_id = write_queued_job("unconditional", nan_copy(models_dir, "tiny-ddpm"), params)
-    assert run_job(job_id) == JobStatus.FAILED
+    with pytest.raises(JobFailed, match="numerical_error"):
+        run_job(job_id)
     with db_session() as session:
         job = session.get_one(Job, job_id)
         assert job.status == JobStatus.FAILED
@@ -60,7 +61,7 @@ def test_nan_latents_in_a_diffusers_pipeline_fail_at_their_step(database, s3, mo
     from core.storage import get_storage
     from core.uploads import store_upload
     from tests.utils.images import noise_image, png_bytes
-    from workers.tasks import run_job
+    from workers.tasks import JobFailed, run_job
 
     upload_id, _ = store_upload(png_bytes(noise_image(seed=1)), get_storage())
     params = {
@@ -74,7 +75,8 @@ def test_nan_latents_in_a_diffusers_pipeline_fail_at_their_step(database, s3, mo
         "scheduler": "dpmpp_2m",
     }
     job_id = write_queued_job("img2img", nan_copy(models_dir, "tiny-sd"), params)
-    assert run_job(job_id) == JobStatus.FAILED
+    with pytest.raises(JobFailed, match="numerical_error"):
+        run_job(job_id)
     with db_session() as session:
         job = session.get_one(Job, job_id)
         assert job.error["code"] == "numerical_error", job.error
