@@ -40,6 +40,17 @@ def _claimable(now: Any) -> Any:
     )
 
 
+def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
+    """The values that fail a job whose `max_attempts` attempts all lost their worker."""
+    return {
+        "status": JobStatus.FAILED,
+        "error": {**WORKER_LOST, "message": WORKER_LOST["message"].format(attempts=max_attempts)},
+        "lease_expires_at": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+
+
 def claim_job(session: Session, job_id: uuid.UUID, worker: str, device: str | None = None) -> Job | None:
     """Take a job for `worker` on `device` and start a new attempt; None if it is not this
     worker's to run.
@@ -71,13 +82,7 @@ def claim_job(session: Session, job_id: uuid.UUID, worker: str, device: str | No
     session.execute(
         update(Job)
         .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
-        .values(
-            status=JobStatus.FAILED,
-            error={**WORKER_LOST, "message": WORKER_LOST["message"].format(attempts=max_attempts)},
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-        )
+        .values(**_worker_lost(max_attempts, now))
     )
     return None
 
@@ -202,15 +207,7 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     if requeued:
         return JobStatus.QUEUED
     failed = session.execute(
-        update(Job)
-        .where(*running, Job.attempts >= max_attempts)
-        .values(
-            status=JobStatus.FAILED,
-            error={**WORKER_LOST, "message": WORKER_LOST["message"].format(attempts=max_attempts)},
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-        )
+        update(Job).where(*running, Job.attempts >= max_attempts).values(**_worker_lost(max_attempts, now))
     ).rowcount
     return JobStatus.FAILED if failed else None
 

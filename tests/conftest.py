@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.utils.services import free_port
+from cli.quickstart import free_port
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient

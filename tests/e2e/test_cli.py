@@ -14,10 +14,11 @@ import uuid
 import psycopg
 from PIL import Image
 
+from cli.quickstart import free_port
 from core.images import read_png_parameters
 from tests.conftest import PG_SERVER, TEST_DB
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_batch_done, wait_finished
-from tests.utils.services import ROOT, free_port
+from tests.utils.services import ROOT
 
 NOBODY_QUEUE = "diffq-test-cli-nobody"  # a queue no worker reads: its jobs stay queued
 

@@ -8,8 +8,9 @@ import sys
 import httpx
 import pytest
 
+from cli.quickstart import free_port
 from tests.utils.jobs import text2img_spec, wait_finished
-from tests.utils.services import ROOT, free_port, wait_for
+from tests.utils.services import ROOT, wait_for
 
 AUTH = ("flower-admin", "flower-secret")
 

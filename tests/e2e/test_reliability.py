@@ -21,6 +21,7 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from cli.quickstart import free_port
 from core.config import get_settings
 from core.db import make_engine
 from core.queue import RUN_JOB_TASK, make_celery
@@ -29,7 +30,7 @@ from core.tables import Job, JobStatus, utcnow
 from migrations.run import upgrade
 from tests.conftest import PG_SERVER, TEST_DB
 from tests.utils.jobs import text2img_spec
-from tests.utils.services import ROOT, WorkerProcess, free_port, wait_for
+from tests.utils.services import ROOT, WorkerProcess, wait_for
 
 QUEUE = "diffq-test-reliability"
 MAX_ATTEMPTS = 2

@@ -1,7 +1,6 @@
 """Starting and stopping the real processes the tests talk to."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,12 +9,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
