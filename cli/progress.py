@@ -111,7 +111,7 @@ def times(job: dict[str, Any]) -> str:
     if end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
     text = f"elapsed {clock((end - started).total_seconds())}"
-    if job["status"] == "running":
+    if job.get("status", "running") == "running":  # a batch lists its running jobs without a status
         text += f" remaining {clock((job.get('progress') or {}).get('eta_s'))}"
     return text
 

@@ -164,17 +164,17 @@ def test_a_first_start_is_not_a_loss(broker, queue, new_job, caplog) -> None:
     watch = BrokerWatch(queue=f"diffq-test-marker-{uuid.uuid4().hex[:8]}")
     try:
         with caplog.at_level("INFO", logger="core.reconcile"):
-            reconcile_once(watch)  # no marker yet, nothing queued in the broker: nothing lost
+            in_session(reconcile_once, watch)  # no marker yet, nothing queued in the broker: nothing lost
         records = [r for r in caplog.records if r.name == "core.reconcile"]
         assert not [r for r in records if r.levelname == "WARNING"], [r.getMessage() for r in records]
         assert any("no broker marker yet" in r.getMessage() for r in records)
 
         caplog.clear()
         job_id = new_job()
-        enqueue_job(job_id)
+        in_session(enqueue_job, job_id)
         redis.Redis.from_url(broker).delete(queue, watch.queue)  # now something is lost
         with caplog.at_level("INFO", logger="core.reconcile"):
-            reconcile_once(watch)
+            in_session(reconcile_once, watch)
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any("queued jobs again" in message for message in warnings), warnings
         assert messages_for(broker, queue, job_id) == 1
