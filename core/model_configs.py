@@ -67,12 +67,31 @@ def model_folder(ref: str, models_dir: Path) -> Path | None:
 @dataclass(frozen=True)
 class PipelineKind:
     """What a model can run, from its configs: its pipeline class, the components it has (those not
-    null in `model_index.json`), its UNet's config (with `_class_name`) and its VAE's latent channels."""
+    null in `model_index.json`), its UNet's class, input channels and whether it is conditioned on text
+    (has a `cross_attention_dim`), and its VAE's latent channels."""
 
     pipeline: str
     components: frozenset[str]
-    unet: Mapping[str, Any] | None
+    unet: str | None
+    in_channels: int | None
+    text_conditioned: bool
     latent_channels: int | None
+
+
+def make_kind(
+    pipeline: str, components: frozenset[str], unet: Mapping[str, Any] | None, vae: Mapping[str, Any] | None
+) -> PipelineKind:
+    """The kind of a pipeline of class `pipeline` with `components`, from its UNet's and VAE's configs."""
+    in_channels = unet.get("in_channels") if unet is not None else None
+    latent = vae.get("latent_channels") if vae is not None else None
+    return PipelineKind(
+        pipeline,
+        components,
+        str(unet.get("_class_name", "UNet")) if unet is not None else None,
+        in_channels if isinstance(in_channels, int) else None,
+        unet is not None and unet.get("cross_attention_dim") is not None,
+        latent if isinstance(latent, int) else None,
+    )
 
 
 def pipeline_kind(ref: str, models_dir: Path) -> PipelineKind | None:
@@ -89,8 +108,7 @@ def pipeline_kind(ref: str, models_dir: Path) -> PipelineKind | None:
     )
     unet = read_config(folder / "unet" / "config.json") if "unet" in components else None
     vae = read_config(folder / "vae" / "config.json") if "vae" in components else None
-    latent = vae.get("latent_channels") if vae is not None else None
-    return PipelineKind(index["_class_name"], components, unet, latent if isinstance(latent, int) else None)
+    return make_kind(index["_class_name"], components, unet, vae)
 
 
 DEPTH_PIPELINE = "StableDiffusionDepth2ImgPipeline"
@@ -107,13 +125,10 @@ def task_problem(kind: PipelineKind, task: str) -> str | None:
     fails is refused: a pipeline without a UNet (a transformer model) or without a VAE (a pixel-space one)
     is judged on what it has.
     """
-    unet = kind.unet
-    unet_class = unet.get("_class_name", "UNet") if unet is not None else None
-    conditioned = unet is not None and unet.get("cross_attention_dim") is not None
-    in_channels = unet.get("in_channels") if unet is not None else None
-    latent = kind.latent_channels if isinstance(in_channels, int) else None
+    unet_class, conditioned, in_channels = kind.unet, kind.text_conditioned, kind.in_channels
+    latent = kind.latent_channels if in_channels is not None else None
     if task == "unconditional":
-        if unet is None or "scheduler" not in kind.components:
+        if unet_class is None or "scheduler" not in kind.components:
             return f"{kind.pipeline} lacks a unet or a scheduler"
         if conditioned:
             return (
@@ -121,7 +136,7 @@ def task_problem(kind: PipelineKind, task: str) -> str | None:
                 "model (a UNet2DModel) such as google/ddpm-cat-256"
             )
         return None
-    if unet is not None and not conditioned:
+    if unet_class is not None and not conditioned:
         encoder = "" if "text_encoder" in kind.components else " with no text encoder"
         return (
             f"it is an unconditional model ({unet_class}{encoder}); use it in 'unconditional' jobs, or use a "

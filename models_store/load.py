@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import BadModel, first_line
 from core.job_types import JOB_TYPES
-from core.model_configs import PipelineKind, task_problem
+from core.model_configs import PipelineKind, make_kind, task_problem
 
 if TYPE_CHECKING:
     import torch
@@ -139,9 +139,7 @@ def _check_fits_task(pipe: Any, task: str, name: str) -> None:
 def pipeline_kind_of(pipe: Any) -> PipelineKind:
     """A loaded pipeline's `PipelineKind`, as `core.model_configs.pipeline_kind` reads it from a folder."""
     components = frozenset(key for key, module in pipe.components.items() if module is not None)
-    unet = getattr(pipe, "unet", None)
+    unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
     unet_config = {**unet.config, "_class_name": type(unet).__name__} if unet is not None else None
-    vae = getattr(pipe, "vae", None)
-    latent = getattr(getattr(vae, "config", None), "latent_channels", None)
-    latent = latent if isinstance(latent, int) else None
-    return PipelineKind(type(pipe).__name__, components, unet_config, latent)
+    vae_config = getattr(vae, "config", None)
+    return make_kind(type(pipe).__name__, components, unet_config, vae_config)
