@@ -23,7 +23,7 @@ class Admission:
         self.storage = storage
         self.settings = get_settings()
         self.models_dir = self.settings.models_dir
-        self._models: dict[tuple[str, str], str | None] = {}
+        self._models: dict[tuple[str, str], tuple[str, str] | None] = {}
         self._images: dict[str, ImageInfo | str] = {}
 
     def problems(self, spec: JobSpec, loc: Loc) -> list[dict[str, Any]]:
@@ -36,8 +36,9 @@ class Admission:
             key = (spec.model, spec.type)
             if key not in self._models:
                 self._models[key] = model_problem(self.session, spec.model, spec.type, self.models_dir)
-            if problem := self._models[key]:
-                errors.append({"loc": [*loc, "model"], "msg": problem, "type": "unknown_model"})
+            if found := self._models[key]:
+                problem, kind = found
+                errors.append({"loc": [*loc, "model"], "msg": problem, "type": kind})
             elif problem := steps_problem(spec.model, spec.params, self.models_dir):
                 where = [*loc, "params", "num_inference_steps"]
                 errors.append({"loc": where, "msg": problem, "type": "too_many_steps"})

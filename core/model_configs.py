@@ -7,6 +7,8 @@ registered model in storage, has no configs here and is checked by the worker in
 """
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,8 @@ def read_config(path: Path) -> dict[str, Any] | None:
 
 def scheduler_config(ref: str, models_dir: Path) -> dict[str, Any] | None:
     """The scheduler config of the model folder `ref` under `models_dir` (with its `_class_name`), or None."""
-    try:
-        folder = (Path(models_dir) / ref).resolve()
-        if not folder.is_relative_to(Path(models_dir).resolve()) or not folder.is_dir():
-            return None
-    except (OSError, ValueError):
+    folder = model_folder(ref, models_dir)
+    if folder is None:
         return None
     config = read_config(folder / "scheduler" / "scheduler_config.json")
     if config is None or not isinstance(config.get("_class_name"), str):
@@ -52,3 +51,127 @@ def steps_problem(model: str, params: Any, models_dir: Path) -> str | None:
     overrides = choice.overrides if choice is not None else {}
     strength = getattr(params, "strength", None)
     return limits_problem(model, name, class_name, config, overrides, steps, strength)
+
+
+def model_folder(ref: str, models_dir: Path) -> Path | None:
+    """The folder `ref` names under `models_dir`, or None if it names none there."""
+    try:
+        folder = (Path(models_dir) / ref).resolve()
+        if not folder.is_relative_to(Path(models_dir).resolve()) or not folder.is_dir():
+            return None
+    except (OSError, ValueError):
+        return None
+    return folder
+
+
+@dataclass(frozen=True)
+class PipelineKind:
+    """What a model can run, from its configs: its pipeline class, the components it has (those not
+    null in `model_index.json`), its UNet's class, input channels and whether it is conditioned on text
+    (has a `cross_attention_dim`), and its VAE's latent channels."""
+
+    pipeline: str
+    components: frozenset[str]
+    unet: str | None
+    in_channels: int | None
+    text_conditioned: bool
+    latent_channels: int | None
+
+
+def make_kind(
+    pipeline: str, components: frozenset[str], unet: Mapping[str, Any] | None, vae: Mapping[str, Any] | None
+) -> PipelineKind:
+    """The kind of a pipeline of class `pipeline` with `components`, from its UNet's and VAE's configs."""
+    in_channels = unet.get("in_channels") if unet is not None else None
+    latent = vae.get("latent_channels") if vae is not None else None
+    return PipelineKind(
+        pipeline,
+        components,
+        str(unet.get("_class_name", "UNet")) if unet is not None else None,
+        in_channels if isinstance(in_channels, int) else None,
+        unet is not None and unet.get("cross_attention_dim") is not None,
+        latent if isinstance(latent, int) else None,
+    )
+
+
+def pipeline_kind(ref: str, models_dir: Path) -> PipelineKind | None:
+    """The kind of the local model folder `ref`, read from its JSON configs; None when it has no readable
+    `model_index.json` (a Hub model not fetched, a registered model, a lone component)."""
+    folder = model_folder(ref, models_dir)
+    index = read_config(folder / "model_index.json") if folder is not None else None
+    if folder is None or index is None or not isinstance(index.get("_class_name"), str):
+        return None
+    components = frozenset(
+        name
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and any(part is not None for part in value)
+    )
+    unet = read_config(folder / "unet" / "config.json") if "unet" in components else None
+    vae = read_config(folder / "vae" / "config.json") if "vae" in components else None
+    return make_kind(index["_class_name"], components, unet, vae)
+
+
+DEPTH_PIPELINE = "StableDiffusionDepth2ImgPipeline"
+# Job types whose pipeline is conditioned on a prompt (a LoRA trains on one too).
+TEXT_TASKS = frozenset({"text2img", "img2img", "inpaint", "train_lora"})
+
+
+def task_problem(kind: PipelineKind, task: str) -> str | None:
+    """Why a model of `kind` can't run `task` jobs ("text2img", ..., "unconditional", "train_lora"), in
+    words that follow "cannot run <model> for <task>: "; None when it can or when its configs don't tell.
+
+    The API checks a local model's configs with this before it queues a job, and the worker the pipeline
+    it loaded (models_store/load.py), so both refuse the same models with the same reason. Only what surely
+    fails is refused: a pipeline without a UNet (a transformer model) or without a VAE (a pixel-space one)
+    is judged on what it has.
+    """
+    unet_class, conditioned, in_channels = kind.unet, kind.text_conditioned, kind.in_channels
+    latent = kind.latent_channels if in_channels is not None else None
+    if task == "unconditional":
+        if unet_class is None or "scheduler" not in kind.components:
+            return f"{kind.pipeline} lacks a unet or a scheduler"
+        if conditioned:
+            return (
+                f"its {unet_class} is conditioned on text; run text2img jobs on it, or use an unconditional "
+                "model (a UNet2DModel) such as google/ddpm-cat-256"
+            )
+        return None
+    if unet_class is not None and not conditioned:
+        encoder = "" if "text_encoder" in kind.components else " with no text encoder"
+        return (
+            f"it is an unconditional model ({unet_class}{encoder}); use it in 'unconditional' jobs, or use a "
+            "text-to-image model such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+        )
+    if task == "depth2img":
+        if kind.pipeline != DEPTH_PIPELINE:
+            return (
+                f"a {kind.pipeline} has no depth estimator; use a depth model (a {DEPTH_PIPELINE} such as "
+                "stabilityai/stable-diffusion-2-depth)"
+            )
+        if latent is not None and in_channels != latent + 1:
+            return (
+                f"its UNet takes {in_channels} input channels, not the {latent + 1} (latents and depth) of a "
+                "depth model such as stabilityai/stable-diffusion-2-depth"
+            )
+        return None
+    if task in TEXT_TASKS and kind.pipeline == DEPTH_PIPELINE:
+        return f"it is a depth model ({kind.pipeline}); use it in 'depth2img' jobs"
+    if latent is None:
+        return None
+    if task == "inpaint" and in_channels not in (latent, 2 * latent + 1):
+        return (
+            f"its UNet takes {in_channels} input channels; inpainting needs {latent} (a text-to-image model) "
+            f"or {2 * latent + 1} (an inpainting model: latents, mask and masked image)"
+        )
+    if task in TEXT_TASKS - {"inpaint"} and in_channels != latent:
+        what = " (an inpainting model: run inpaint jobs on it)" if in_channels == 2 * latent + 1 else ""
+        return f"its UNet takes {in_channels} input channels, not its VAE's {latent} latent channels{what}"
+    return None
+
+
+def kind_problem(ref: str, task: str, models_dir: Path) -> str | None:
+    """Why the local model `ref` can't run `task` jobs, from its configs; None when it can or when they
+    aren't here to read."""
+    kind = pipeline_kind(ref, models_dir)
+    problem = task_problem(kind, task) if kind is not None else None
+    return f"model '{ref}' can't run {task} jobs: {problem}" if problem else None

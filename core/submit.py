@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.dataset_refs import dataset_problem, parse_dataset
+from core.model_configs import kind_problem, scheduler_config
 from core.model_refs import reference_problem
 from core.model_registry import find_model
-from core.specs import JobSpec, Params, new_seed
+from core.scheduler_limits import steps_problem as scheduler_steps_problem
+from core.specs import JobSpec, Params, TrainLoraParams, TrainUnconditionalParams, new_seed
 from core.storage import Storage
 from core.tables import Job, JobStatus, ModelKind
 
@@ -45,11 +47,13 @@ def limit_problems(params: Params, settings: Settings) -> list[Problem]:
 
 
 def training_problems(session: Session, spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
-    """The checks beyond the model: a LoRA to apply, the name a training job registers, its dataset."""
+    """The checks beyond the model: a LoRA to apply, the name a training job registers, its dataset, and
+    the sampling steps a training job's scheduler can't run."""
     problems: list[Problem] = []
     lora = getattr(spec.params, "lora", None)
-    if lora is not None and (problem := lora_problem(session, lora.name)):
-        problems.append((("params", "lora", "name"), problem, "unknown_model"))
+    model = spec.model
+    if lora is not None and model is not None and (problem := lora_problem(session, lora.name, model)):
+        problems.append((("params", "lora", "name"), *problem))
     output_model = getattr(spec, "output_model", None)
     if output_model is not None and (
         problem := output_model_problem(session, output_model, spec.overwrite_output_model, models_dir)
@@ -58,37 +62,83 @@ def training_problems(session: Session, spec: JobSpec, models_dir: Path, storage
     dataset = getattr(spec.params, "dataset", None)
     if dataset is not None and (problem := dataset_problem(parse_dataset(dataset), storage)):
         problems.append((("params", "dataset"), problem, "bad_dataset"))
+    problems.extend(training_steps_problems(spec, models_dir))
     return problems
 
 
-def model_problem(session: Session, ref: str, job_type: str, models_dir: Path) -> str | None:
-    """Why `ref` can't be the model of a `job_type` job; None if it can."""
+def training_steps_problems(spec: JobSpec, models_dir: Path) -> list[Problem]:
+    """Sampling steps a training job's scheduler can't run: `train_unconditional`'s sample grids (a
+    `DDPMScheduler` of the job's own `num_train_timesteps`), `train_lora`'s validation images (the base
+    model's scheduler, when its config is here to read)."""
+    params = spec.params
+    if isinstance(params, TrainUnconditionalParams):
+        config = {"num_train_timesteps": params.num_train_timesteps, "beta_schedule": params.beta_schedule}
+        steps = params.sample_inference_steps
+        if scheduler_steps_problem("the sample grids", None, "DDPMScheduler", config, {}, steps) is not None:
+            message = (
+                f"sample_inference_steps ({steps}) must be at most num_train_timesteps "
+                f"({params.num_train_timesteps}): a DDPM scheduler runs at most as many steps as it trained"
+            )
+            return [(("params", "sample_inference_steps"), message, "too_many_steps")]
+    if isinstance(params, TrainLoraParams) and params.validation_prompt and spec.model is not None:
+        config = scheduler_config(spec.model, models_dir)
+        steps = params.validation_inference_steps
+        if config is not None and (
+            problem := scheduler_steps_problem(spec.model, None, config["_class_name"], config, {}, steps)
+        ):
+            message = problem.replace("num_inference_steps", "validation_inference_steps")
+            return [(("params", "validation_inference_steps"), message, "too_many_steps")]
+    return []
+
+
+def model_problem(session: Session, ref: str, job_type: str, models_dir: Path) -> tuple[str, str] | None:
+    """Why `ref` can't be the model of a `job_type` job, with the error type; None if it can.
+
+    A local folder is checked against the job type by its configs (core/model_configs.py `kind_problem`,
+    the rule the worker applies to the pipeline it loads), a registered model by its kind.
+    """
     try:
         local = (models_dir / ref).exists()
     except (OSError, ValueError):  # a name the OS refuses (too long, a NUL byte) is no folder nor registered
-        return reference_problem(ref, models_dir)
+        problem = reference_problem(ref, models_dir)
+        return (problem, "unknown_model") if problem else None
     registered = find_model(session, ref) if not local else None
     if registered is None:
-        return reference_problem(ref, models_dir)
+        if problem := reference_problem(ref, models_dir):
+            return problem, "unknown_model"
+        if local and (problem := kind_problem(ref, job_type, models_dir)):
+            return problem, "wrong_model_kind"
+        return None
     if registered.kind == ModelKind.LORA:
         return (
             f"model '{ref}' is a LoRA; name its base model '{registered.base_model}' as the model and "
-            f'pass params.lora = {{"name": "{ref}"}}'
+            f'pass params.lora = {{"name": "{ref}"}}',
+            "wrong_model_kind",
         )
     if registered.kind == ModelKind.UNCONDITIONAL and job_type != "unconditional":
-        return f"model '{ref}' is an unconditional model (UNet2DModel); use it in an 'unconditional' job"
+        return (
+            f"model '{ref}' is an unconditional model (UNet2DModel); use it in an 'unconditional' job",
+            "wrong_model_kind",
+        )
     return None
 
 
-def lora_problem(session: Session, name: str) -> str | None:
+def lora_problem(session: Session, name: str, model: str) -> tuple[str, str] | None:
+    """Why the LoRA `name` can't be applied to `model`, with the error type; None if it can."""
     registered = find_model(session, name)
     if registered is None:
         return (
             f"no registered LoRA named '{name}'; train one with a 'train_lora' job "
-            "(GET /v1/models lists them)"
+            "(GET /v1/models lists them)",
+            "unknown_model",
         )
     if registered.kind != ModelKind.LORA:
-        return f"model '{name}' is not a LoRA but a {registered.kind} model"
+        return f"model '{name}' is not a LoRA but a {registered.kind} model", "wrong_model_kind"
+    if registered.base_model is not None and registered.base_model != model:
+        return (
+            f"LoRA '{name}' was trained on '{registered.base_model}'; use it with that model, not '{model}'",
+            "wrong_base_model",
+        )
     return None
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import BadModel, first_line
 from core.job_types import JOB_TYPES
+from core.model_configs import PipelineKind, make_kind, task_problem
 
 if TYPE_CHECKING:
     import torch
@@ -129,19 +130,16 @@ def pipeline_for_task(base: Any, task: str, scheduler: Any = None) -> Any:
 
 
 def _check_fits_task(pipe: Any, task: str, name: str) -> None:
-    if task == "unconditional":
-        unet = getattr(pipe, "unet", None)
-        if unet is None or getattr(pipe, "scheduler", None) is None:
-            raise BadModel(
-                f"cannot load {name} for unconditional: {type(pipe).__name__} lacks a unet or a scheduler"
-            )
-        if getattr(unet.config, "cross_attention_dim", None) is not None:
-            raise BadModel(
-                f"cannot run {name} for unconditional: its {type(unet).__name__} is conditioned on text; "
-                "run text2img jobs on it, or use a UNet2DModel model such as google/ddpm-cat-256"
-            )
-    if task == "depth2img" and pipe.unet.config.in_channels != 5:
-        raise BadModel(
-            f"cannot run {name} for depth2img: its UNet takes {pipe.unet.config.in_channels} input channels, "
-            "not the 5 (latents and depth) of a depth model such as stabilityai/stable-diffusion-2-depth"
-        )
+    """Raise `BadModel` unless `pipe` can run `task`: the rule the API applies to a local model's configs
+    (core/model_configs.py `task_problem`), here on the loaded pipeline."""
+    if problem := task_problem(pipeline_kind_of(pipe), task):
+        raise BadModel(f"cannot run {name} for {task}: {problem}")
+
+
+def pipeline_kind_of(pipe: Any) -> PipelineKind:
+    """A loaded pipeline's `PipelineKind`, as `core.model_configs.pipeline_kind` reads it from a folder."""
+    components = frozenset(key for key, module in pipe.components.items() if module is not None)
+    unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
+    unet_config = {**unet.config, "_class_name": type(unet).__name__} if unet is not None else None
+    vae_config = getattr(vae, "config", None)
+    return make_kind(type(pipe).__name__, components, unet_config, vae_config)

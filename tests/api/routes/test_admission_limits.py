@@ -1,6 +1,8 @@
-"""Model-aware admission: jobs a model's scheduler can't run, and model references that can't name a
-folder, are refused with 422 before anything is queued. FastAPI's TestClient on the real Postgres."""
+"""Model-aware admission: jobs a model can't run (its kind, its scheduler's step limits, a LoRA trained on
+another model, training sample steps), and model references that can't name a folder, are refused with 422
+before anything is queued. FastAPI's TestClient on the real Postgres."""
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +48,191 @@ def test_over_long_model_reference_is_422(api: TestClient) -> None:
     code, text = _submit(api, {"type": "unconditional", "model": "0" * 512})
     assert code == 422, text
     assert "is not a folder name or a Hub repo id" in text
+
+
+# What each tiny model can run, as the worker's loader decides it; `test_model_kinds_agree_with_the_worker`
+# checks this table against real loads and the API against this table.
+RUNS = {
+    "tiny-sd": {"text2img", "img2img", "inpaint"},
+    "tiny-sd-depth": {"depth2img"},
+    "tiny-ddpm": {"unconditional"},
+}
+GENERATION = ("text2img", "img2img", "inpaint", "depth2img", "unconditional")
+
+
+@pytest.fixture(scope="module")
+def image(api: TestClient) -> dict:
+    from PIL import Image
+
+    from tests.utils.jobs import upload_image
+
+    return upload_image(api, Image.new("RGB", (64, 64), (128, 64, 32)))
+
+
+def _generation_body(job_type: str, model: str, image: dict) -> dict:
+    params: dict = {"num_inference_steps": 4}
+    if job_type != "unconditional":
+        params["prompt"] = "a cat"
+    if job_type in ("img2img", "inpaint", "depth2img"):
+        params["image"] = image
+    if job_type == "inpaint":
+        params["mask_image"] = image
+    return {"type": job_type, "model": model, "params": params}
+
+
+def _model_errors(response) -> list[dict]:
+    if response.status_code != 422:
+        return []
+    return [error for error in response.json()["detail"] if error["loc"] == ["body", "model"]]
+
+
+def _worker_runs(models_dir: Path, model: str, job_type: str) -> bool:
+    """Whether a worker builds a pipeline for `job_type` on `model`: loaded for that job type, and from the
+    pipeline that the model's own job type loaded (a worker's cached model serves later jobs)."""
+    import torch
+
+    from core.errors import BadModel
+    from models_store.load import load_pipeline, pipeline_for_task
+
+    cpu = torch.device("cpu")
+    own = sorted(RUNS[model])[0]
+    try:
+        pipeline_for_task(load_pipeline(models_dir / model, job_type, cpu, torch.float32), job_type)
+        loaded = True
+    except BadModel:
+        loaded = False
+    try:
+        pipeline_for_task(load_pipeline(models_dir / model, own, cpu, torch.float32), job_type)
+        shared = True
+    except BadModel:
+        shared = False
+    assert loaded == shared, (model, job_type)
+    return loaded
+
+
+@pytest.mark.parametrize("model", sorted(RUNS))
+def test_model_kinds_agree_with_the_worker(
+    api: TestClient, models_dir: Path, image: dict, model: str
+) -> None:
+    for job_type in GENERATION:
+        runs = _worker_runs(models_dir, model, job_type)
+        assert runs == (job_type in RUNS[model]), (model, job_type)
+        response = api.post("/v1/jobs", json=_generation_body(job_type, model, image))
+        errors = _model_errors(response)
+        if runs:
+            assert response.status_code in (200, 201, 202), response.text
+        else:
+            assert len(errors) == 1, response.text
+            assert errors[0]["type"] == "wrong_model_kind"
+            assert errors[0]["msg"].startswith(f"model '{model}' can't run {job_type} jobs: "), errors
+
+
+@pytest.mark.parametrize(
+    ("model", "job_type", "reason"),
+    [
+        ("tiny-ddpm", "text2img", "it is an unconditional model (UNet2DModel with no text encoder)"),
+        ("tiny-ddpm", "depth2img", "it is an unconditional model (UNet2DModel with no text encoder)"),
+        ("tiny-sd", "unconditional", "its UNet2DConditionModel is conditioned on text"),
+        ("tiny-sd", "depth2img", "a StableDiffusionPipeline has no depth estimator"),
+        ("tiny-sd-depth", "img2img", "it is a depth model (StableDiffusionDepth2ImgPipeline)"),
+        ("tiny-sd-depth", "unconditional", "its UNet2DConditionModel is conditioned on text"),
+    ],
+)
+def test_wrong_model_kind_says_why(
+    api: TestClient, image: dict, model: str, job_type: str, reason: str
+) -> None:
+    response = api.post("/v1/jobs", json=_generation_body(job_type, model, image))
+    assert response.status_code == 422, response.text
+    assert f"model '{model}' can't run {job_type} jobs: {reason}" in _model_errors(response)[0]["msg"]
+
+
+def test_train_lora_needs_a_text_to_image_model(api: TestClient) -> None:
+    body = {"type": "train_lora", "model": "tiny-ddpm", "output_model": "lora-of-ddpm", "params": {}}
+    body["params"] = {"dataset": "builtin:glyphs", "resolution": 64}
+    errors = _model_errors(api.post("/v1/jobs", json=body))
+    assert errors and "can't run train_lora jobs: it is an unconditional model" in errors[0]["msg"]
+
+
+@pytest.fixture
+def registered_lora(database: str) -> Iterator[str]:
+    from sqlalchemy import delete
+
+    from core.db import db_session
+    from core.tables import ModelKind, RegisteredModel
+
+    name = f"lora-{uuid.uuid4().hex[:8]}"
+    with db_session() as session:
+        session.add(
+            RegisteredModel(
+                name=name, kind=ModelKind.LORA, base_model="tiny-sd", storage_prefix=f"models/{name}"
+            )
+        )
+    yield name
+    with db_session() as session:
+        session.execute(delete(RegisteredModel).where(RegisteredModel.name == name))
+
+
+def test_lora_must_match_its_base_model(api: TestClient, models_dir: Path, registered_lora: str) -> None:
+    import shutil
+
+    # Another text-to-image model: tiny-sd under another name.
+    other = models_dir / f"{registered_lora}-base"
+    shutil.copytree(models_dir / "tiny-sd", other)
+    params = {"prompt": "a cat", "num_inference_steps": 4, "lora": {"name": registered_lora}}
+    try:
+        response = api.post("/v1/jobs", json={"type": "text2img", "model": other.name, "params": params})
+    finally:
+        shutil.rmtree(other)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "params", "lora", "name"]
+    assert error["type"] == "wrong_base_model"
+    assert error["msg"] == (
+        f"LoRA '{registered_lora}' was trained on 'tiny-sd'; use it with that model, not '{other.name}'"
+    )
+
+    response = api.post("/v1/jobs", json={"type": "text2img", "model": "tiny-sd", "params": params})
+    assert response.status_code in (200, 201, 202), response.text
+
+
+def _train_unconditional(**params: object) -> dict:
+    from tests.utils.jobs import train_spec
+
+    return train_spec(f"never-registered-{uuid.uuid4().hex[:8]}", **params)
+
+
+@pytest.mark.parametrize("timesteps", [10, 999])
+def test_sample_steps_at_most_num_train_timesteps(api: TestClient, timesteps: int) -> None:
+    body = _train_unconditional(num_train_timesteps=timesteps, sample_inference_steps=timesteps + 1)
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "params", "sample_inference_steps"]
+    assert error["msg"].startswith(
+        f"sample_inference_steps ({timesteps + 1}) must be at most num_train_timesteps ({timesteps})"
+    )
+
+    body = _train_unconditional(num_train_timesteps=timesteps, sample_inference_steps=timesteps)
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code in (200, 201, 202), response.text
+
+
+def _train_lora(model: str = "tiny-sd", **params: object) -> dict:
+    base = {"dataset": "builtin:glyphs", "resolution": 64, "validation_prompt": "a glyph"}
+    name = f"never-registered-{uuid.uuid4().hex[:8]}"
+    return {"type": "train_lora", "model": model, "output_model": name, "params": base | params}
+
+
+def test_validation_steps_within_the_base_models_scheduler(api: TestClient) -> None:
+    # tiny-sd's PNDM (SD 1.x config: "leading" spacing, steps_offset 1) runs at most 999 steps.
+    response = api.post("/v1/jobs", json=_train_lora(validation_inference_steps=1000))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "params", "validation_inference_steps"]
+    assert error["msg"] == "tiny-sd's scheduler allows at most 999 steps, got validation_inference_steps=1000"
+
+    response = api.post("/v1/jobs", json=_train_lora(validation_inference_steps=999))
+    assert response.status_code in (200, 201, 202), response.text
+    # Without a validation prompt no validation image is made: the steps don't matter.
+    body = _train_lora(validation_inference_steps=1000, validation_prompt=None)
+    assert api.post("/v1/jobs", json=body).status_code in (200, 201, 202)
