@@ -36,6 +36,7 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Start the submission API."""
     import uvicorn
 
+    _require_schema()
     uvicorn.run("api.main:app", host=host, port=port)
 
 
@@ -65,6 +66,7 @@ def worker(
     name: Annotated[str, typer.Option(help="Celery node name.")] = "diffq@%h",
 ) -> None:
     """Start a worker that runs jobs, one at a time (or, with --gpus, one such worker per GPU)."""
+    _require_schema()
     if gpus is not None:
         import logging
 
@@ -158,6 +160,7 @@ def beat(loglevel: str = "INFO") -> None:
     """Start the single beat process: due schedules become jobs, lost jobs are requeued."""
     from workers.celery_app import app as celery_app
 
+    _require_schema()
     celery_app.start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
 
 
@@ -551,6 +554,15 @@ def main() -> None:
         typer.echo(f"error: the database at {_masked(settings.database_url)} failed: {reason}", err=True)
         typer.echo("  `diffq db upgrade` creates it; `diffq config` shows the settings in use", err=True)
         raise SystemExit(1) from None
+
+
+def _require_schema() -> None:
+    """Stop with one line when the database isn't ready for a server to start on it."""
+    from cli.client import CliError
+    from migrations.run import schema_problem
+
+    if problem := schema_problem():
+        raise CliError(problem)
 
 
 def _masked(url: str) -> str:

@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from core.config import get_settings
+from core.errors import first_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # Postgres's "database does not exist".
@@ -70,10 +71,33 @@ def upgrade(revision: str = "head", database_url: str | None = None) -> bool:
     return created
 
 
+def schema_problem(database_url: str | None = None) -> str | None:
+    """Why the database can't serve diffq yet (unreachable, no schema, an older schema), with the command
+    that fixes it; None when its schema is at the newest revision. Read before a server starts, so that
+    it says so in one line instead of failing inside every request or task."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    url = make_url(database_url or get_settings().database_url)
+    head = ScriptDirectory.from_config(alembic_config(str(url))).get_current_head()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as error:
+        return f"can't use the database at {_safe(url)} ({_first_line(error)}); `diffq db upgrade` creates it"
+    finally:
+        engine.dispose()
+    if current != head:
+        state = "has no diffq schema" if current is None else f"has an older diffq schema ({current})"
+        return f"the database at {_safe(url)} {state}; run `diffq db upgrade` first"
+    return None
+
+
 def _safe(url) -> str:
     return url.render_as_string(hide_password=True)
 
 
 def _first_line(error: Exception) -> str:
-    orig = getattr(error, "orig", None) or error
-    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    """The first line of the database driver's own message, without SQLAlchemy's wrapping."""
+    return first_line(getattr(error, "orig", None) or error)

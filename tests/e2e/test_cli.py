@@ -224,3 +224,13 @@ def test_db_upgrade_creates_a_missing_postgres_database() -> None:
         "db", "upgrade", env={"DIFFQ_DATABASE_URL": f"postgresql+psycopg://u@127.0.0.1:{free_port()}/x"}
     )
     assert_short_error(refused, "can't connect")
+
+
+def test_servers_on_a_database_without_the_schema_say_so_in_one_line(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    for command in ("api", "worker", "beat"):
+        result = run_diffq(command, env={"DIFFQ_DATABASE_URL": url, "DIFFQ_HOME": str(tmp_path)})
+        # The models' import may print a library warning first; the error itself is one line.
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert len(errors) == 1 and "diffq db upgrade" in errors[0], (command, result.stderr)
