@@ -1,12 +1,14 @@
 """The submission API. Start it with `diffq api`."""
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 from swagger_ui_bundle import swagger_ui_path
 
 from api.routes import batches, files, jobs, metrics, models, schedulers, schedules, uploads
+from core.errors import first_line
 
 DOCS_ASSETS = "/docs-assets"
 
@@ -25,6 +27,20 @@ app.include_router(metrics.router)
 app.include_router(models.router)
 app.include_router(schedules.router)
 app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+
+@app.exception_handler(DataError)
+def refused_by_the_database(request: Request, error: DataError) -> JSONResponse:
+    """A value the database can't store or compare (Postgres refuses NUL characters in text and
+    numbers beyond its columns' range) is the request's to fix, wherever it was sent: a 422, not a 500.
+    Found by the API fuzzer (a model named "\\u0000")."""
+    reason = first_line(error.orig or error)
+    message = (
+        f"the request holds a value the database can't use ({reason}); remove NUL characters (\\u0000) "
+        "from text and keep integers within 64 bits"
+    )
+    detail = [{"loc": ["request"], "msg": message, "type": "value_error"}]
+    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
 
 
 @app.get("/docs", include_in_schema=False)

@@ -144,8 +144,8 @@ class PromptParams(Params):
 
 class Text2ImgParams(PromptParams):
     lora: LoraRef | None = Field(default=None, description="A registered LoRA to apply, with its scale.")
-    width: int | None = Field(default=None, ge=8, description="Multiple of 8; the model's size if unset.")
-    height: int | None = Field(default=None, ge=8, description="Multiple of 8; the model's size if unset.")
+    width: int | None = Field(default=None, ge=16, description="Multiple of 8; the model's size if unset.")
+    height: int | None = Field(default=None, ge=16, description="Multiple of 8; the model's size if unset.")
 
     _multiple_of_8 = field_validator("width", "height")(_check_multiple_of_8)
 
@@ -183,8 +183,8 @@ class InpaintParams(StrengthParams):
         "is read from its alpha alone: transparent is repainted, opaque kept."
     )
     strength: float = Field(default=1.0, gt=0, le=1, description="1 repaints the masked area from noise.")
-    width: int | None = Field(default=None, ge=8, description="Multiple of 8; the image's size if unset.")
-    height: int | None = Field(default=None, ge=8, description="Multiple of 8; the image's size if unset.")
+    width: int | None = Field(default=None, ge=16, description="Multiple of 8; the image's size if unset.")
+    height: int | None = Field(default=None, ge=16, description="Multiple of 8; the image's size if unset.")
 
     image_fields: ClassVar[tuple[str, ...]] = ("image", "mask_image")
     same_size_as_image: ClassVar[tuple[str, ...]] = ("mask_image",)

@@ -196,7 +196,7 @@ def test_an_image_that_rounds_below_the_minimum_is_a_422(client, job_type: str) 
         params["mask_image"] = upload_image(client, square_mask(4, 4))
     response = client.http.post("/v1/jobs", json={"type": job_type, "model": "tiny-sd", "params": params})
     assert response.status_code == 422, response.text
-    assert "rounds down to 0×0" in response.text and "the minimum is 8×8" in response.text
+    assert "rounds down to 0×0" in response.text and "the minimum is 16×16" in response.text
 
 
 def test_img2img_from_a_16bit_greyscale_png_starts_from_its_gradient(client, models_dir) -> None:

@@ -77,3 +77,15 @@ def test_healthz_and_docs(api) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/docs").status_code == 200
     assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
+
+
+def test_a_nul_character_in_a_model_name_is_a_422_not_a_500(api) -> None:
+    response = post(api, {"type": "unconditional", "model": "\u0000"})  # found by the API fuzzer
+    assert response.status_code == 422, response.text
+    assert "remove NUL characters" in str(response.json()["detail"])
+
+
+def test_nul_in_a_path_is_a_422(api) -> None:
+    response = api.get("/v1/models/a%00b")
+    assert response.status_code in (404, 422), response.text
+    assert response.status_code != 422 or "remove NUL characters" in response.text
