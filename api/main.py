@@ -1,6 +1,7 @@
 """The submission API. Start it with `diffq api`."""
 
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,6 +28,30 @@ app.include_router(metrics.router)
 app.include_router(models.router)
 app.include_router(schedules.router)
 app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+
+def _printable(value: object) -> str | int:
+    """`value` as JSON can always carry it: text without lone surrogates, cut to a readable length."""
+    if isinstance(value, int):
+        return value
+    text = str(value).encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+@app.exception_handler(RequestValidationError)
+def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 with each error's location, message and type. Unlike FastAPI's own handler it does not echo
+    the input back: an `inf`, a lone surrogate or a 60 MB prompt in the request made that answer a 500
+    or as large as the request (found by a new user's bad input)."""
+    detail = [
+        {
+            "loc": [_printable(part) for part in item.get("loc", ())],
+            "msg": _printable(str(item.get("msg", "")).removeprefix("Value error, ")),
+            "type": _printable(item.get("type", "value_error")),
+        }
+        for item in error.errors()
+    ]
+    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
 
 
 @app.exception_handler(DataError)

@@ -89,3 +89,23 @@ def test_nul_in_a_path_is_a_422(api) -> None:
     response = api.get("/v1/models/a%00b")
     assert response.status_code in (404, 422), response.text
     assert response.status_code != 422 or "remove NUL characters" in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "text2img", "model": "tiny-sd", "params": {"prompt": "x", "seed": 1e400}}',  # inf
+        b'{"type": "text2img", "model": "tiny-sd", "params": {"prompt": "a\\ud800b", "steps": 1}}',
+        b'{"type": "text2img", "model": "tiny-sd", "params": {"prompt": "' + b"x" * 200_000 + b'"}}',
+    ],
+    ids=["infinite-seed", "lone-surrogate", "huge-prompt"],
+)
+def test_a_422_never_fails_on_or_echoes_the_input(api, body: bytes) -> None:
+    """Found by a new user: FastAPI's own 422 echoed the input, and an `inf` or a lone surrogate made
+    that answer a 500, a huge prompt an answer as large."""
+    response = api.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert len(response.content) < 5_000
+    assert all(
+        error["msg"] and not error["msg"].startswith("Value error") for error in response.json()["detail"]
+    )
