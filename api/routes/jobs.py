@@ -8,6 +8,7 @@ from sqlalchemy import select
 from api.admission import Admission, job_values, unprocessable
 from api.deps import JobDep, SessionDep
 from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
+from core.job_types import JobType
 from core.jobs import cancel_job, job_metrics
 from core.queue import enqueue_job
 from core.specs import JobSpec
@@ -96,7 +97,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
     schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule made.")] = None,
-    type_: Annotated[str | None, Query(alias="type", max_length=64, description="Only this type.")] = None,
+    type_: Annotated[JobType | None, Query(alias="type", description="Only jobs of this type.")] = None,
 ) -> JobsPublic:
     query = select(Job).limit(limit).offset(offset)
     if status_:

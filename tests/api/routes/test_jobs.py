@@ -109,3 +109,9 @@ def test_a_422_never_fails_on_or_echoes_the_input(api, body: bytes) -> None:
     assert all(
         error["msg"] and not error["msg"].startswith("Value error") for error in response.json()["detail"]
     )
+
+
+def test_list_rejects_unknown_type(api) -> None:
+    response = api.get("/v1/jobs", params={"type": "text2video"})
+    assert response.status_code == 422 and "text2img" in response.text
+    assert api.get("/v1/jobs", params={"type": "text2img"}).status_code == 200
