@@ -69,7 +69,7 @@ def test_submit_then_watch(stack, client, tmp_path) -> None:
 def test_submit_file_and_bad_spec(stack, tmp_path) -> None:
     spec = tmp_path / "job.json"
     spec.write_text(
-        json.dumps({"type": "text2img", "model": "tiny-sd", "params": {"prompt": "x", "width": 12}})
+        json.dumps({"type": "text2img", "model": "tiny-sd", "params": {"prompt": "x", "width": 20}})
     )
     result = diffq(stack, "submit", "--file", str(spec))
     assert result.returncode == 1
