@@ -80,6 +80,27 @@ class Settings(BaseSettings):
     affinity_max_backlog: int = Field(default=2, ge=1)
     affinity_max_wait_s: float = Field(default=30, ge=0)
 
+    # API keys (core/auth.py). Off only when set to false explicitly; the API then logs a warning at start
+    # and every request acts as the `default` owner with every scope.
+    auth: bool = True
+    # A bearer token for Prometheus to scrape /metrics with, besides an admin key; empty: admin keys only.
+    metrics_token: str = ""
+
+    # Owner quotas (core/quotas.py); an API key's `limits` may override each. 0 means no limit.
+    max_queued_jobs: int = Field(default=10_000, ge=0)
+    max_running_jobs: int = Field(default=0, ge=0)
+    max_upload_bytes_per_day: int = Field(default=10 * 1024**3, ge=0)
+    max_priority: int = Field(default=10, ge=0)
+    # Requests per API key, in the `limits` library's notation ("100/second;2000/minute"); counters in
+    # Redis when the broker is Redis, in the API process's memory otherwise. Empty: no rate limit.
+    rate_limit: str = "50/second"
+
+    # Webhooks (core/webhooks.py): how long a delivery is retried, each attempt's timeout, and whether
+    # URLs may point at loopback, private or link-local addresses (refused by default: SSRF).
+    webhook_retry_s: float = Field(default=24 * 3600, gt=0)
+    webhook_timeout_s: float = Field(default=10, gt=0)
+    webhook_allow_private: bool = False
+
     # Flower's basic auth (`diffq flower` refuses to start without it, unless told `--no-auth`).
     flower_user: str = ""
     flower_password: str = ""

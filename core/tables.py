@@ -16,12 +16,16 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+# The owner of every job made before owners existed, and of everything when auth is off.
+DEFAULT_OWNER = "default"
 
 
 def utcnow() -> datetime:
@@ -113,6 +117,12 @@ class Job(Base):
     )
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # Who submitted it (an `owners` name; see core/auth.py), how urgent it is (higher runs first), and
+    # where to POST its events: {"url": ..., "events": [...]} (see core/webhooks.py).
+    owner: Mapped[str] = mapped_column(String(100), default=DEFAULT_OWNER, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
 
 class Batch(Base):
     """Many jobs submitted at once. Their state lives on the jobs; a batch only groups them."""
@@ -126,6 +136,9 @@ class Batch(Base):
     source: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    owner: Mapped[str] = mapped_column(String(100), default=DEFAULT_OWNER, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class WorkerNode(Base):
@@ -179,6 +192,9 @@ class RegisteredModel(Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The owner of the job that made it. Other owners may use it only once an admin published it.
+    owner: Mapped[str] = mapped_column(String(100), default=DEFAULT_OWNER, index=True)
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class JobMetric(Base):
@@ -212,3 +228,87 @@ class Schedule(Base):
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    owner: Mapped[str] = mapped_column(String(100), default=DEFAULT_OWNER, index=True)
+
+
+class Owner(Base):
+    """Whoever submits jobs: a person or a service, reached through its API keys (core/auth.py)."""
+
+    __tablename__ = "owners"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # The Standard Webhooks secret ("whsec_" + base64) that signs this owner's webhook deliveries.
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Written by every admission that counts the owner's jobs, so that concurrent submitters of one owner
+    # take turns (a row lock on Postgres, the write lock on SQLite) and a quota can't be overshot.
+    last_submit_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """An API key. Only its SHA-256 is stored; `prefix` (public, in the key itself) finds the row."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(100), ForeignKey("owners.name"), index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    # Per-key overrides of the owner quotas in settings: {"max_queued_jobs": 10, ...} (core/quotas.py).
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Upload(Base):
+    """A file sent to `POST /v1/uploads`: whose it is, and its size for the daily upload quota."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # 32 hex digits
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "image" | "zip"
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class WebhookDelivery(Base):
+    """One event to POST to a webhook URL: the outbox row, written in the transaction that changed the
+    job, and sent by core/webhooks.py's dispatcher until it is answered 2xx, answered 410, or gives up.
+
+    `id` is the Standard Webhooks `webhook-id`: the same on every retry, so receivers can drop repeats.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    event: Mapped[str] = mapped_column(String(32))  # "job.started", "batch.completed", ...
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body that is signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    give_up_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """One try at sending a delivery, and what the receiver answered."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(1000))
+    duration_ms: Mapped[float] = mapped_column(Float)
