@@ -7,8 +7,11 @@ from typing import Any
 from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
+from core.auth import Principal
 from core.config import get_settings
 from core.model_configs import steps_problem
+from core.ownership import reference_problems
+from core.quotas import QuotaExceeded
 from core.specs import JobSpec
 from core.storage import Storage
 from core.submit import job_fields, limit_problems, model_problem, training_problems
@@ -18,9 +21,14 @@ Loc = list[str | int]
 
 
 class Admission:
-    def __init__(self, session: Session, storage: Storage) -> None:
+    """Checks job specs for `principal`, who may name only what it owns (core/ownership.py)."""
+
+    def __init__(self, session: Session, storage: Storage, principal: Principal) -> None:
         self.session = session
         self.storage = storage
+        self.principal = principal
+        # Whose registered models are visible: the principal's own and published ones; all for an admin.
+        self.owner = None if principal.is_admin else principal.owner
         self.settings = get_settings()
         self.models_dir = self.settings.models_dir
         self._models: dict[tuple[str, str], tuple[str, str] | None] = {}
@@ -35,23 +43,41 @@ class Admission:
         if spec.model is not None:
             key = (spec.model, spec.type)
             if key not in self._models:
-                self._models[key] = model_problem(self.session, spec.model, spec.type, self.models_dir)
+                self._models[key] = model_problem(
+                    self.session, spec.model, spec.type, self.models_dir, self.owner
+                )
             if found := self._models[key]:
                 problem, kind = found
                 errors.append({"loc": [*loc, "model"], "msg": problem, "type": kind})
             elif problem := steps_problem(spec.model, spec.params, self.models_dir):
                 where = [*loc, "params", "num_inference_steps"]
                 errors.append({"loc": where, "msg": problem, "type": "too_many_steps"})
-        for where, message, kind in training_problems(self.session, spec, self.models_dir, self.storage):
+        # Another owner's upload is reported as missing, and nothing more is read from it.
+        if not_yours := reference_problems(self.session, self.principal, spec):
+            return errors + [
+                {"loc": [*loc, *where], "msg": message, "type": kind} for where, message, kind in not_yours
+            ]
+        for where, message, kind in training_problems(
+            self.session, spec, self.models_dir, self.storage, self.owner
+        ):
             errors.append({"loc": [*loc, *where], "msg": message, "type": kind})
         for field, message in input_image_problems(spec.params, self.storage, self._images):
             errors.append({"loc": [*loc, "params", field], "msg": message, "type": "bad_image"})
         return errors
 
 
-def job_values(spec: JobSpec) -> dict[str, Any]:
-    """The columns to store for `spec`, with a seed picked if it names none."""
-    return job_fields(spec)
+def job_values(spec: JobSpec, owner: str) -> dict[str, Any]:
+    """The columns to store for `owner`'s `spec`, with a seed picked if it names none."""
+    return job_fields(spec) | {"owner": owner}
+
+
+def too_many(error: QuotaExceeded) -> HTTPException:
+    """429 with `Retry-After` for an owner over a quota (core/quotas.py)."""
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=error.message,
+        headers={"Retry-After": str(error.retry_after_s)},
+    )
 
 
 def unprocessable(errors: list[dict[str, Any]]) -> HTTPException:

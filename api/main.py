@@ -1,5 +1,9 @@
 """The submission API. Start it with `diffq api`."""
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -8,16 +12,30 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from swagger_ui_bundle import swagger_ui_path
 
-from api.routes import batches, files, jobs, metrics, models, schedulers, schedules, uploads
+from api.routes import batches, files, jobs, me, metrics, models, schedulers, schedules, uploads
+from core.config import get_settings
 from core.errors import first_line
 
 DOCS_ASSETS = "/docs-assets"
+logger = logging.getLogger("diffq.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if not get_settings().auth:
+        logger.warning(
+            "AUTH IS OFF (DIFFQ_AUTH=false): every request acts as the 'default' owner with admin rights; "
+            "anyone who can reach this API can read, cancel and submit every job"
+        )
+    yield
+
 
 app = FastAPI(
     title="diffq",
     summary="A job queue for diffusion models: submit generation and training jobs, watch them run, "
     "fetch images and models.",
     docs_url=None,  # served below from the package's own Swagger UI files, so that it works offline
+    lifespan=lifespan,
 )
 app.include_router(jobs.router)
 app.include_router(files.router)
@@ -27,6 +45,7 @@ app.include_router(schedulers.router)
 app.include_router(metrics.router)
 app.include_router(models.router)
 app.include_router(schedules.router)
+app.include_router(me.router)
 app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
 

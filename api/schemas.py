@@ -126,6 +126,23 @@ class ModelPublic(BaseModel):
     job_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
+    owner: str
+    published: bool = Field(description="Whether every owner may use it (an admin publishes models).")
+
+
+class ModelUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    published: bool = Field(description="Let every owner use the model (true), or only its owner (false).")
+
+
+class PrincipalPublic(BaseModel):
+    """Who the request's API key acts for."""
+
+    owner: str
+    scopes: list[str]
+    key_id: uuid.UUID | None
+    limits: dict[str, int | str] = Field(description="The owner quotas that apply to this key.")
 
 
 class ModelsPublic(BaseModel):

@@ -1,5 +1,6 @@
 """A small HTTP client for the API, used by the `diffq` commands and the quickstart."""
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,9 +55,15 @@ def check_id(value: str, what: str = "job") -> str:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    """The API at `base_url`, with the API key `api_key` (default: the DIFFQ_API_KEY environment
+    variable) sent as `Authorization: Bearer` to the API only, never to presigned storage URLs."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        key = os.environ.get("DIFFQ_API_KEY", "") if api_key is None else api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self.storage_http = httpx.Client(timeout=timeout)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; a connection failure is an ApiError that says how to reach the API."""
@@ -135,7 +142,14 @@ class Client:
         return response.text
 
     def download(self, url: str) -> bytes:
-        response = self.request("GET", url)
+        """An output's bytes: from the API (local storage, with the key) or a presigned URL (without)."""
+        if url.startswith(("http://", "https://")) and not url.startswith(self.base_url + "/"):
+            try:
+                response = self.storage_http.get(url)
+            except httpx.TransportError as error:
+                raise ApiError(f"can't fetch {url} ({error or type(error).__name__})") from None
+        else:
+            response = self.request("GET", url)
         if response.is_error:
             raise ApiError(f"{response.status_code} fetching {url}", response.status_code)
         return response.content

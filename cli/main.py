@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.keys import keys_app
 from core.config import get_settings
 
 # Plain (not boxed) help and usage errors: a usage error is a usage line and one `Error:` line.
@@ -19,6 +20,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_
 models_app = typer.Typer(help="The local model store.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 # The quickstart's defaults. Measured on the 2-core machine: 40 epochs (640 steps) of the
 # quickstart's UNet, sampled with 50 or 100 strided DDPM steps, draw clean coloured squares, crosses

@@ -19,8 +19,11 @@ import typer
 
 from cli.client import Client
 from cli.progress import watch_jobs
+from core.auth import create_key, revoke_key
 from core.config import get_settings
+from core.db import db_session
 from core.storage import LocalStorage, get_storage
+from core.tables import DEFAULT_OWNER
 
 # Warnings the quickstart's user can't act on: transformers' about torchvision, Celery's about
 # running as root (the quickstart's worker reads only its own local broker). The worker's log goes to
@@ -112,6 +115,9 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
     typer.echo(f"diffq home: {settings.home}")
     typer.echo("1/4 creating the database ...")
     upgrade()
+    # A key of the quickstart's own, for the `default` owner; revoked when it ends.
+    with db_session() as session:
+        key_row, api_key = create_key(session, DEFAULT_OWNER, name="quickstart")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     typer.echo(f"2/4 starting the API at {url} and one worker ...")
@@ -129,7 +135,7 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
         stderr=subprocess.STDOUT,
     )
     try:
-        client = Client(url)
+        client = Client(url, api_key=api_key)
         earlier = client.request("GET", f"/v1/models/{name}")
         if earlier.status_code == 200:
             typer.echo(
@@ -169,6 +175,8 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
         log.close()
+        with db_session() as session:
+            revoke_key(session, key_row.id)
 
     storage = get_storage()
     images = [Image.open(io.BytesIO(storage.get(output["key"]))) for output in generation["outputs"]]
@@ -178,6 +186,10 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
     grid_path = free_grid_path(settings.home)
     grid.save(grid_path)
     typer.echo(f"the grid of generated glyphs ({rows}×{cols}, shown {GRID_ZOOM}× larger): {grid_path}")
+    typer.echo(
+        f"its jobs belong to the owner '{DEFAULT_OWNER}'; to look at them with the API or `diffq jobs`: "
+        f"export DIFFQ_API_KEY=$(diffq keys create --owner {DEFAULT_OWNER})"
+    )
     return 0
 
 

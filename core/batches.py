@@ -21,16 +21,18 @@ from core.tables import Batch, Job, JobStatus, utcnow
 
 
 def insert_batch(
-    session: Session, name: str | None, source: dict[str, Any], jobs: list[dict[str, Any]]
+    session: Session, name: str | None, source: dict[str, Any], jobs: list[dict[str, Any]], owner: str
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    """Write a batch and its jobs (`type`, `model`, `params` each) in the session's transaction.
+    """Write `owner`'s batch and its jobs (`type`, `model`, `params` each) in the session's transaction.
 
     Returns the batch id and the job ids in batch order. The caller commits, then enqueues the jobs.
     """
     now = utcnow()
     batch_id = uuid.uuid4()
     session.execute(
-        insert(Batch).values(id=batch_id, name=name, total=len(jobs), source=source, created_at=now)
+        insert(Batch).values(
+            id=batch_id, name=name, total=len(jobs), source=source, created_at=now, owner=owner
+        )
     )
     rows = [
         {
@@ -47,6 +49,7 @@ def insert_batch(
             "updated_at": now,
             "batch_id": batch_id,
             "batch_index": index,
+            "owner": owner,
         }
         for index, job in enumerate(jobs)
     ]

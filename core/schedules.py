@@ -135,7 +135,7 @@ def fire_schedule(
     ).rowcount
     if moved != 1:
         return None
-    job = _job_for(schedule.job, schedule_id, due_at, now)
+    job = _job_for(schedule.job, schedule.owner, schedule_id, due_at, now)
     session.add(job)
     session.flush()
     logger.info("schedule %s (due %s) made job %s", schedule_id, due_at, job.id)
@@ -143,7 +143,9 @@ def fire_schedule(
     return job.id if job.status == JobStatus.QUEUED else None
 
 
-def _job_for(template: dict[str, Any], schedule_id: uuid.UUID, due_at: datetime, now: datetime) -> Job:
+def _job_for(
+    template: dict[str, Any], owner: str, schedule_id: uuid.UUID, due_at: datetime, now: datetime
+) -> Job:
     try:
         spec = JOB_SPEC.validate_python(template)
     except ValidationError as error:
@@ -159,5 +161,6 @@ def _job_for(template: dict[str, Any], schedule_id: uuid.UUID, due_at: datetime,
             schedule_id=schedule_id,
             scheduled_for=due_at,
             finished_at=now,
+            owner=owner,
         )
-    return job_from_spec(spec, schedule_id=schedule_id, scheduled_for=due_at)
+    return job_from_spec(spec, owner, schedule_id=schedule_id, scheduled_for=due_at)

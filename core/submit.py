@@ -46,17 +46,20 @@ def limit_problems(params: Params, settings: Settings) -> list[Problem]:
     return problems
 
 
-def training_problems(session: Session, spec: JobSpec, models_dir: Path, storage: Storage) -> list[Problem]:
+def training_problems(
+    session: Session, spec: JobSpec, models_dir: Path, storage: Storage, owner: str | None = None
+) -> list[Problem]:
     """The checks beyond the model: a LoRA to apply, the name a training job registers, its dataset, and
-    the sampling steps a training job's scheduler can't run."""
+    the sampling steps a training job's scheduler can't run. `owner` sees its own and published
+    registered models (None: every model)."""
     problems: list[Problem] = []
     lora = getattr(spec.params, "lora", None)
     model = spec.model
-    if lora is not None and model is not None and (problem := lora_problem(session, lora.name, model)):
+    if lora is not None and model is not None and (problem := lora_problem(session, lora.name, model, owner)):
         problems.append((("params", "lora", "name"), *problem))
     output_model = getattr(spec, "output_model", None)
     if output_model is not None and (
-        problem := output_model_problem(session, output_model, spec.overwrite_output_model, models_dir)
+        problem := output_model_problem(session, output_model, spec.overwrite_output_model, models_dir, owner)
     ):
         problems.append((("output_model",), problem, "model_exists"))
     dataset = getattr(spec.params, "dataset", None)
@@ -91,18 +94,21 @@ def training_steps_problems(spec: JobSpec, models_dir: Path) -> list[Problem]:
     return []
 
 
-def model_problem(session: Session, ref: str, job_type: str, models_dir: Path) -> tuple[str, str] | None:
+def model_problem(
+    session: Session, ref: str, job_type: str, models_dir: Path, owner: str | None = None
+) -> tuple[str, str] | None:
     """Why `ref` can't be the model of a `job_type` job, with the error type; None if it can.
 
     A local folder is checked against the job type by its configs (core/model_configs.py `kind_problem`,
-    the rule the worker applies to the pipeline it loads), a registered model by its kind.
+    the rule the worker applies to the pipeline it loads), a registered model by its kind. A registered
+    model `owner` may not use (core/model_registry.py `visible_to`) is as unknown as one that isn't there.
     """
     try:
         local = (models_dir / ref).exists()
     except (OSError, ValueError):  # a name the OS refuses (too long, a NUL byte) is no folder nor registered
         problem = reference_problem(ref, models_dir)
         return (problem, "unknown_model") if problem else None
-    registered = find_model(session, ref) if not local else None
+    registered = find_model(session, ref, owner) if not local else None
     if registered is None:
         if problem := reference_problem(ref, models_dir):
             return problem, "unknown_model"
@@ -123,9 +129,9 @@ def model_problem(session: Session, ref: str, job_type: str, models_dir: Path) -
     return None
 
 
-def lora_problem(session: Session, name: str, model: str) -> tuple[str, str] | None:
+def lora_problem(session: Session, name: str, model: str, owner: str | None = None) -> tuple[str, str] | None:
     """Why the LoRA `name` can't be applied to `model`, with the error type; None if it can."""
-    registered = find_model(session, name)
+    registered = find_model(session, name, owner)
     if registered is None:
         return (
             f"no registered LoRA named '{name}'; train one with a 'train_lora' job "
@@ -142,13 +148,18 @@ def lora_problem(session: Session, name: str, model: str) -> tuple[str, str] | N
     return None
 
 
-def output_model_problem(session: Session, name: str, overwrite: bool, models_dir: Path) -> str | None:
-    """Why a training job may not register `name`; None if it may."""
+def output_model_problem(
+    session: Session, name: str, overwrite: bool, models_dir: Path, owner: str | None = None
+) -> str | None:
+    """Why a training job of `owner` may not register `name`; None if it may. Names are one namespace
+    for all owners; nobody replaces another owner's model."""
     if (models_dir / name).exists():
         return f"'{name}' is a folder in the models dir; pick another output_model"
+    registered = find_model(session, name)
+    if registered is not None and owner is not None and registered.owner != owner:
+        return f"the model name '{name}' is taken by another owner; pick another output_model"
     if overwrite:
         return None
-    registered = find_model(session, name)
     if registered is not None:
         return (
             f"a model named '{name}' is already registered (made by job {registered.job_id}); pick another "
@@ -181,9 +192,16 @@ def job_fields(spec: JobSpec) -> dict[str, Any]:
 
 
 def job_from_spec(
-    spec: JobSpec, schedule_id: uuid.UUID | None = None, scheduled_for: datetime | None = None
+    spec: JobSpec,
+    owner: str,
+    schedule_id: uuid.UUID | None = None,
+    scheduled_for: datetime | None = None,
 ) -> Job:
-    """A queued job for `spec`."""
+    """A queued job of `owner` for `spec`."""
     return Job(
-        **job_fields(spec), status=JobStatus.QUEUED, schedule_id=schedule_id, scheduled_for=scheduled_for
+        **job_fields(spec),
+        owner=owner,
+        status=JobStatus.QUEUED,
+        schedule_id=schedule_id,
+        scheduled_for=scheduled_for,
     )

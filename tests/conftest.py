@@ -51,8 +51,12 @@ os.environ.update(
         # Two torch threads per process on a 2-core machine shared by the tests and the workers
         # thrash; one each keeps runs steady.
         "OMP_NUM_THREADS": "1",
+        # The tests' clients send many requests a second; the rate limit has its own test.
+        "DIFFQ_RATE_LIMIT": "100000/second",
     }
 )
+# The owner the tests' API key (DIFFQ_API_KEY, made by the `database` fixture) acts for.
+TEST_OWNER = "tests"
 
 
 E2E_FIXTURES = {"stack", "client"}
@@ -95,7 +99,26 @@ def database() -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {TEST_DB}")
     upgrade()
+    os.environ["DIFFQ_API_KEY"] = new_key(TEST_OWNER)
     return get_settings().database_url
+
+
+def new_key(owner: str, scopes: list[str] | None = None, **limits: int | str) -> str:
+    """A new API key for `owner` (read and submit unless `scopes` says otherwise)."""
+    from core.auth import create_key
+    from core.db import db_session
+
+    with db_session() as session:
+        return create_key(session, owner, scopes, limits)[1]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def admin_key(database: str) -> str:
+    return new_key("admins", ["admin"])
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +181,18 @@ def api_client(models_dir: Path, database: str, broker: str, s3: str) -> Iterato
 
     from api.main import app
 
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=bearer(os.environ["DIFFQ_API_KEY"])) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def admin_api(api_client: "TestClient", admin_key: str) -> Iterator["TestClient"]:
+    """`api_client` with an admin key: sees every owner's jobs and may name any storage key."""
+    from fastapi.testclient import TestClient
+
+    from api.main import app
+
+    with TestClient(app, headers=bearer(admin_key)) as test_client:
         yield test_client
 
 

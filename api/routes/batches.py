@@ -8,10 +8,12 @@ from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request, Re
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.admission import Admission, job_values, unprocessable
+from api.admission import Admission, job_values, too_many, unprocessable
+from api.auth import READ, SUBMIT, Submitter
 from api.deps import BatchDep, SessionDep
 from api.routes.uploads import REQUIRED_BODY, FileField, read_upload
 from api.schemas import BatchCreate, BatchPublic
+from core.auth import Principal
 from core.batch_specs import (
     BatchInvalid,
     BatchSpecs,
@@ -24,6 +26,7 @@ from core.batches import BatchState, batch_state, insert_batch, manifest, manife
 from core.db import db_session, get_sessionmaker
 from core.jobs import cancel_jobs
 from core.queue import enqueue_jobs
+from core.quotas import QuotaExceeded, check_batch_jobs, check_queued_jobs
 from core.storage import get_storage
 from core.tables import Batch, Job, JobStatus, utcnow
 
@@ -50,10 +53,20 @@ def public(batch: Batch, state: BatchState, base_url: str) -> BatchPublic:
 
 
 def write_batch(
-    session: Session, name: str | None, batch: BatchSpecs, background: BackgroundTasks, base_url: str
+    session: Session,
+    name: str | None,
+    batch: BatchSpecs,
+    background: BackgroundTasks,
+    base_url: str,
+    principal: Principal,
 ) -> BatchPublic:
-    """Admit, write and schedule the enqueueing of a batch's jobs; 422 if any job is not admitted."""
-    admission = Admission(session, get_storage())
+    """Admit, write and schedule the enqueueing of `principal`'s batch; 422 if any job is not admitted,
+    429 past the owner's quotas."""
+    try:
+        check_batch_jobs(principal, len(batch.specs))
+    except QuotaExceeded as error:
+        raise too_many(error) from None
+    admission = Admission(session, get_storage(), principal)
     errors = [
         error
         for spec, loc in zip(batch.specs, batch.locs, strict=True)
@@ -61,7 +74,12 @@ def write_batch(
     ]
     if errors:
         raise unprocessable(cap_errors(errors))
-    batch_id, job_ids = insert_batch(session, name, batch.source, [job_values(spec) for spec in batch.specs])
+    try:
+        check_queued_jobs(session, principal, len(batch.specs))
+    except QuotaExceeded as error:
+        raise too_many(error) from None
+    jobs = [job_values(spec, principal.owner) for spec in batch.specs]
+    batch_id, job_ids = insert_batch(session, name, batch.source, jobs, principal.owner)
     session.commit()
     # Sending a message per job takes about a millisecond each: after the response, so that accepting
     # the batch does not wait on it. Queued rows are the source of truth; a job whose message is lost
@@ -87,7 +105,11 @@ def _enqueue(batch_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLE}}}},
 )
 def create_batch(
-    body: BatchCreate, session: SessionDep, request: Request, background: BackgroundTasks
+    body: BatchCreate,
+    session: SessionDep,
+    request: Request,
+    background: BackgroundTasks,
+    principal: Submitter,
 ) -> BatchPublic:
     """Submit many jobs: a list of job specs, or a template and a sweep expanded into their product."""
     try:
@@ -98,7 +120,7 @@ def create_batch(
             batch = specs_from_sweep(body.template.model_dump(), body.sweep)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
-    return write_batch(session, body.name, batch, background, str(request.base_url))
+    return write_batch(session, body.name, batch, background, str(request.base_url), principal)
 
 
 @router.post(
@@ -107,6 +129,7 @@ def create_batch(
 async def create_batch_from_jsonl(
     request: Request,
     background: BackgroundTasks,
+    principal: Submitter,
     file: FileField = None,
     type_: Annotated[
         str | None, Form(alias="type", description="Job type of the lines that name none (text2img).")
@@ -122,7 +145,14 @@ async def create_batch_from_jsonl(
     """
     data = await read_upload(request, file)
     return await run_in_threadpool(
-        _jsonl_batch, data, type_ or None, model or None, name or None, background, str(request.base_url)
+        _jsonl_batch,
+        data,
+        type_ or None,
+        model or None,
+        name or None,
+        background,
+        str(request.base_url),
+        principal,
     )
 
 
@@ -133,16 +163,17 @@ def _jsonl_batch(
     name: str | None,
     background: BackgroundTasks,
     base_url: str,
+    principal: Principal,
 ) -> BatchPublic:
     try:
         batch = specs_from_jsonl(data, type_, model)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
     with get_sessionmaker()() as session:
-        return write_batch(session, name, batch, background, base_url)
+        return write_batch(session, name, batch, background, base_url, principal)
 
 
-@router.get("/{batch_id}", response_model=BatchPublic)
+@router.get("/{batch_id}", response_model=BatchPublic, dependencies=READ)
 def get_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPublic:
     """Counts by status, overall progress, the running jobs and, once all jobs have finished, the
     manifest's links."""
@@ -152,6 +183,7 @@ def get_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPu
 @router.post(
     "/{batch_id}/cancel",
     response_model=BatchPublic,
+    dependencies=SUBMIT,
     responses={409: {"description": "Every job of the batch has already finished."}},
 )
 def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPublic:
@@ -169,14 +201,14 @@ def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> Batc
     return public(batch, state, str(request.base_url))
 
 
-@router.get("/{batch_id}/manifest.json")
+@router.get("/{batch_id}/manifest.json", dependencies=READ)
 def get_manifest_json(batch: BatchDep, session: SessionDep, request: Request) -> dict[str, Any]:
     """Every job of the batch with its parameters, status, error and outputs (with URLs). Before the
     batch is done (`done` false) it lists the jobs as they are so far."""
     return manifest(session, batch, get_storage(), str(request.base_url))
 
 
-@router.get("/{batch_id}/manifest.csv", response_class=Response)
+@router.get("/{batch_id}/manifest.csv", response_class=Response, dependencies=READ)
 def get_manifest_csv(batch: BatchDep, session: SessionDep, request: Request) -> Response:
     """One row per output (its own seed, URL and the job's params as JSON); a job without outputs
     (failed, canceled, not finished) gets one row with its status and error."""

@@ -1,15 +1,19 @@
-"""Serves outputs kept in local storage (S3 outputs are fetched with presigned URLs instead)."""
+"""Serves outputs kept in local storage (S3 outputs are fetched with presigned URLs instead), to the
+owner of the job, upload or model they belong to (core/ownership.py) and to admin keys."""
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
+from api.auth import Reader
+from api.deps import SessionDep
+from core.ownership import may_read_key
 from core.storage import LocalStorage, get_storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
 @router.get("/{key:path}")
-def get_file(key: str) -> FileResponse:
+def get_file(key: str, session: SessionDep, principal: Reader) -> FileResponse:
     storage = get_storage()
     if not isinstance(storage, LocalStorage):
         raise HTTPException(
@@ -19,6 +23,6 @@ def get_file(key: str) -> FileResponse:
         path = storage.path(key)
     except ValueError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(error)) from None
-    if not path.is_file():
+    if not path.is_file() or not may_read_key(session, principal, key):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no file {key!r}")
     return FileResponse(path)

@@ -5,12 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from sqlalchemy import select
 
-from api.admission import Admission, job_values, unprocessable
+from api.admission import Admission, job_values, too_many, unprocessable
+from api.auth import READ, SUBMIT, Reader, Submitter
 from api.deps import JobDep, SessionDep
 from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
 from core.job_types import JobType
 from core.jobs import cancel_job, job_metrics
 from core.queue import enqueue_job
+from core.quotas import QuotaExceeded, check_queued_jobs
 from core.specs import JobSpec
 from core.storage import get_storage
 from core.tables import Job, JobStatus
@@ -33,12 +35,19 @@ def public(job: Job, request: Request) -> JobPublic:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def create_job(
-    spec: Annotated[JobSpec, Body(examples=[EXAMPLE])], session: SessionDep, request: Request
+    spec: Annotated[JobSpec, Body(examples=[EXAMPLE])],
+    session: SessionDep,
+    request: Request,
+    principal: Submitter,
 ) -> JobPublic:
-    errors = Admission(session, get_storage()).problems(spec, ["body"])
+    errors = Admission(session, get_storage(), principal).problems(spec, ["body"])
     if errors:
         raise unprocessable(errors)
-    job = Job(**job_values(spec), status=JobStatus.QUEUED)
+    try:
+        check_queued_jobs(session, principal, 1)
+    except QuotaExceeded as error:
+        raise too_many(error) from None
+    job = Job(**job_values(spec, principal.owner), status=JobStatus.QUEUED)
     session.add(job)
     session.commit()
     try:
@@ -49,7 +58,7 @@ def create_job(
     return public(job, request)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, dependencies=READ)
 def get_job(job: JobDep, request: Request) -> JobPublic:
     return public(job, request)
 
@@ -57,6 +66,7 @@ def get_job(job: JobDep, request: Request) -> JobPublic:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
+    dependencies=SUBMIT,
     responses={409: {"description": "The job has already finished."}},
 )
 def cancel(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
@@ -73,7 +83,7 @@ def cancel(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
     return public(job, request)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, dependencies=READ)
 def get_job_metrics(
     job: JobDep,
     session: SessionDep,
@@ -90,6 +100,7 @@ def get_job_metrics(
 def list_jobs(
     session: SessionDep,
     request: Request,
+    principal: Reader,
     status_: Annotated[
         str | None, Query(alias="status", pattern="^(" + "|".join(JobStatus.ALL) + ")$")
     ] = None,
@@ -98,8 +109,17 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
     schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule made.")] = None,
     type_: Annotated[JobType | None, Query(alias="type", description="Only jobs of this type.")] = None,
+    owner: Annotated[
+        str | None,
+        Query(max_length=100, description="Only this owner's jobs (admin keys; others see only their own)."),
+    ] = None,
 ) -> JobsPublic:
+    """The jobs of the key's owner, newest first (an admin key sees every owner's)."""
     query = select(Job).limit(limit).offset(offset)
+    if not principal.is_admin:
+        query = query.where(Job.owner == principal.owner)
+    elif owner is not None:
+        query = query.where(Job.owner == owner)
     if status_:
         query = query.where(Job.status == status_)
     if type_:

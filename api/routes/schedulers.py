@@ -1,12 +1,13 @@
 from fastapi import APIRouter
 
+from api.auth import READ
 from api.schemas import SchedulerPublic, SchedulersPublic
 from core.schedulers import SCHEDULERS
 
 router = APIRouter(prefix="/v1/schedulers", tags=["schedulers"])
 
 
-@router.get("", response_model=SchedulersPublic)
+@router.get("", response_model=SchedulersPublic, dependencies=READ)
 def list_schedulers() -> SchedulersPublic:
     """The names a job's `params.scheduler` may take."""
     return SchedulersPublic(

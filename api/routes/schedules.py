@@ -9,8 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.admission import Admission, unprocessable
+from api.auth import READ, SUBMIT, Reader, Submitter
 from api.deps import ScheduleDep, SessionDep
 from api.schemas import SchedulePublic, SchedulesPublic, ScheduleUpdate
+from core.auth import Principal
 from core.schedules import ScheduleSpec, next_cron_time
 from core.storage import get_storage
 from core.tables import Schedule, utcnow
@@ -30,7 +32,7 @@ EXAMPLE = {
 }
 
 
-def _apply(session: Session, schedule: Schedule, spec: ScheduleSpec) -> None:
+def _apply(session: Session, schedule: Schedule, spec: ScheduleSpec, principal: Principal) -> None:
     """Write `spec` into the row and work out its next due time.
 
     A cron schedule is due next at the first match from now. A single run keeps its state while
@@ -38,7 +40,7 @@ def _apply(session: Session, schedule: Schedule, spec: ScheduleSpec) -> None:
     fires once enabled); a new `run_at` must lie ahead.
     """
     now = utcnow()
-    if errors := Admission(session, get_storage()).problems(spec.job, ["body", "job"]):
+    if errors := Admission(session, get_storage(), principal).problems(spec.job, ["body", "job"]):
         raise unprocessable(errors)
     same_run_at = schedule.run_at is not None and spec.run_at is not None and schedule.run_at == spec.run_at
     if spec.run_at is not None and not same_run_at and spec.run_at < now:
@@ -67,28 +69,35 @@ def _apply(session: Session, schedule: Schedule, spec: ScheduleSpec) -> None:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SchedulePublic)
 def create_schedule(
-    spec: Annotated[ScheduleSpec, Body(examples=[EXAMPLE])], session: SessionDep
+    spec: Annotated[ScheduleSpec, Body(examples=[EXAMPLE])], session: SessionDep, principal: Submitter
 ) -> SchedulePublic:
-    schedule = Schedule()
-    _apply(session, schedule, spec)
+    """A schedule of the key's owner; the jobs it makes belong to that owner too."""
+    schedule = Schedule(owner=principal.owner)
+    _apply(session, schedule, spec, principal)
     session.add(schedule)
     session.commit()
     return SchedulePublic.model_validate(schedule)
 
 
 @router.get("", response_model=SchedulesPublic)
-def list_schedules(session: SessionDep) -> SchedulesPublic:
-    schedules = session.scalars(select(Schedule).order_by(Schedule.created_at.desc())).all()
+def list_schedules(session: SessionDep, principal: Reader) -> SchedulesPublic:
+    """The key owner's schedules (an admin key sees every owner's)."""
+    query = select(Schedule).order_by(Schedule.created_at.desc())
+    if not principal.is_admin:
+        query = query.where(Schedule.owner == principal.owner)
+    schedules = session.scalars(query).all()
     return SchedulesPublic(data=[SchedulePublic.model_validate(s) for s in schedules], count=len(schedules))
 
 
-@router.get("/{schedule_id}", response_model=SchedulePublic)
+@router.get("/{schedule_id}", response_model=SchedulePublic, dependencies=READ)
 def get_schedule(schedule: ScheduleDep) -> SchedulePublic:
     return SchedulePublic.model_validate(schedule)
 
 
 @router.patch("/{schedule_id}", response_model=SchedulePublic)
-def update_schedule(update: ScheduleUpdate, schedule: ScheduleDep, session: SessionDep) -> SchedulePublic:
+def update_schedule(
+    update: ScheduleUpdate, schedule: ScheduleDep, session: SessionDep, principal: Submitter
+) -> SchedulePublic:
     """Change any of `name`, `job`, `cron` / `run_at`, `timezone`, `enabled`; the due time is worked out
     again. Giving `cron` drops `run_at` and the other way round."""
     changes = update.model_dump(mode="json", exclude_unset=True)
@@ -108,12 +117,12 @@ def update_schedule(update: ScheduleUpdate, schedule: ScheduleDep, session: Sess
                 for e in error.errors(include_url=False, include_context=False)
             ]
         ) from None
-    _apply(session, schedule, spec)
+    _apply(session, schedule, spec, principal)
     session.commit()
     return SchedulePublic.model_validate(schedule)
 
 
-@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=SUBMIT)
 def delete_schedule(schedule: ScheduleDep, session: SessionDep) -> Response:
     """Delete the schedule; the jobs it made stay (their `schedule_id` is cleared)."""
     session.delete(schedule)

@@ -7,10 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
+from api.admission import too_many
+from api.auth import Submitter
 from api.schemas import UploadPublic
+from core.auth import Principal
 from core.config import get_settings
+from core.db import get_sessionmaker
+from core.quotas import QuotaExceeded, check_upload_bytes
 from core.specs import upload_key
 from core.storage import get_storage
+from core.tables import Upload
 from core.uploads import BadImage, store_upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -62,18 +68,35 @@ async def read_upload(request: Request, file: UploadFile | None) -> bytes:
         422: {"description": "Neither an image nor a zip."},
     },
 )
-async def create_upload(request: Request, file: FileField = None) -> UploadPublic:
+async def create_upload(request: Request, principal: Submitter, file: FileField = None) -> UploadPublic:
     """Store an input image (PNG, JPEG, WebP or BMP) or a dataset zip (multipart field `file`); jobs
-    name it by its id: `{"upload": id}` as an image, `"dataset": id` in a training job."""
+    name it by its id: `{"upload": id}` as an image, `"dataset": id` in a training job. Only the key's
+    owner may name it. 429 past the owner's `max_upload_bytes_per_day`."""
     data = await read_upload(request, file)
+    # Checking, storing and recording block: off the event loop.
+    return await run_in_threadpool(_store, data, principal)
+
+
+def _store(data: bytes, principal: Principal) -> UploadPublic:
+    with get_sessionmaker()() as session:
+        try:
+            check_upload_bytes(session, principal, len(data))
+        except QuotaExceeded as error:
+            raise too_many(error) from None
+        public = _store_file(data)
+        session.add(Upload(id=public.id, owner=principal.owner, kind=public.kind, bytes=len(data)))
+        session.commit()
+    return public
+
+
+def _store_file(data: bytes) -> UploadPublic:
     if data.startswith(ZIP_MAGIC):
         # A training dataset: its images are checked when a job reads it (bad_input names the file).
         upload_id = uuid.uuid4().hex
-        await run_in_threadpool(get_storage().put, upload_key(upload_id), data, "application/zip")
+        get_storage().put(upload_key(upload_id), data, "application/zip")
         return UploadPublic(id=upload_id, key=upload_key(upload_id), kind="zip", bytes=len(data))
     try:
-        # Decoding and storing block: off the event loop.
-        upload_id, info = await run_in_threadpool(store_upload, data, get_storage())
+        upload_id, info = store_upload(data, get_storage())
     except BadImage as error:
         if error.too_large:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=error.message) from None

@@ -5,9 +5,9 @@ import time
 import uuid
 
 import boto3
-import httpx
 import pytest
 
+from cli.client import Client
 from core.config import get_settings
 from core.db import db_session
 from core.queue import RUN_JOB_TASK, get_celery
@@ -83,7 +83,7 @@ def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:
     def on_unet(module, args, kwargs):
         calls["unet"] += 1
         if calls["unet"] == 3:
-            response = httpx.post(f"{stack.api_url}/v1/jobs/{job_id}/cancel", timeout=30)
+            response = Client(stack.api_url).request("POST", f"/v1/jobs/{job_id}/cancel")
             assert response.status_code == 200, response.text
         elif calls["unet"] > 3:
             calls["after_cancel"] += 1

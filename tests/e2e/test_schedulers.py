@@ -2,12 +2,12 @@
 
 import io
 
-import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from cli.client import Client
 from core.schedulers import SCHEDULERS, make_scheduler
 from tests.utils.images import as_array
 from tests.utils.jobs import text2img_spec, wait_finished
@@ -79,7 +79,7 @@ def test_dpmpp_karras_sets_karras_sigmas(models_dir) -> None:
 
 
 def test_unknown_scheduler_is_422(stack) -> None:
-    response = httpx.post(f"{stack.api_url}/v1/jobs", json=text2img_spec(scheduler="euler_b"), timeout=30)
+    response = Client(stack.api_url).request("POST", "/v1/jobs", json=text2img_spec(scheduler="euler_b"))
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"][-1] == "scheduler"
@@ -87,7 +87,7 @@ def test_unknown_scheduler_is_422(stack) -> None:
 
 
 def test_list_schedulers(stack) -> None:
-    listed = httpx.get(f"{stack.api_url}/v1/schedulers").json()["data"]
+    listed = Client(stack.api_url).request("GET", "/v1/schedulers").json()["data"]
     names = [entry["name"] for entry in listed]
     assert names == list(SCHEDULERS)
     assert {

@@ -98,9 +98,10 @@ def submit_to_queue(queue: str, spec: dict[str, Any]) -> str:
     from core.queue import RUN_JOB_TASK, get_celery
     from core.specs import JOB_SPEC
     from core.submit import job_from_spec
+    from tests.conftest import TEST_OWNER
 
     with db_session() as session:
-        job = job_from_spec(JOB_SPEC.validate_python(spec))
+        job = job_from_spec(JOB_SPEC.validate_python(spec), TEST_OWNER)
         session.add(job)
     get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
     return str(job.id)

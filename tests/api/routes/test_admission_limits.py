@@ -2,6 +2,7 @@
 another model, training sample steps), and model references that can't name a folder, are refused with 422
 before anything is queued. FastAPI's TestClient on the real Postgres."""
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,12 +10,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import TEST_OWNER, bearer
+
 
 @pytest.fixture(scope="module")
 def api(models_dir: Path, database: str, s3: str) -> Iterator[TestClient]:
     from api.main import app
 
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=bearer(os.environ["DIFFQ_API_KEY"])) as test_client:
         yield test_client
 
 
@@ -164,7 +167,11 @@ def registered_lora(database: str) -> Iterator[str]:
     with db_session() as session:
         session.add(
             RegisteredModel(
-                name=name, kind=ModelKind.LORA, base_model="tiny-sd", storage_prefix=f"models/{name}"
+                name=name,
+                kind=ModelKind.LORA,
+                base_model="tiny-sd",
+                storage_prefix=f"models/{name}",
+                owner=TEST_OWNER,
             )
         )
     yield name

@@ -40,10 +40,11 @@ def errors(response: httpx.Response) -> dict[str, str]:
         ({"params": {"steps": 3}}, "params.steps", "Extra inputs are not permitted"),
     ],
 )
-def test_bad_training_specs_are_422(api, change, field, words) -> None:
+def test_bad_training_specs_are_422(admin_api, change, field, words) -> None:
+    """As an admin, who may name any storage prefix (others: tests/api/routes/test_owners.py)."""
     spec = train_spec("fine-name")
     spec = spec | change | {"params": spec["params"] | change.get("params", {})}
-    response = post(api, spec)
+    response = post(admin_api, spec)
     assert response.status_code == 422, response.text
     found = {loc: msg for loc, msg in errors(response).items() if loc.endswith(field)}
     assert found, errors(response)
@@ -73,7 +74,7 @@ def test_uploaded_dataset_without_images_fails_the_job(stack, client) -> None:
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("metadata.jsonl", '{"file_name": "a.png", "text": "a"}\n')
         zipped.writestr("notes.txt", "no images here")
-    upload = httpx.post(f"{stack.api_url}/v1/uploads", files={"file": ("data.zip", archive.getvalue())})
+    upload = client.http.post("/v1/uploads", files={"file": ("data.zip", archive.getvalue())})
     assert upload.status_code == 201, upload.text
     assert upload.json()["bytes"] == len(archive.getvalue())
 
