@@ -3,6 +3,7 @@
 import pytest
 
 from api.admission import Admission
+from core.auth import Principal, Scope
 from core.config import get_settings
 from core.db import db_session
 from core.errors import BadInput
@@ -10,6 +11,7 @@ from core.job_types import JOB_TYPES, JobType
 from core.specs import JOB_SPEC, Text2ImgParams
 from core.storage import get_storage
 from core.tables import Job
+from tests.conftest import TEST_OWNER
 from workers.job_run import JobRun
 from workers.runners import RUNNERS
 
@@ -46,7 +48,7 @@ def test_admission_keeps_the_limits(database, s3, models_dir) -> None:
         {"type": "text2img", "model": "tiny-sd", "params": {"prompt": "a cat", "num_images": limit + 1}}
     )
     with db_session() as session:
-        admission = Admission(session, get_storage())
+        admission = Admission(session, get_storage(), Principal(TEST_OWNER, frozenset(Scope.DEFAULT)))
         assert admission.problems(spec, ["body"]) == [
             {
                 "loc": ["body", "params", "num_images"],
@@ -69,7 +71,9 @@ def test_admission_keeps_the_limits(database, s3, models_dir) -> None:
 def test_admission_refuses_bad_hub_ids(database, s3, models_dir, model: str, words: str) -> None:
     spec = JOB_SPEC.validate_python({"type": "text2img", "model": model, "params": {"prompt": "a cat"}})
     with db_session() as session:
-        [problem] = Admission(session, get_storage()).problems(spec, ["body"])
+        [problem] = Admission(
+            session, get_storage(), Principal(TEST_OWNER, frozenset(Scope.DEFAULT))
+        ).problems(spec, ["body"])
     assert problem["loc"] == ["body", "model"] and problem["type"] == "unknown_model"
     assert "not a folder in the models dir nor a valid Hub repo id" in problem["msg"]
     assert words in problem["msg"]
@@ -78,7 +82,12 @@ def test_admission_refuses_bad_hub_ids(database, s3, models_dir, model: str, wor
 def test_admission_accepts_a_hub_id(database, s3, models_dir) -> None:
     spec = JOB_SPEC.validate_python({"type": "text2img", "model": "org/name", "params": {"prompt": "a cat"}})
     with db_session() as session:
-        assert Admission(session, get_storage()).problems(spec, ["body"]) == []
+        assert (
+            Admission(session, get_storage(), Principal(TEST_OWNER, frozenset(Scope.DEFAULT))).problems(
+                spec, ["body"]
+            )
+            == []
+        )
 
 
 def test_every_job_type_has_a_runner_and_generation_types_a_loader() -> None:
