@@ -172,7 +172,7 @@ def main() -> None:
     from migrations.run import upgrade
     from models_store.memory import estimate_folder_bytes
     from models_store.tiny import make_tiny_models
-    from tests.utils.services import WorkerProcess
+    from tests.utils.services import WorkerProcess, use_new_api_key
 
     models_dir = get_settings().models_dir
     make_tiny_models(models_dir)
@@ -185,6 +185,7 @@ def main() -> None:
         conn.execute("CREATE DATABASE diffq_bench_affinity")
     upgrade()
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
+    use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     start_api(port)

@@ -133,6 +133,7 @@ def main() -> None:
     from core.config import get_settings
     from migrations.run import upgrade
     from models_store.tiny import make_tiny_models
+    from tests.utils.services import use_new_api_key
 
     make_tiny_models(get_settings().models_dir)
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
@@ -140,9 +141,14 @@ def main() -> None:
         conn.execute(f"CREATE DATABASE {DB}")
     upgrade()
     reset()
+    use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()
     start_api(port)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    http = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=600,
+        headers={"Authorization": f"Bearer {os.environ['DIFFQ_API_KEY']}"},
+    )
     specs = [spec(i) for i in range(args.jobs)]
     n = args.jobs
 

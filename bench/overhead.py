@@ -87,13 +87,14 @@ def start_stack():
     from cli.client import Client
     from cli.quickstart import free_port, start_api
     from migrations.run import upgrade
-    from tests.utils.services import WorkerProcess
+    from tests.utils.services import WorkerProcess, use_new_api_key
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS diffq_bench WITH (FORCE)")
         conn.execute("CREATE DATABASE diffq_bench")
     upgrade()
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
+    use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()
     start_api(port)
     worker = WorkerProcess(

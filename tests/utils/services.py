@@ -78,3 +78,15 @@ def wait_http(url: str, timeout: float = 30) -> None:
             return False
 
     wait_for(up, timeout, url)
+
+
+def use_new_api_key(owner: str, **limits: int | str) -> str:
+    """Make an API key for `owner` in the configured database and put it in DIFFQ_API_KEY, where
+    `cli.client.Client` finds it; returns the key. For benchmarks and scripts outside pytest."""
+    from core.auth import create_key
+    from core.db import db_session
+
+    with db_session() as session:
+        key = create_key(session, owner, limits=dict(limits))[1]
+    os.environ["DIFFQ_API_KEY"] = key
+    return key
