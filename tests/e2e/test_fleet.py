@@ -17,6 +17,7 @@ from core.queue import enqueue_job
 from core.routing import direct_queue
 from core.tables import Job
 from models_store.memory import estimate_folder_bytes
+from tests.conftest import TEST_OWNER
 from tests.utils.db import in_session
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
 from tests.utils.services import WorkerProcess
@@ -145,7 +146,7 @@ def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_
 
     spec = text2img_spec(num_inference_steps=2, num_images=1)
     with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
+        job = Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
         session.add(job)
     queue = in_session(enqueue_job, job.id)
     assert queue == direct_queue(settings.queue, f"main@{HOST}")
@@ -153,7 +154,12 @@ def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_
     assert (done["status"], done["worker"]) == ("succeeded", f"main@{HOST}")
 
     with db_session() as session:
-        cold = Job(type="text2img", model=f"never-loaded-{uuid.uuid4().hex[:6]}", params=spec["params"])
+        cold = Job(
+            type="text2img",
+            model=f"never-loaded-{uuid.uuid4().hex[:6]}",
+            params=spec["params"],
+            owner=TEST_OWNER,
+        )
         session.add(cold)
     try:
         assert in_session(enqueue_job, cold.id) == settings.queue

@@ -28,7 +28,7 @@ from core.queue import RUN_JOB_TASK, make_celery
 from core.storage import get_storage
 from core.tables import Job, JobStatus, utcnow
 from migrations.run import upgrade
-from tests.conftest import PG_SERVER, TEST_DB
+from tests.conftest import PG_SERVER, TEST_DB, TEST_OWNER
 from tests.utils.jobs import text2img_spec
 from tests.utils.services import ROOT, WorkerProcess, wait_for
 
@@ -101,7 +101,10 @@ class Cluster:
         """Commit `count` text2img jobs, then send them and record it, as the API does."""
         spec = text2img_spec(**params)
         with self.sessions.begin() as session:
-            jobs = [Job(type=spec["type"], model=spec["model"], params=spec["params"]) for _ in range(count)]
+            jobs = [
+                Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
+                for _ in range(count)
+            ]
             session.add_all(jobs)
         job_ids = [job.id for job in jobs]
         if send:

@@ -151,9 +151,14 @@ def two_beats(stack):
         )
         beats.append((process, folder / "beat.log", log))
     for process, log_path, _ in beats:
-        wait_for(
-            lambda p=process, path=log_path: "beat: Starting" in path.read_text() or p.poll(), 60, "a beat"
-        )
+        try:
+            wait_for(
+                lambda p=process, path=log_path: "beat: Starting" in path.read_text() or p.poll(),
+                60,
+                "a beat",
+            )
+        except TimeoutError:
+            raise AssertionError(f"no beat started in 60 s; its log:\n{log_path.read_text()}") from None
         assert process.poll() is None, log_path.read_text()
     yield beats
     for process, _, log in beats:

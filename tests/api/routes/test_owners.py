@@ -289,3 +289,23 @@ def test_rate_limit_per_key(api: TestClient) -> None:
     assert refused.status_code == 429 and 0 < int(refused.headers["retry-after"]) <= 60
     assert "3 per 1 minute" in refused.json()["detail"]
     assert other.get("/v1/jobs").status_code == 200  # counted per key
+
+
+def test_storage_keys_belong_to_the_owner_of_their_job_or_upload(owners: tuple[Owner, Owner]) -> None:
+    """What `/v1/files` (local storage) and input image keys allow: core/ownership.py `may_read_key`."""
+    from core.auth import ANONYMOUS_ADMIN, Principal
+    from core.db import db_session
+    from core.ownership import may_read_key
+
+    alice, bob = owners
+    job_id = alice.post("/v1/jobs", json=text2img()).json()["id"]
+    upload_id = alice.post("/v1/uploads", files={"file": ("a.png", png_bytes())}).json()["id"]
+    as_alice = Principal(alice.name, frozenset({"read"}))
+    as_bob = Principal(bob.name, frozenset({"read"}))
+    with db_session() as session:
+        for key in (f"jobs/{job_id}/0.png", f"jobs/{job_id}/samples/epoch-0001.png", f"uploads/{upload_id}"):
+            assert may_read_key(session, as_alice, key), key
+            assert not may_read_key(session, as_bob, key), key
+            assert may_read_key(session, ANONYMOUS_ADMIN, key), key
+        for key in ("notes/readme.txt", f"jobs/{uuid.uuid4()}/0.png", "jobs/not-a-uuid/0.png"):
+            assert not may_read_key(session, as_alice, key), key
