@@ -17,8 +17,15 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
 models_app = typer.Typer(help="The local model store.", no_args_is_help=True, rich_markup_mode=None)
+# `diffq keys ...`: run on the server side, against the database (like `diffq db`), not through the API.
+keys_app = typer.Typer(
+    help="API keys and webhook signing secrets (run where the database is reachable).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 # The quickstart's defaults. Measured on the 2-core machine: 40 epochs (640 steps) of the
 # quickstart's UNet, sampled with 50 or 100 strided DDPM steps, draw clean coloured squares, crosses
@@ -156,12 +163,54 @@ def flower(
 
 
 @app.command()
-def beat(loglevel: str = "INFO") -> None:
-    """Start the single beat process: due schedules become jobs, lost jobs are requeued."""
+def beat(
+    loglevel: str = "INFO",
+    webhooks: Annotated[
+        bool, typer.Option(help="Send webhooks from this process too (else run `diffq webhooks`).")
+    ] = True,
+) -> None:
+    """Start the single beat process: due schedules become jobs, lost jobs are requeued, webhooks are sent."""
+    import workers.beat
     from workers.celery_app import app as celery_app
 
     _require_schema()
+    workers.beat.SEND_WEBHOOKS = webhooks
     celery_app.start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
+
+
+@app.command("webhooks")
+def send_webhooks(
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Deliveries sent at once (default: DIFFQ_WEBHOOK_THREADS).")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option(help="Send the deliveries due now, wait for their attempts, and exit.")
+    ] = False,
+) -> None:
+    """Send webhook deliveries until stopped. `diffq beat` does this too; run more of these for more
+    throughput (they share the work safely on Postgres)."""
+    import contextlib
+    import logging
+    import signal
+
+    from core.webhooks import Dispatcher
+
+    _require_schema()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dispatcher = Dispatcher(threads)
+    if once:
+        attempts = 0
+        while started := dispatcher.dispatch_once():
+            attempts += started
+            dispatcher.wait_idle()
+        dispatcher.stop()
+        typer.echo(f"made {attempts} attempts")
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl+C does
+    typer.echo(f"sending webhooks with {dispatcher.threads} threads; Ctrl+C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        dispatcher.run()
+    dispatcher.stop(wait_s=get_settings().webhook_timeout_s)
 
 
 @app.command()
@@ -189,6 +238,27 @@ def db_upgrade(revision: str = "head") -> None:
     if upgrade(revision):
         typer.echo(f"created the database {url}")
     typer.echo(f"database at {url} is at {revision}")
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(
+    owner: Annotated[str, typer.Option(help="The owner whose deliveries the secret signs.")],
+    rotate: Annotated[
+        bool, typer.Option(help="Make a new secret; deliveries not sent yet are signed with it.")
+    ] = False,
+) -> None:
+    """Print an owner's webhook signing secret (`whsec_...`, for standardwebhooks' `Webhook(secret)`)."""
+    from cli.client import CliError
+    from core.auth import KeyProblem, webhook_secret
+    from core.db import db_session
+
+    _require_schema()
+    try:
+        with db_session() as session:
+            secret = webhook_secret(session, owner, rotate=rotate)
+    except KeyProblem as problem:
+        raise CliError(str(problem)) from None
+    typer.echo(secret)
 
 
 @models_app.command("make-tiny")

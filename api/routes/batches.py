@@ -5,13 +5,14 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request, Response, status
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.admission import Admission, job_values, unprocessable
 from api.deps import BatchDep, SessionDep
 from api.routes.uploads import REQUIRED_BODY, FileField, read_upload
-from api.schemas import BatchCreate, BatchPublic
+from api.schemas import BatchCreate, BatchPublic, WebhookDeliveriesPublic
 from core.batch_specs import (
     BatchInvalid,
     BatchSpecs,
@@ -24,8 +25,10 @@ from core.batches import BatchState, batch_state, insert_batch, manifest, manife
 from core.db import db_session, get_sessionmaker
 from core.jobs import cancel_jobs
 from core.queue import enqueue_jobs
+from core.specs import BatchWebhook
 from core.storage import get_storage
-from core.tables import Batch, Job, JobStatus, utcnow
+from core.tables import Batch, Job, JobStatus, WebhookDelivery, utcnow
+from core.webhooks import deliveries
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -50,18 +53,25 @@ def public(batch: Batch, state: BatchState, base_url: str) -> BatchPublic:
 
 
 def write_batch(
-    session: Session, name: str | None, batch: BatchSpecs, background: BackgroundTasks, base_url: str
+    session: Session,
+    name: str | None,
+    batch: BatchSpecs,
+    background: BackgroundTasks,
+    base_url: str,
+    webhook: BatchWebhook | None = None,
 ) -> BatchPublic:
     """Admit, write and schedule the enqueueing of a batch's jobs; 422 if any job is not admitted."""
     admission = Admission(session, get_storage())
-    errors = [
+    errors = admission.webhook_problems(webhook.url, ["body", "webhook", "url"]) if webhook else []
+    errors += [
         error
         for spec, loc in zip(batch.specs, batch.locs, strict=True)
         for error in admission.problems(spec, loc)
     ]
     if errors:
         raise unprocessable(cap_errors(errors))
-    batch_id, job_ids = insert_batch(session, name, batch.source, [job_values(spec) for spec in batch.specs])
+    jobs = [job_values(spec) for spec in batch.specs]
+    batch_id, job_ids = insert_batch(session, name, batch.source, jobs, webhook)
     session.commit()
     # Sending a message per job takes about a millisecond each: after the response, so that accepting
     # the batch does not wait on it. Queued rows are the source of truth; a job whose message is lost
@@ -98,7 +108,7 @@ def create_batch(
             batch = specs_from_sweep(body.template.model_dump(), body.sweep)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
-    return write_batch(session, body.name, batch, background, str(request.base_url))
+    return write_batch(session, body.name, batch, background, str(request.base_url), body.webhook)
 
 
 @router.post(
@@ -113,6 +123,10 @@ async def create_batch_from_jsonl(
     ] = None,
     model: Annotated[str | None, Form(description="Model of the lines that name none.")] = None,
     name: Annotated[str | None, Form(description="A name for the batch.")] = None,
+    webhook: Annotated[
+        str | None,
+        Form(description='The batch\'s webhook as JSON: {"url": ..., "events": ["completed", ...]}.'),
+    ] = None,
 ) -> BatchPublic:
     """Submit a JSON Lines file, one job a line (multipart field `file`).
 
@@ -121,9 +135,30 @@ async def create_batch_from_jsonl(
     job of that type and model, e.g. `{"prompt": "a cat", "seed": 1}`.
     """
     data = await read_upload(request, file)
+    batch_webhook = _form_webhook(webhook) if webhook else None
     return await run_in_threadpool(
-        _jsonl_batch, data, type_ or None, model or None, name or None, background, str(request.base_url)
+        _jsonl_batch,
+        data,
+        type_ or None,
+        model or None,
+        name or None,
+        background,
+        str(request.base_url),
+        batch_webhook,
     )
+
+
+def _form_webhook(text: str) -> BatchWebhook:
+    """The `webhook` form field, or a 422 located at it."""
+    try:
+        return BatchWebhook.model_validate_json(text)
+    except ValidationError as error:
+        raise unprocessable(
+            [
+                {"loc": ["body", "webhook", *detail["loc"]], "msg": detail["msg"], "type": detail["type"]}
+                for detail in error.errors(include_url=False, include_context=False, include_input=False)
+            ]
+        ) from None
 
 
 def _jsonl_batch(
@@ -133,13 +168,14 @@ def _jsonl_batch(
     name: str | None,
     background: BackgroundTasks,
     base_url: str,
+    webhook: BatchWebhook | None,
 ) -> BatchPublic:
     try:
         batch = specs_from_jsonl(data, type_, model)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
     with get_sessionmaker()() as session:
-        return write_batch(session, name, batch, background, base_url)
+        return write_batch(session, name, batch, background, base_url, webhook)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic)
@@ -167,6 +203,13 @@ def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> Batc
     batch.canceled_at = utcnow()
     session.commit()
     return public(batch, state, str(request.base_url))
+
+
+@router.get("/{batch_id}/webhooks", response_model=WebhookDeliveriesPublic)
+def get_batch_webhooks(batch: BatchDep, session: SessionDep) -> WebhookDeliveriesPublic:
+    """The batch's own webhook deliveries (its `completed` event), each with its attempts and the
+    receiver's answers; its jobs' deliveries are under `GET /v1/jobs/{id}/webhooks`."""
+    return WebhookDeliveriesPublic.of(deliveries(session, WebhookDelivery.batch_id == batch.id))
 
 
 @router.get("/{batch_id}/manifest.json")
