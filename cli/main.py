@@ -204,7 +204,7 @@ def send_webhooks(
             attempts += started
             dispatcher.wait_idle()
         dispatcher.stop()
-        typer.echo(f"made {attempts} attempts")
+        typer.echo(f"webhook attempts made: {attempts}")
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl+C does
     typer.echo(f"sending webhooks with {dispatcher.threads} threads; Ctrl+C stops")

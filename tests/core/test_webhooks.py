@@ -14,7 +14,7 @@ from core.batches import insert_batch
 from core.db import db_session
 from core.jobs import cancel_jobs, claim_job, finish_job
 from core.specs import JOB_SPEC, BatchWebhook
-from core.submit import job_fields, job_from_spec
+from core.submit import job_fields
 from core.tables import Job, WebhookAttempt, WebhookDelivery
 from core.webhooks import BATCH_COMPLETED, Dispatcher, claim_due
 from tests.utils.db import in_session
@@ -26,6 +26,7 @@ from tests.utils.webhooks import (
     dispatch_until,
     fast_retries,
     forget_deliveries,
+    new_job,
     receiving,
 )
 
@@ -43,15 +44,6 @@ def dispatcher() -> Iterator[Dispatcher]:
     dispatcher = Dispatcher(threads=4)
     yield dispatcher
     dispatcher.stop(wait_s=10)
-
-
-def new_job(url: str, events: list[str] | None = None) -> uuid.UUID:
-    """A queued job (not sent to any broker) whose webhook is `url`."""
-    webhook = {"url": url} | ({"events": events} if events else {})
-    with db_session() as session:
-        job = job_from_spec(JOB_SPEC.validate_python(text2img_spec() | {"webhook": webhook}))
-        session.add(job)
-    return job.id
 
 
 def run_to(job_id: uuid.UUID, status: str) -> None:

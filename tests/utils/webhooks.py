@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from cli.quickstart import free_port
 from core.db import db_session
+from core.specs import JOB_SPEC
+from core.submit import job_from_spec
 from core.tables import WebhookAttempt, WebhookDelivery
 from core.webhooks import Dispatcher
+from tests.utils.jobs import text2img_spec
 
 
 @dataclass
@@ -44,7 +48,7 @@ class Receiver:
         self.hold: threading.Event | None = hold
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self._secret = secret
+        self.secret = secret
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("content-length", 0)))
@@ -53,7 +57,7 @@ class Receiver:
         if self.hold is not None:
             self.hold.wait(30)
         try:
-            payload = Webhook(self._secret).verify(body, headers)
+            payload = Webhook(self.secret).verify(body, headers)
         except WebhookVerificationError as error:
             with self._lock:
                 self.refused.append(str(error))
@@ -105,6 +109,15 @@ def receiving(secret: str, **kwargs: Any) -> Iterator[Receiver]:
         yield receiver
     finally:
         receiver.stop()
+
+
+def new_job(url: str, events: list[str] | None = None) -> uuid.UUID:
+    """A queued job (not sent to any broker) whose webhook is `url`."""
+    webhook = {"url": url} | ({"events": events} if events else {})
+    with db_session() as session:
+        job = job_from_spec(JOB_SPEC.validate_python(text2img_spec() | {"webhook": webhook}))
+        session.add(job)
+    return job.id
 
 
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
