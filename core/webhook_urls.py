@@ -48,11 +48,16 @@ def url_form_problem(url: str) -> str | None:
     return None
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _embedded_ipv4(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 address carries (::ffff:a.b.c.d, 6to4), which is where it leads."""
-    if isinstance(address, ipaddress.IPv6Address):
-        return address.ipv4_mapped or address.sixtofour or address
-    return address
+    """The IPv4 address an IPv6 address carries (::ffff:a.b.c.d, 6to4, NAT64), which is where it leads."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour or address
 
 
 def _special_kind(address: IPAddress) -> str | None:

@@ -39,6 +39,7 @@ def error_at(response: httpx.Response, loc: list) -> str:
         ("http://10.1.2.3/hooks", "private"),
         ("https://192.168.0.10/hooks", "private"),
         ("http://[::ffff:10.0.0.1]/hooks", "private"),
+        ("http://[64:ff9b::7f00:1]/hooks", "loopback"),
         ("http://169.254.10.1/hooks", "link-local"),
         ("http://0.0.0.0/hooks", "unspecified"),
         ("http://100.64.0.1/hooks", "non-public"),
