@@ -1,6 +1,6 @@
 """What a job spec must pass beyond its schema before it is written: the deployment's limits, a model
-that exists, input images that exist and fit. Shared by single jobs, batches and schedules; a batch
-checks each model and image once."""
+that exists, input images that exist and fit, a webhook URL that leads to a public address. Shared by
+single jobs, batches and schedules; a batch checks each model, image and webhook URL once."""
 
 from typing import Any
 
@@ -16,6 +16,7 @@ from core.specs import JobSpec
 from core.storage import Storage
 from core.submit import job_fields, limit_problems, model_problem, training_problems
 from core.uploads import ImageInfo, input_image_problems
+from core.webhook_urls import url_problem
 
 Loc = list[str | int]
 
@@ -33,6 +34,7 @@ class Admission:
         self.models_dir = self.settings.models_dir
         self._models: dict[tuple[str, str], tuple[str, str] | None] = {}
         self._images: dict[str, ImageInfo | str] = {}
+        self._webhook_urls: dict[str, str | None] = {}
 
     def problems(self, spec: JobSpec, loc: Loc) -> list[dict[str, Any]]:
         """FastAPI-style error details for `spec`, located under `loc`; empty when it may be queued."""
@@ -63,7 +65,16 @@ class Admission:
             errors.append({"loc": [*loc, *where], "msg": message, "type": kind})
         for field, message in input_image_problems(spec.params, self.storage, self._images):
             errors.append({"loc": [*loc, "params", field], "msg": message, "type": "bad_image"})
+        if spec.webhook is not None:
+            errors += self.webhook_problems(spec.webhook.url, [*loc, "webhook", "url"])
         return errors
+
+    def webhook_problems(self, url: str, loc: Loc) -> list[dict[str, Any]]:
+        """The error detail for a webhook URL that may not be sent to (SSRF, see core/webhook_urls.py)."""
+        if url not in self._webhook_urls:
+            self._webhook_urls[url] = url_problem(url, self.settings.webhook_allow_private)
+        problem = self._webhook_urls[url]
+        return [{"loc": loc, "msg": problem, "type": "webhook_url_refused"}] if problem else []
 
 
 def job_values(spec: JobSpec, owner: str) -> dict[str, Any]:

@@ -11,89 +11,36 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from core.batches import BatchState
+# The job and batch documents are core's (a webhook's body is the same); the API shows them as they are.
+from core.public import (
+    BatchManifestLinks,
+    BatchProgress,
+    BatchPublic,
+    BatchRunningJob,
+    JobError,
+    JobOutput,
+    JobPublic,
+)
 from core.schedules import as_utc
-from core.specs import JOB_SPEC, JobSpec
-from core.storage import Storage
-from core.tables import Batch
+from core.specs import JOB_SPEC, BatchWebhook, JobSpec
+from core.tables import WebhookAttempt, WebhookDelivery
 
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class JobOutput(BaseModel):
-    """A stored output; its `url` is made from the `storage` and `base_url` in the validation context."""
-
-    key: str
-    url: str
-    content_type: str
-    width: int | None = None
-    height: int | None = None
-    seed: int | None = None
-    # Training outputs: "sample_grid" (with its epoch), "model_snapshot" (epoch), "model" (its name).
-    kind: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-    name: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _with_url(cls, output: Any, info: ValidationInfo) -> Any:
-        if isinstance(output, dict) and "url" not in output and info.context:
-            storage: Storage = info.context["storage"]
-            return output | {"url": storage.url(output["key"], base_url=info.context["base_url"])}
-        return output
-
-
-class JobPublic(BaseModel):
-    """`JobPublic.model_validate(job, context={"storage": storage, "base_url": base_url})`."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    type: str
-    model: str | None
-    params: dict[str, Any]
-    status: str
-    progress: dict[str, Any] | None
-    outputs: list[JobOutput]
-    error: JobError | None
-    attempts: int
-    worker: str | None
-    device: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    batch_id: uuid.UUID | None = None
-    batch_index: int | None = None
-    output_model: str | None = None
-    overwrite_output_model: bool = False
-    schedule_id: uuid.UUID | None = None
-    scheduled_for: datetime | None = None
-
-    @field_validator("outputs", mode="before")
-    @classmethod
-    def _no_outputs(cls, outputs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-        return outputs or []
-
-    @field_validator("error", mode="before")
-    @classmethod
-    def _no_error(cls, error: dict[str, str] | None) -> dict[str, str] | None:
-        return error or None
-
-    @field_validator("overwrite_output_model", mode="before")
-    @classmethod
-    def _unset_is_false(cls, value: bool | None) -> bool:
-        return bool(value)
+# Re-exported: the routes import every document they return from here.
+__all__ = [
+    "BatchManifestLinks",
+    "BatchProgress",
+    "BatchPublic",
+    "BatchRunningJob",
+    "JobError",
+    "JobOutput",
+    "JobPublic",
+]
 
 
 class JobsPublic(BaseModel):
@@ -217,6 +164,10 @@ class SchedulersPublic(BaseModel):
 # The job types, for the template's schema; a template's type is checked with each expanded spec.
 JOB_TYPES = tuple(JOB_SPEC.json_schema()["discriminator"]["mapping"])
 _SWEEP_DESCRIPTION = 'Params field → its values, e.g. {"prompt": [...], "seed": [1, 2]}.'
+_WEBHOOK_DESCRIPTION = (
+    "Where to send the batch's `completed` event and, for each of its jobs that names no webhook of its "
+    "own, the job events listed."
+)
 
 
 class BatchTemplate(BaseModel):
@@ -235,6 +186,7 @@ class BatchOfJobs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
     jobs: list[JobSpec] = Field(min_length=1)
+    webhook: BatchWebhook | None = Field(default=None, description=_WEBHOOK_DESCRIPTION)
 
 
 class BatchOfSweep(BaseModel):
@@ -246,6 +198,7 @@ class BatchOfSweep(BaseModel):
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         min_length=1, description=_SWEEP_DESCRIPTION
     )
+    webhook: BatchWebhook | None = Field(default=None, description=_WEBHOOK_DESCRIPTION)
 
 
 class BatchCreate(BaseModel):
@@ -260,6 +213,7 @@ class BatchCreate(BaseModel):
     jobs: list[JobSpec] | None = Field(default=None, min_length=1)
     template: BatchTemplate | None = None
     sweep: dict[str, list[Any]] | None = Field(default=None, description=_SWEEP_DESCRIPTION)
+    webhook: BatchWebhook | None = Field(default=None, description=_WEBHOOK_DESCRIPTION)
 
     @classmethod
     def __get_pydantic_json_schema__(
@@ -288,66 +242,54 @@ class BatchCreate(BaseModel):
         return self
 
 
-class BatchRunningJob(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    batch_index: int | None
-    progress: dict[str, Any] | None
-    worker: str | None
-    started_at: datetime | None
-
-
-class BatchProgress(BaseModel):
-    """From a `BatchState`'s attributes."""
+class WebhookAttemptPublic(BaseModel):
+    """One try at sending a delivery: the receiver's HTTP status, or why there was none."""
 
     model_config = ConfigDict(from_attributes=True)
 
-    finished: int
-    total: int
-    fraction: float
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
 
 
-class BatchManifestLinks(BaseModel):
-    json_url: str
-    csv_url: str
+class WebhookDeliveryPublic(BaseModel):
+    """One event for a webhook URL. `id` is the `webhook-id` header, the same on every attempt; `status` is
+    `pending` (to be sent, or sent again at `next_attempt_at`), `delivered` (answered 2xx), `gone`
+    (answered 410: not sent again) or `failed` (not answered 2xx before `give_up_at`)."""
 
+    model_config = ConfigDict(from_attributes=True)
 
-class BatchPublic(BaseModel):
-    """`BatchPublic.model_validate(batch, context={"state": state, "base_url": base_url})`: the batch row's
-    columns, and what its jobs add up to from the `BatchState`."""
-
-    id: uuid.UUID
-    name: str | None
-    total: int
+    id: str
+    event: str
+    url: str
     status: str
-    done: bool
-    counts: dict[str, int]
-    progress: BatchProgress
-    running: list[BatchRunningJob] = Field(description="Running jobs, the first 100 in batch order.")
-    manifest: BatchManifestLinks | None = Field(description="Set once every job has finished.")
+    job_id: uuid.UUID | None
+    batch_id: uuid.UUID | None
     created_at: datetime
-    canceled_at: datetime | None
+    next_attempt_at: datetime
+    give_up_at: datetime
+    finished_at: datetime | None
+    attempts: list[WebhookAttemptPublic]
 
-    @model_validator(mode="before")
+
+DELIVERY_COLUMNS = [name for name in WebhookDeliveryPublic.model_fields if name != "attempts"]
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    data: list[WebhookDeliveryPublic]
+    count: int
+
     @classmethod
-    def _from_batch_and_state(cls, batch: Any, info: ValidationInfo) -> Any:
-        if not isinstance(batch, Batch):
-            return batch
-        state: BatchState = info.context["state"]
-        base = f"{info.context['base_url'].rstrip('/')}/v1/batches/{batch.id}"
-        return {
-            "id": batch.id,
-            "name": batch.name,
-            "total": batch.total,
-            "created_at": batch.created_at,
-            "canceled_at": batch.canceled_at,
-            "status": state.status,
-            "done": state.done,
-            "counts": state.counts,
-            "progress": state,
-            "running": state.running,
-            "manifest": {"json_url": f"{base}/manifest.json", "csv_url": f"{base}/manifest.csv"}
-            if state.done
-            else None,
-        }
+    def of(cls, found: list[tuple[WebhookDelivery, list[WebhookAttempt]]]) -> "WebhookDeliveriesPublic":
+        """From `core.webhooks.deliveries`."""
+        data = [
+            WebhookDeliveryPublic.model_validate(
+                {
+                    **{name: getattr(delivery, name) for name in DELIVERY_COLUMNS},
+                    "attempts": [WebhookAttemptPublic.model_validate(attempt) for attempt in attempts],
+                }
+            )
+            for delivery, attempts in found
+        ]
+        return cls(data=data, count=len(data))

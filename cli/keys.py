@@ -5,8 +5,11 @@ from typing import Annotated
 
 import typer
 
+# Run on the server side, against the database (like `diffq db`), not through the API.
 keys_app = typer.Typer(
-    help="API keys: who may use the API, and as which owner.", no_args_is_help=True, rich_markup_mode=None
+    help="API keys and webhook signing secrets (run where the database is reachable).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -95,3 +98,23 @@ def revoke(
         if not revoke_key(session, key_id):
             raise CliError(f"no active key with id or prefix {key_id!r} (`diffq keys list` lists them)")
     typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(
+    owner: Annotated[str, typer.Option(help="The owner whose deliveries the secret signs.")],
+    rotate: Annotated[
+        bool, typer.Option(help="Make a new secret; deliveries not sent yet are signed with it.")
+    ] = False,
+) -> None:
+    """Print an owner's webhook signing secret (`whsec_...`, for standardwebhooks' `Webhook(secret)`)."""
+    from cli.client import CliError
+    from core.auth import KeyProblem, webhook_secret
+    from core.db import db_session
+
+    try:
+        with db_session() as session:
+            secret = webhook_secret(session, owner, rotate=rotate)
+    except KeyProblem as problem:
+        raise CliError(str(problem)) from None
+    typer.echo(secret)

@@ -158,12 +158,54 @@ def flower(
 
 
 @app.command()
-def beat(loglevel: str = "INFO") -> None:
-    """Start the single beat process: due schedules become jobs, lost jobs are requeued."""
+def beat(
+    loglevel: str = "INFO",
+    webhooks: Annotated[
+        bool, typer.Option(help="Send webhooks from this process too (else run `diffq webhooks`).")
+    ] = True,
+) -> None:
+    """Start the single beat process: due schedules become jobs, lost jobs are requeued, webhooks are sent."""
+    import workers.beat
     from workers.celery_app import app as celery_app
 
     _require_schema()
+    workers.beat.SEND_WEBHOOKS = webhooks
     celery_app.start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
+
+
+@app.command("webhooks")
+def send_webhooks(
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Deliveries sent at once (default: DIFFQ_WEBHOOK_THREADS).")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option(help="Send the deliveries due now, wait for their attempts, and exit.")
+    ] = False,
+) -> None:
+    """Send webhook deliveries until stopped. `diffq beat` does this too; run more of these for more
+    throughput (they share the work safely on Postgres)."""
+    import contextlib
+    import logging
+    import signal
+
+    from core.webhooks import Dispatcher
+
+    _require_schema()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dispatcher = Dispatcher(threads)
+    if once:
+        attempts = 0
+        while started := dispatcher.dispatch_once():
+            attempts += started
+            dispatcher.wait_idle()
+        dispatcher.stop()
+        typer.echo(f"webhook attempts made: {attempts}")
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl+C does
+    typer.echo(f"sending webhooks with {dispatcher.threads} threads; Ctrl+C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        dispatcher.run()
+    dispatcher.stop(wait_s=get_settings().webhook_timeout_s)
 
 
 @app.command()

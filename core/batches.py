@@ -16,24 +16,38 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from core.specs import BatchWebhook
 from core.storage import Storage
 from core.tables import Batch, Job, JobStatus, utcnow
 
 
 def insert_batch(
-    session: Session, name: str | None, source: dict[str, Any], jobs: list[dict[str, Any]], owner: str
+    session: Session,
+    name: str | None,
+    source: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    owner: str,
+    webhook: BatchWebhook | None = None,
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
     """Write `owner`'s batch and its jobs (`type`, `model`, `params` each) in the session's transaction.
 
-    Returns the batch id and the job ids in batch order. The caller commits, then enqueues the jobs.
+    A job without a webhook of its own gets the batch webhook's job events, if it lists any. Returns the
+    batch id and the job ids in batch order. The caller commits, then enqueues the jobs.
     """
     now = utcnow()
     batch_id = uuid.uuid4()
     session.execute(
         insert(Batch).values(
-            id=batch_id, name=name, total=len(jobs), source=source, created_at=now, owner=owner
+            id=batch_id,
+            name=name,
+            total=len(jobs),
+            source=source,
+            created_at=now,
+            owner=owner,
+            webhook=webhook.model_dump(mode="json") if webhook is not None else None,
         )
     )
+    jobs_webhook = webhook.for_jobs() if webhook is not None else None
     rows = [
         {
             "id": uuid.uuid4(),
@@ -42,6 +56,7 @@ def insert_batch(
             "params": job["params"],
             "output_model": job.get("output_model"),
             "overwrite_output_model": job.get("overwrite_output_model", False),
+            "webhook": job.get("webhook") or jobs_webhook,
             "status": JobStatus.QUEUED,
             "outputs": [],
             "attempts": 0,

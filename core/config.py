@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     webhook_retry_s: float = Field(default=24 * 3600, gt=0)
     webhook_timeout_s: float = Field(default=10, gt=0)
     webhook_allow_private: bool = False
+    # The wait before retry n is webhook_backoff_s * 2^(n-1), at most webhook_backoff_max_s, times a
+    # random factor between 0.5 and 1 (so that deliveries that failed together don't retry together).
+    webhook_backoff_s: float = Field(default=5, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600, gt=0)
+    # A dispatcher looks for due deliveries this often, and sends up to webhook_threads at once.
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+    webhook_threads: int = Field(default=8, ge=1)
 
     # Flower's basic auth (`diffq flower` refuses to start without it, unless told `--no-auth`).
     flower_user: str = ""

@@ -8,6 +8,7 @@ back can no longer write to a job that another worker now runs.
 
 Every function here takes the caller's session and never commits: the caller does, and a worker
 commits each state change at once (a claim before it runs the job, each progress write, a renewal).
+Each status change records its webhook event (core/webhooks.py) in the same transaction.
 """
 
 import uuid
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.tables import Job, JobMetric, JobStatus, utcnow
+from core.webhooks import record_job_event, record_job_events
 
 WORKER_LOST = {
     "code": "worker_lost",
@@ -75,15 +77,18 @@ def claim_job(session: Session, job_id: uuid.UUID, worker: str, device: str | No
         )
     ).rowcount
     if claimed == 1:
+        record_job_event(session, job_id, "started")
         # Read fresh: the session may hold this job from an earlier delivery.
         return session.scalars(
             select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
         ).one()
-    session.execute(
+    failed = session.execute(
         update(Job)
         .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
         .values(**_worker_lost(max_attempts, now))
-    )
+    ).rowcount
+    if failed == 1:
+        record_job_event(session, job_id, JobStatus.FAILED)
     return None
 
 
@@ -186,7 +191,10 @@ def finish_job(
         values["error"] = error
     if progress is not None:
         values["progress"] = progress
-    return session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
+    finished = session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
+    if finished:
+        record_job_event(session, job_id, status)
+    return finished
 
 
 def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | None:
@@ -209,6 +217,8 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     failed = session.execute(
         update(Job).where(*running, Job.attempts >= max_attempts).values(**_worker_lost(max_attempts, now))
     ).rowcount
+    if failed:
+        record_job_event(session, job_id, JobStatus.FAILED)
     return JobStatus.FAILED if failed else None
 
 
@@ -249,11 +259,14 @@ def cancel_jobs(session: Session, *conditions: Any) -> int:
     commits.
     """
     now = utcnow()
-    return session.execute(
+    canceled = session.scalars(
         update(Job)
         .where(Job.status.in_(JobStatus.ACTIVE), *conditions)
         .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
-    ).rowcount
+        .returning(Job.id)
+    ).all()
+    record_job_events(session, canceled, JobStatus.CANCELED)
+    return len(canceled)
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> bool:

@@ -10,9 +10,10 @@ are checked when a job is admitted (core/submit.py's `limit_problems`).
 
 import re
 import secrets
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +28,7 @@ from pydantic import (
 from core.dataset_refs import parse_dataset
 from core.schedulers import scheduler_problem
 from core.storage import _clean_key
+from core.webhook_urls import url_form_problem
 
 MAX_SEED = 2**32 - 1
 # A registered model's name: a single path segment, so it can never be read as a Hub id or a path.
@@ -349,35 +351,97 @@ class TrainLoraParams(TrainingParams):
         return value
 
 
-class Text2ImgJob(BaseModel):
+# What a job's webhook may be sent: the job's status changes. A batch's may also be sent `completed`.
+JobEvent = Literal["started", "succeeded", "failed", "canceled"]
+BatchEvent = Literal[JobEvent, "completed"]
+JOB_EVENTS: tuple[str, ...] = get_args(JobEvent)
+
+
+def _check_webhook_url(url: str) -> str:
+    if problem := url_form_problem(url):
+        raise ValueError(problem)
+    return url
+
+
+def _unique_events(events: list[str]) -> list[str]:
+    return list(dict.fromkeys(events))
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        description="Where to POST the events (http or https; loopback, private and link-local addresses "
+        "are refused unless the server sets DIFFQ_WEBHOOK_ALLOW_PRIVATE=true).",
+    ),
+    AfterValidator(_check_webhook_url),
+]
+
+
+class JobWebhook(BaseModel):
+    """Where to send a job's events, signed per Standard Webhooks with the owner's secret; each body is
+    the job as `GET /v1/jobs/{id}` returns it at that moment."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: WebhookUrl
+    events: list[JobEvent] = Field(default=list(JOB_EVENTS), min_length=1)
+
+    _events_once = field_validator("events")(_unique_events)
+
+
+class BatchWebhook(BaseModel):
+    """Where to send a batch's events: `completed` (once every job has ended; the body is the batch as
+    `GET /v1/batches/{id}` returns it) and any job events, sent for each of its jobs that names no webhook
+    of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: WebhookUrl
+    events: list[BatchEvent] = Field(default=["completed"], min_length=1)
+
+    _events_once = field_validator("events")(_unique_events)
+
+    def for_jobs(self) -> dict[str, Any] | None:
+        """The webhook the batch's jobs get: its job events, if it has any."""
+        events = [event for event in self.events if event in JOB_EVENTS]
+        return {"url": self.url, "events": events} if events else None
+
+
+class SubmittedJob(BaseModel):
+    """What every job spec may carry besides its type, model and params."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhook: JobWebhook | None = Field(default=None, description="Where to send this job's events.")
+
+
+class Text2ImgJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text2img"]
     model: str = Field(min_length=1, max_length=512)
     params: Text2ImgParams
 
 
-class Img2ImgJob(BaseModel):
+class Img2ImgJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["img2img"]
     model: str = Field(min_length=1, max_length=512)
     params: Img2ImgParams
 
 
-class InpaintJob(BaseModel):
+class InpaintJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["inpaint"]
     model: str = Field(min_length=1, max_length=512)
     params: InpaintParams
 
 
-class Depth2ImgJob(BaseModel):
+class Depth2ImgJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["depth2img"]
     model: str = Field(min_length=1, max_length=512)
     params: Depth2ImgParams
 
 
-class UnconditionalJob(BaseModel):
+class UnconditionalJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["unconditional"]
     model: str = Field(min_length=1, max_length=512)
@@ -393,7 +457,7 @@ def _check_model_name(value: str) -> str:
     return value
 
 
-class TrainUnconditionalJob(BaseModel):
+class TrainUnconditionalJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["train_unconditional"]
     output_model: str = Field(description="The name the trained model is registered under.")
@@ -410,7 +474,7 @@ class TrainUnconditionalJob(BaseModel):
         return None
 
 
-class TrainLoraJob(BaseModel):
+class TrainLoraJob(SubmittedJob):
     model_config = ConfigDict(extra="forbid")
     type: Literal["train_lora"]
     model: str = Field(min_length=1, max_length=512, description="The base model the LoRA adapts.")

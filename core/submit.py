@@ -188,6 +188,7 @@ def job_fields(spec: JobSpec) -> dict[str, Any]:
         "params": params,
         "output_model": getattr(spec, "output_model", None),
         "overwrite_output_model": getattr(spec, "overwrite_output_model", False),
+        "webhook": spec.webhook.model_dump(mode="json") if spec.webhook is not None else None,
     }
 
 

@@ -3,6 +3,9 @@
 diffq's periodic work reads and writes the database (due schedules, expired leases), so it runs in
 the beat process itself, each tick, rather than as tasks that would wait behind long GPU jobs.
 Register a duty by adding it to `DUTIES`.
+
+Beat also sends webhooks, from a dispatcher thread (core/webhooks.py) that runs beside the ticks, so a
+slow receiver never delays a tick; `diffq beat --no-webhooks` leaves that to `diffq webhooks` processes.
 """
 
 import logging
@@ -16,10 +19,13 @@ from core.config import get_settings
 from core.db import db_session
 from core.reconcile import reconcile_once
 from core.schedules import fire_due_schedules
+from core.webhooks import Dispatcher
 
 logger = logging.getLogger(__name__)
 
 MAX_TICK_S = 1.0
+# Whether this beat process runs a webhook dispatcher (`diffq beat --no-webhooks` sets it to False).
+SEND_WEBHOOKS = True
 
 
 @dataclass
@@ -58,7 +64,21 @@ DUTIES: list[Duty] = [
 
 
 class DiffqScheduler(Scheduler):
-    """Runs `DUTIES` on each tick, besides any Celery periodic tasks."""
+    """Runs `DUTIES` on each tick, besides any Celery periodic tasks, and the webhook dispatcher."""
+
+    def __init__(self, *args, lazy: bool = False, **kwargs) -> None:
+        super().__init__(*args, lazy=lazy, **kwargs)
+        self.webhooks: Dispatcher | None = None
+        # Celery also makes lazy schedulers, to print their settings: those run nothing.
+        if SEND_WEBHOOKS and not lazy:
+            self.webhooks = Dispatcher()
+            self.webhooks.start()
+            logger.info("sending webhooks with %d threads", self.webhooks.threads)
+
+    def close(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop(wait_s=get_settings().webhook_timeout_s)
+        super().close()
 
     def tick(self, *args, **kwargs) -> float:
         now = time.monotonic()

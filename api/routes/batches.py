@@ -5,6 +5,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request, Response, status
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +13,7 @@ from api.admission import Admission, job_values, too_many, unprocessable
 from api.auth import READ, SUBMIT, Submitter
 from api.deps import BatchDep, SessionDep
 from api.routes.uploads import REQUIRED_BODY, FileField, read_upload
-from api.schemas import BatchCreate, BatchPublic
+from api.schemas import BatchCreate, BatchPublic, WebhookDeliveriesPublic
 from core.auth import Principal
 from core.batch_specs import (
     BatchInvalid,
@@ -27,8 +28,10 @@ from core.db import db_session, get_sessionmaker
 from core.jobs import cancel_jobs
 from core.queue import enqueue_jobs
 from core.quotas import QuotaExceeded, check_batch_jobs, check_queued_jobs
+from core.specs import BatchWebhook
 from core.storage import get_storage
-from core.tables import Batch, Job, JobStatus, utcnow
+from core.tables import Batch, Job, JobStatus, WebhookDelivery, utcnow
+from core.webhooks import deliveries
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -59,6 +62,7 @@ def write_batch(
     background: BackgroundTasks,
     base_url: str,
     principal: Principal,
+    webhook: BatchWebhook | None = None,
 ) -> BatchPublic:
     """Admit, write and schedule the enqueueing of `principal`'s batch; 422 if any job is not admitted,
     429 past the owner's quotas."""
@@ -67,7 +71,8 @@ def write_batch(
     except QuotaExceeded as error:
         raise too_many(error) from None
     admission = Admission(session, get_storage(), principal)
-    errors = [
+    errors = admission.webhook_problems(webhook.url, ["body", "webhook", "url"]) if webhook else []
+    errors += [
         error
         for spec, loc in zip(batch.specs, batch.locs, strict=True)
         for error in admission.problems(spec, loc)
@@ -79,7 +84,7 @@ def write_batch(
     except QuotaExceeded as error:
         raise too_many(error) from None
     jobs = [job_values(spec, principal.owner) for spec in batch.specs]
-    batch_id, job_ids = insert_batch(session, name, batch.source, jobs, principal.owner)
+    batch_id, job_ids = insert_batch(session, name, batch.source, jobs, principal.owner, webhook)
     session.commit()
     # Sending a message per job takes about a millisecond each: after the response, so that accepting
     # the batch does not wait on it. Queued rows are the source of truth; a job whose message is lost
@@ -120,7 +125,7 @@ def create_batch(
             batch = specs_from_sweep(body.template.model_dump(), body.sweep)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
-    return write_batch(session, body.name, batch, background, str(request.base_url), principal)
+    return write_batch(session, body.name, batch, background, str(request.base_url), principal, body.webhook)
 
 
 @router.post(
@@ -136,6 +141,10 @@ async def create_batch_from_jsonl(
     ] = None,
     model: Annotated[str | None, Form(description="Model of the lines that name none.")] = None,
     name: Annotated[str | None, Form(description="A name for the batch.")] = None,
+    webhook: Annotated[
+        str | None,
+        Form(description='The batch\'s webhook as JSON: {"url": ..., "events": ["completed", ...]}.'),
+    ] = None,
 ) -> BatchPublic:
     """Submit a JSON Lines file, one job a line (multipart field `file`).
 
@@ -144,6 +153,7 @@ async def create_batch_from_jsonl(
     job of that type and model, e.g. `{"prompt": "a cat", "seed": 1}`.
     """
     data = await read_upload(request, file)
+    batch_webhook = _form_webhook(webhook) if webhook else None
     return await run_in_threadpool(
         _jsonl_batch,
         data,
@@ -153,7 +163,21 @@ async def create_batch_from_jsonl(
         background,
         str(request.base_url),
         principal,
+        batch_webhook,
     )
+
+
+def _form_webhook(text: str) -> BatchWebhook:
+    """The `webhook` form field, or a 422 located at it."""
+    try:
+        return BatchWebhook.model_validate_json(text)
+    except ValidationError as error:
+        raise unprocessable(
+            [
+                {"loc": ["body", "webhook", *detail["loc"]], "msg": detail["msg"], "type": detail["type"]}
+                for detail in error.errors(include_url=False, include_context=False, include_input=False)
+            ]
+        ) from None
 
 
 def _jsonl_batch(
@@ -164,13 +188,14 @@ def _jsonl_batch(
     background: BackgroundTasks,
     base_url: str,
     principal: Principal,
+    webhook: BatchWebhook | None,
 ) -> BatchPublic:
     try:
         batch = specs_from_jsonl(data, type_, model)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
     with get_sessionmaker()() as session:
-        return write_batch(session, name, batch, background, base_url, principal)
+        return write_batch(session, name, batch, background, base_url, principal, webhook)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic, dependencies=READ)
@@ -199,6 +224,13 @@ def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> Batc
     batch.canceled_at = utcnow()
     session.commit()
     return public(batch, state, str(request.base_url))
+
+
+@router.get("/{batch_id}/webhooks", response_model=WebhookDeliveriesPublic, dependencies=READ)
+def get_batch_webhooks(batch: BatchDep, session: SessionDep) -> WebhookDeliveriesPublic:
+    """The batch's own webhook deliveries (its `completed` event), each with its attempts and the
+    receiver's answers; its jobs' deliveries are under `GET /v1/jobs/{id}/webhooks`."""
+    return WebhookDeliveriesPublic.of(deliveries(session, WebhookDelivery.batch_id == batch.id))
 
 
 @router.get("/{batch_id}/manifest.json", dependencies=READ)

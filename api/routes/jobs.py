@@ -8,14 +8,15 @@ from sqlalchemy import select
 from api.admission import Admission, job_values, too_many, unprocessable
 from api.auth import READ, SUBMIT, Reader, Submitter
 from api.deps import JobDep, SessionDep
-from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic
+from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic, WebhookDeliveriesPublic
 from core.job_types import JobType
 from core.jobs import cancel_job, job_metrics
 from core.queue import enqueue_job
 from core.quotas import QuotaExceeded, check_queued_jobs
 from core.specs import JobSpec
 from core.storage import get_storage
-from core.tables import Job, JobStatus
+from core.tables import Job, JobStatus, WebhookDelivery
+from core.webhooks import deliveries
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -94,6 +95,12 @@ def get_job_metrics(
     rows = job_metrics(session, job.id, after_step=after_step, limit=limit)
     metrics = [MetricPublic.model_validate(m) for m in rows]
     return MetricsPublic(job_id=job.id, data=metrics, count=len(metrics))
+
+
+@router.get("/{job_id}/webhooks", response_model=WebhookDeliveriesPublic, dependencies=READ)
+def get_job_webhooks(job: JobDep, session: SessionDep) -> WebhookDeliveriesPublic:
+    """The job's webhook deliveries, oldest first, each with its attempts and the receiver's answers."""
+    return WebhookDeliveriesPublic.of(deliveries(session, WebhookDelivery.job_id == job.id))
 
 
 @router.get("", response_model=JobsPublic)
