@@ -117,7 +117,7 @@ def insert_only(specs: list[dict]) -> tuple[float, float]:
     reset()
     start = time.perf_counter()
     with db_session() as session:
-        insert_batch(session, None, {"source": "bench"}, rows)
+        insert_batch(session, None, {"source": "bench"}, rows, "bench")
     return per_row, time.perf_counter() - start
 
 

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from cli.client import CliError
 from cli.main import app
 from core.jobs import claim_job
+from tests.conftest import TEST_OWNER
 from tests.utils.db import in_session
 from tests.utils.webhooks import fast_retries, forget_deliveries, new_job, receiving
 
@@ -43,7 +44,7 @@ def test_webhook_secret_needs_a_valid_owner(clean) -> None:
 
 
 def test_webhooks_once_sends_what_is_due_signed_with_the_current_secret(clean) -> None:
-    rotated = runner.invoke(app, ["keys", "webhook-secret", "--owner", "default", "--rotate"]).output.strip()
+    rotated = runner.invoke(app, ["keys", "webhook-secret", "--owner", TEST_OWNER, "--rotate"]).output.strip()
     with receiving(rotated) as receiver:
         job_id = new_job(receiver.url, events=["started"])
         in_session(claim_job, job_id, "w1")

@@ -17,6 +17,7 @@ from core.specs import JOB_SPEC, BatchWebhook
 from core.submit import job_fields
 from core.tables import Job, WebhookAttempt, WebhookDelivery
 from core.webhooks import BATCH_COMPLETED, Dispatcher, claim_due
+from tests.conftest import TEST_OWNER
 from tests.utils.db import in_session
 from tests.utils.jobs import text2img_spec
 from tests.utils.webhooks import (
@@ -35,7 +36,7 @@ from tests.utils.webhooks import (
 def secret(database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     fast_retries(monkeypatch)
     forget_deliveries()
-    yield in_session(webhook_secret, "default")
+    yield in_session(webhook_secret, TEST_OWNER)
     forget_deliveries()
 
 
@@ -70,7 +71,7 @@ def test_each_event_is_signed_and_carries_the_job_as_the_api_shows_it(
     (succeeded,) = receiver.of("job.succeeded")
     assert started.body["status"] == "running" and started.body["id"] == str(job_id)
     assert succeeded.body == api.get(f"/v1/jobs/{job_id}").json()
-    assert succeeded.body["webhook"]["url"] == receiver.url and succeeded.body["owner"] == "default"
+    assert succeeded.body["webhook"]["url"] == receiver.url and succeeded.body["owner"] == TEST_OWNER
 
     listed = api.get(f"/v1/jobs/{job_id}/webhooks").json()
     assert listed["count"] == 2
@@ -227,7 +228,9 @@ def test_two_dispatchers_send_each_delivery_once(secret) -> None:
 def new_batch(url: str, size: int, events: list[str]) -> tuple[uuid.UUID, list[uuid.UUID]]:
     jobs = [job_fields(JOB_SPEC.validate_python(text2img_spec(seed=i))) for i in range(size)]
     with db_session() as session:
-        return insert_batch(session, "hooks", {"source": "jobs"}, jobs, BatchWebhook(url=url, events=events))
+        return insert_batch(
+            session, "hooks", {"source": "jobs"}, jobs, TEST_OWNER, BatchWebhook(url=url, events=events)
+        )
 
 
 def test_batch_completed_is_recorded_once_when_its_last_jobs_end_together(

@@ -20,6 +20,7 @@ from core.specs import JOB_SPEC
 from core.submit import job_from_spec
 from core.tables import WebhookAttempt, WebhookDelivery
 from core.webhooks import Dispatcher
+from tests.conftest import TEST_OWNER
 from tests.utils.jobs import text2img_spec
 
 
@@ -115,7 +116,7 @@ def new_job(url: str, events: list[str] | None = None) -> uuid.UUID:
     """A queued job (not sent to any broker) whose webhook is `url`."""
     webhook = {"url": url} | ({"events": events} if events else {})
     with db_session() as session:
-        job = job_from_spec(JOB_SPEC.validate_python(text2img_spec() | {"webhook": webhook}))
+        job = job_from_spec(JOB_SPEC.validate_python(text2img_spec() | {"webhook": webhook}), TEST_OWNER)
         session.add(job)
     return job.id
 

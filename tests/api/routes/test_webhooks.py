@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from core.config import get_settings
+from tests.conftest import TEST_OWNER
 from tests.utils.jobs import text2img_spec
 from tests.utils.webhooks import forget_deliveries
 
@@ -82,7 +83,7 @@ def test_allowed_with_the_setting_and_shown_on_the_job(api, monkeypatch) -> None
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["webhook"] == {"url": "http://127.0.0.1:9/hooks", "events": ["succeeded", "failed"]}
-    assert job["owner"] == "default"
+    assert job["owner"] == TEST_OWNER
     assert api.get(f"/v1/jobs/{job['id']}/webhooks").json() == {"data": [], "count": 0}
 
 
@@ -112,7 +113,7 @@ def test_batch_webhooks_are_checked_and_their_job_events_go_to_the_jobs(api, mon
 
     monkeypatch.setattr(get_settings(), "webhook_allow_private", True)
     batch = api.post("/v1/batches", json=body).json()
-    assert batch["webhook"] == body["webhook"] and batch["owner"] == "default"
+    assert batch["webhook"] == body["webhook"] and batch["owner"] == TEST_OWNER
     jobs = api.get("/v1/jobs", params={"batch_id": batch["id"]}).json()["data"]
     assert [job["webhook"] for job in jobs] == [{"url": "http://10.0.0.1/hooks", "events": ["failed"]}] * 2
 
