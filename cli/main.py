@@ -158,10 +158,12 @@ def flower(
 @app.command()
 def beat(loglevel: str = "INFO") -> None:
     """Start the single beat process: due schedules become jobs, lost jobs are requeued."""
-    from workers.celery_app import app as celery_app
+    # The shared app, not the worker's (workers.celery_app): beat only sends tasks by name, and the
+    # worker's task modules import torch and diffusers (seconds at every start).
+    from core.queue import get_celery
 
     _require_schema()
-    celery_app.start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
+    get_celery().start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
 
 
 @app.command()
