@@ -10,14 +10,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 
-@pytest.fixture(scope="module")
-def api(models_dir: Path, database: str, s3: str) -> Iterator[TestClient]:
-    from api.main import app
-
-    with TestClient(app) as test_client:
-        yield test_client
-
-
 def _submit(api: TestClient, body: dict) -> tuple[int, str]:
     response = api.post("/v1/jobs", json=body)
     return response.status_code, response.text
@@ -61,12 +53,12 @@ GENERATION = ("text2img", "img2img", "inpaint", "depth2img", "unconditional")
 
 
 @pytest.fixture(scope="module")
-def image(api: TestClient) -> dict:
+def image(api_client: TestClient) -> dict:
     from PIL import Image
 
     from tests.utils.jobs import upload_image
 
-    return upload_image(api, Image.new("RGB", (64, 64), (128, 64, 32)))
+    return upload_image(api_client, Image.new("RGB", (64, 64), (128, 64, 32)))
 
 
 def _generation_body(job_type: str, model: str, image: dict) -> dict:
