@@ -78,23 +78,28 @@ def _model_errors(response) -> list[dict]:
     return [error for error in response.json()["detail"] if error["loc"] == ["body", "model"]]
 
 
-def _worker_runs(models_dir: Path, model: str, job_type: str) -> bool:
-    """Whether a worker builds a pipeline for `job_type` on `model`: loaded for that job type, and from the
-    pipeline that the model's own job type loaded (a worker's cached model serves later jobs)."""
+def _load(models_dir: Path, model: str, job_type: str):
     import torch
 
-    from core.errors import BadModel
-    from models_store.load import load_pipeline, pipeline_for_task
+    from models_store.load import load_pipeline
 
-    cpu = torch.device("cpu")
-    own = sorted(RUNS[model])[0]
+    return load_pipeline(models_dir / model, job_type, torch.device("cpu"), torch.float32)
+
+
+def _worker_runs(models_dir: Path, model: str, job_type: str, cached) -> bool:
+    """Whether a worker builds a pipeline for `job_type` on `model`: loaded for that job type, and from
+    `cached`, the pipeline that the model's own job type loaded (a worker's cached model serves later
+    jobs)."""
+    from core.errors import BadModel
+    from models_store.load import pipeline_for_task
+
     try:
-        pipeline_for_task(load_pipeline(models_dir / model, job_type, cpu, torch.float32), job_type)
+        pipeline_for_task(_load(models_dir, model, job_type), job_type)
         loaded = True
     except BadModel:
         loaded = False
     try:
-        pipeline_for_task(load_pipeline(models_dir / model, own, cpu, torch.float32), job_type)
+        pipeline_for_task(cached, job_type)
         shared = True
     except BadModel:
         shared = False
@@ -106,8 +111,9 @@ def _worker_runs(models_dir: Path, model: str, job_type: str) -> bool:
 def test_model_kinds_agree_with_the_worker(
     api: TestClient, models_dir: Path, image: dict, model: str
 ) -> None:
+    cached = _load(models_dir, model, sorted(RUNS[model])[0])
     for job_type in GENERATION:
-        runs = _worker_runs(models_dir, model, job_type)
+        runs = _worker_runs(models_dir, model, job_type, cached)
         assert runs == (job_type in RUNS[model]), (model, job_type)
         response = api.post("/v1/jobs", json=_generation_body(job_type, model, image))
         errors = _model_errors(response)
