@@ -165,12 +165,14 @@ def beat(
     ] = True,
 ) -> None:
     """Start the single beat process: due schedules become jobs, lost jobs are requeued, webhooks are sent."""
+    # The shared app, not the worker's (workers.celery_app): beat only sends tasks by name, and the
+    # worker's task modules import torch and diffusers (seconds at every start).
     import workers.beat
-    from workers.celery_app import app as celery_app
+    from core.queue import get_celery
 
     _require_schema()
     workers.beat.SEND_WEBHOOKS = webhooks
-    celery_app.start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
+    get_celery().start(["beat", f"--loglevel={loglevel}", "--scheduler=workers.beat:DiffqScheduler"])
 
 
 @app.command("webhooks")

@@ -1,3 +1,4 @@
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,18 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _frozen_heap() -> Iterator[None]:
+    """Leave what the session held before these tests out of garbage collections. The pipeline cache
+    collects at every eviction (models_store/cache.py `release_memory`), and a full collection walks every
+    object of torch, diffusers and the collected test modules: about half a second each time. What the
+    tests make after the freeze (cycles, evicted pipelines) is collected as before."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

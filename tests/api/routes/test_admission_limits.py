@@ -2,7 +2,6 @@
 another model, training sample steps), and model references that can't name a folder, are refused with 422
 before anything is queued. FastAPI's TestClient on the real Postgres."""
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,15 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import TEST_OWNER, bearer
-
-
-@pytest.fixture(scope="module")
-def api(models_dir: Path, database: str, s3: str) -> Iterator[TestClient]:
-    from api.main import app
-
-    with TestClient(app, headers=bearer(os.environ["DIFFQ_API_KEY"])) as test_client:
-        yield test_client
+from tests.conftest import TEST_OWNER
 
 
 def _submit(api: TestClient, body: dict) -> tuple[int, str]:
@@ -64,12 +55,12 @@ GENERATION = ("text2img", "img2img", "inpaint", "depth2img", "unconditional")
 
 
 @pytest.fixture(scope="module")
-def image(api: TestClient) -> dict:
+def image(api_client: TestClient) -> dict:
     from PIL import Image
 
     from tests.utils.jobs import upload_image
 
-    return upload_image(api, Image.new("RGB", (64, 64), (128, 64, 32)))
+    return upload_image(api_client, Image.new("RGB", (64, 64), (128, 64, 32)))
 
 
 def _generation_body(job_type: str, model: str, image: dict) -> dict:
@@ -89,23 +80,28 @@ def _model_errors(response) -> list[dict]:
     return [error for error in response.json()["detail"] if error["loc"] == ["body", "model"]]
 
 
-def _worker_runs(models_dir: Path, model: str, job_type: str) -> bool:
-    """Whether a worker builds a pipeline for `job_type` on `model`: loaded for that job type, and from the
-    pipeline that the model's own job type loaded (a worker's cached model serves later jobs)."""
+def _load(models_dir: Path, model: str, job_type: str):
     import torch
 
-    from core.errors import BadModel
-    from models_store.load import load_pipeline, pipeline_for_task
+    from models_store.load import load_pipeline
 
-    cpu = torch.device("cpu")
-    own = sorted(RUNS[model])[0]
+    return load_pipeline(models_dir / model, job_type, torch.device("cpu"), torch.float32)
+
+
+def _worker_runs(models_dir: Path, model: str, job_type: str, cached) -> bool:
+    """Whether a worker builds a pipeline for `job_type` on `model`: loaded for that job type, and from
+    `cached`, the pipeline that the model's own job type loaded (a worker's cached model serves later
+    jobs)."""
+    from core.errors import BadModel
+    from models_store.load import pipeline_for_task
+
     try:
-        pipeline_for_task(load_pipeline(models_dir / model, job_type, cpu, torch.float32), job_type)
+        pipeline_for_task(_load(models_dir, model, job_type), job_type)
         loaded = True
     except BadModel:
         loaded = False
     try:
-        pipeline_for_task(load_pipeline(models_dir / model, own, cpu, torch.float32), job_type)
+        pipeline_for_task(cached, job_type)
         shared = True
     except BadModel:
         shared = False
@@ -117,8 +113,9 @@ def _worker_runs(models_dir: Path, model: str, job_type: str) -> bool:
 def test_model_kinds_agree_with_the_worker(
     api: TestClient, models_dir: Path, image: dict, model: str
 ) -> None:
+    cached = _load(models_dir, model, sorted(RUNS[model])[0])
     for job_type in GENERATION:
-        runs = _worker_runs(models_dir, model, job_type)
+        runs = _worker_runs(models_dir, model, job_type, cached)
         assert runs == (job_type in RUNS[model]), (model, job_type)
         response = api.post("/v1/jobs", json=_generation_body(job_type, model, image))
         errors = _model_errors(response)
