@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from swagger_ui_bundle import swagger_ui_path
 
-from api.routes import batches, files, jobs, me, metrics, models, schedulers, schedules, uploads
+from api.routes import batches, events, files, jobs, me, metrics, models, schedulers, schedules, uploads
 from core.config import get_settings
 from core.errors import first_line
 
@@ -46,6 +46,7 @@ app.include_router(metrics.router)
 app.include_router(models.router)
 app.include_router(schedules.router)
 app.include_router(me.router)
+app.include_router(events.router)
 app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
 

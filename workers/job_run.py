@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
 from core.errors import BadInput, NumericalError
+from core.events import JobEvents
 from core.images import Role, encode_png
 from core.job_types import parse_params
 from core.progress import ProgressReporter, TrainingReporter
@@ -54,6 +55,8 @@ class JobRun:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     # The job's session (workers/tasks.py): what a runner writes goes through it, each write committed.
     session: Session | None = None
+    # The job's event stream (core/events.py): every step, previews, outputs; and the cancel flag.
+    events: JobEvents | None = None
 
     @classmethod
     def from_job(cls, job: Job, session: Session | None = None) -> "JobRun":
@@ -90,6 +93,7 @@ class JobRun:
             self.settings.progress_min_interval_s,
             check_interval_s=self.settings.cancel_check_interval_s,
             session=self.session,
+            events=self.events,
         )
         self.reporter.flush()
         return self.reporter
@@ -124,6 +128,7 @@ class JobRun:
             start_step=start_step,
             outputs=self.outputs,
             session=self.session,
+            events=self.events,
         )
         self.reporter = reporter
         reporter.flush()
