@@ -12,7 +12,7 @@ from core.config import get_settings
 from core.db import db_session
 from core.queue import RUN_JOB_TASK, get_celery
 from core.tables import Job, JobStatus
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, TEST_OWNER
 from tests.utils.jobs import text2img_spec, wait_finished
 
 
@@ -26,7 +26,7 @@ def stored_keys(s3_endpoint: str, job_id: str) -> list[str]:
 def write_queued_job(spec: dict) -> uuid.UUID:
     """A queued job row whose message is not sent (yet), as when the broker is slow."""
     with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"])
+        job = Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
         session.add(job)
     return job.id
 
