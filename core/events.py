@@ -31,7 +31,7 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -49,6 +49,8 @@ from core.tables import Job, JobEvent, JobPreview, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# (stream, kind, data) of an event to publish
+NewEvent = tuple[str, str, dict[str, Any]]
 
 # Event kinds. A job stream ends with a `status` event whose status is final (see `is_final`).
 STATUS = "status"
@@ -62,6 +64,7 @@ BATCH = "batch"
 # About how many events a stream keeps (Redis trims whole macro nodes, so a little more): a job's
 # steps, or a batch's status changes (three per job).
 JOB_STREAM_MAXLEN = 2_000
+BATCH_PROGRESS_INTERVAL_S = 0.5
 BATCH_STREAM_MAXLEN = 150_000
 
 
@@ -102,8 +105,11 @@ class EventStore(ABC):
         """Append an event (its `data` gets `ts`, the wall-clock time in seconds); return its id."""
 
     @abstractmethod
-    def publish_step(self, job_id: uuid.UUID, progress: dict[str, Any]) -> bool:
-        """Append a `progress` event to the job's stream; True if the job was canceled (read with it)."""
+    def publish_step(
+        self, job_id: uuid.UUID, progress: dict[str, Any], also: Sequence[NewEvent] = ()
+    ) -> bool:
+        """Append a `progress` event to the job's stream (and the events `also`); True if the job was
+        canceled (read with it)."""
 
     @abstractmethod
     def signal_cancel(self, job_ids: Iterable[uuid.UUID]) -> None:
@@ -183,10 +189,14 @@ class RedisEventStore(EventStore):
             self._add(pipe, stream, kind, data)
         pipe.execute()
 
-    def publish_step(self, job_id: uuid.UUID, progress: dict[str, Any]) -> bool:
+    def publish_step(
+        self, job_id: uuid.UUID, progress: dict[str, Any], also: Sequence[NewEvent] = ()
+    ) -> bool:
         # One round trip: the step goes out and the cancel flag comes back.
         pipe = self.client.pipeline(transaction=False)
         self._add(pipe, job_stream(job_id), PROGRESS, progress)
+        for stream, kind, data in also:
+            self._add(pipe, stream, kind, data)
         pipe.exists(self.cancel_key(job_id))
         return bool(pipe.execute()[-1])
 
@@ -269,8 +279,10 @@ class DatabaseEventStore(EventStore):
         session.execute(delete(JobEvent).where(JobEvent.created_at < cutoff))
         session.execute(delete(JobPreview).where(JobPreview.updated_at < cutoff))
 
-    def publish_step(self, job_id: uuid.UUID, progress: dict[str, Any]) -> bool:
-        self.publish(job_stream(job_id), PROGRESS, progress)
+    def publish_step(
+        self, job_id: uuid.UUID, progress: dict[str, Any], also: Sequence[NewEvent] = ()
+    ) -> bool:
+        self.publish_many([(job_stream(job_id), PROGRESS, progress), *also])
         return self.canceled(job_id)
 
     def signal_cancel(self, job_ids: Iterable[uuid.UUID]) -> None:
@@ -355,6 +367,7 @@ class JobEvents:
         self.batch_index = batch_index
         self.stream = job_stream(job_id)
         self.failed = False
+        self.batch_published = float("-inf")
 
     @classmethod
     def for_job(cls, job: Job) -> "JobEvents":
@@ -378,8 +391,20 @@ class JobEvents:
         self._quietly("publish its status", lambda: self.store.publish_many(events), None)
 
     def step(self, progress: dict[str, Any]) -> bool:
-        """Publish a finished step; True if the job was canceled since (read in the same round trip)."""
-        return self._quietly("publish a step", lambda: self.store.publish_step(self.job_id, progress), False)
+        """Publish a finished step; True if the job was canceled since (read in the same round trip).
+
+        A batch's stream gets its jobs' progress too, but at most every `BATCH_PROGRESS_INTERVAL_S` per
+        job (and the last step): enough for a line per running job, not a flood for a big batch."""
+        also: list[NewEvent] = []
+        now = time.monotonic()
+        last = progress.get("step") == progress.get("total")
+        if self.batch_id is not None and (last or now - self.batch_published >= BATCH_PROGRESS_INTERVAL_S):
+            self.batch_published = now
+            job = {"job_id": str(self.job_id), "batch_index": self.batch_index, **progress}
+            also.append((batch_stream(self.batch_id), PROGRESS, job))
+        return self._quietly(
+            "publish a step", lambda: self.store.publish_step(self.job_id, progress, also), False
+        )
 
     def canceled(self) -> bool:
         return self._quietly("read the cancel flag", lambda: self.store.canceled(self.job_id), False)

@@ -8,9 +8,9 @@ worker that died, the reconciler failing the job): after `DIFFQ_EVENTS_RECHECK_S
 the job's row is read, and a job that has ended gets its final event from there.
 
 `GET /v1/batches/{id}/events` is the batch's stream: a `job` event per status change of one of its
-jobs, and a `counts` event (no id; from the database, at most every half second after jobs end and on
-every recheck) with the batch's counts by status, its progress and `done`. It ends after the `counts`
-event that says `done`.
+jobs, its running jobs' `progress` (at most twice a second per job), and a `counts` event (no id;
+from the database, at most every half second after jobs end and on every recheck) with the batch's
+counts by status, its progress and `done`. It ends after the `counts` event that says `done`.
 
 Each event's `data` is JSON with `ts`, when it was published (seconds since the epoch). Outputs come
 with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The request's session is closed
@@ -33,6 +33,7 @@ from core.batches import BatchState, batch_state
 from core.config import get_settings
 from core.db import get_sessionmaker
 from core.events import (
+    BATCH,
     JOB,
     PREVIEW,
     STATUS,
@@ -155,7 +156,7 @@ async def follow_batch(
             if data.get("outputs"):
                 data = {**data, "outputs": urls.outputs(data["outputs"])}
             yield sse(event.id, event.kind, data)
-            ended_jobs |= event.kind != JOB or data.get("status") in JobStatus.FINISHED
+            ended_jobs |= event.kind == BATCH or event.kind == JOB and data["status"] in JobStatus.FINISHED
         if state.done:
             yield sse(None, "counts", counts)
             return
