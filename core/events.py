@@ -416,6 +416,10 @@ class JobEvents:
 
         self._quietly("publish a preview", publish, None)
 
+    def preview_unavailable(self, step: int, reason: str) -> None:
+        data = {"step": step, "unavailable": reason}
+        self._quietly("publish a preview", lambda: self.store.publish(self.stream, PREVIEW, data), None)
+
     def outputs(self, outputs: list[dict[str, Any]]) -> None:
         """The outputs listed on the job so far (a training job's sample grids, as they are stored)."""
         data = {"outputs": outputs}

@@ -84,7 +84,7 @@ class Urls:
     def job_event(self, job_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("outputs"):
             data = {**data, "outputs": self.outputs(data["outputs"])}
-        if kind == PREVIEW:
+        if kind == PREVIEW and "unavailable" not in data:
             data = {
                 **data,
                 "url": f"{self.base_url.rstrip('/')}/v1/jobs/{job_id}/preview?step={data['step']}",
