@@ -209,6 +209,11 @@ def test_a_batch_stream_has_its_jobs_status_changes_and_ends_when_it_is_done(api
     thread.join()
     job_events = [(data["batch_index"], data["status"]) for _, kind, data in got if kind == "job"]
     assert job_events == [(0, "running"), (0, "succeeded"), (1, "running"), (1, "succeeded")]
+    # Its running jobs' steps too (the last step of each always)
+    assert {(data["batch_index"], data["step"]) for _, kind, data in got if kind == "progress"} >= {
+        (0, 2),
+        (1, 2),
+    }
     assert all(
         data["outputs"][0]["url"] for _, kind, data in got if kind == "job" and data["status"] == "succeeded"
     )
@@ -216,7 +221,8 @@ def test_a_batch_stream_has_its_jobs_status_changes_and_ends_when_it_is_done(api
     assert kind == "counts" and counts["done"] and counts["counts"]["succeeded"] == 2
     # `counts` events carry no id of their own: a client resuming after one resumes after the last `job`
     assert counts["status"] == "succeeded" and last_id == [i for i, kind, _ in got if kind == "job"][-1]
-    resumed = events(api, f"/v1/batches/{batch.id}/events", **{"Last-Event-ID": got[1][0]})
+    second_job_event = [event_id for event_id, kind, _ in got if kind == "job"][1]
+    resumed = events(api, f"/v1/batches/{batch.id}/events", **{"Last-Event-ID": second_job_event})
     assert [
         (data["batch_index"], data["status"]) for _, kind, data in resumed if kind == "job"
     ] == job_events[2:]
