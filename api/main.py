@@ -3,6 +3,7 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +49,8 @@ app.include_router(schedules.router)
 app.include_router(me.router)
 app.include_router(events.router)
 app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+# The dashboard: static files, plain JavaScript that calls this API with the user's key.
+app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
 
 
 def _printable(value: object) -> str | int:
