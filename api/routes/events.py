@@ -13,22 +13,28 @@ from the database, at most every half second after jobs end and on every recheck
 counts by status, its progress and `done`. It ends after the `counts` event that says `done`.
 
 Each event's `data` is JSON with `ts`, when it was published (seconds since the epoch). Outputs come
-with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The request's session is closed
-before the stream starts: an open stream holds no database connection.
+with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The key and the owner are
+checked on a session that is closed before the stream starts: an open stream holds no database
+connection.
 """
 
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Request, Response, Security, status
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
-from api.auth import READ
-from api.deps import BatchDep, JobDep, SessionDep
+from api.auth import READ, bearer, current_principal, require
+from api.deps import JobDep, get_batch_or_404, get_job_or_404
 from api.schemas import JobOutput
+from core.auth import Principal, Scope
 from core.batches import BatchState, batch_state
 from core.config import get_settings
 from core.db import get_sessionmaker
@@ -168,53 +174,71 @@ async def follow_batch(
             # A done batch loops once more, without waiting, to send what its stream has left.
 
 
-def event_response(
-    session: SessionDep, follow: Callable[..., AsyncIterator[ServerSentEvent]], *args: Any
+def _authorized(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None,
+    find: Callable[[Any, Session, Principal], Any],
+    row_id: uuid.UUID,
+) -> Any:
+    """The job or batch `row_id` if the request's key may read it (401/403/404 as every route answers),
+    on a session of its own, closed before returning."""
+    with get_sessionmaker()() as session:
+        principal = require(Scope.READ)(current_principal(request, session, credentials))
+        return find(row_id, session, principal)
+
+
+async def event_response(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None,
+    find: Callable[[Any, Session, Principal], Any],
+    row_id: uuid.UUID,
+    last_event_id: str | None,
+    follow: Callable[..., AsyncIterator[ServerSentEvent]],
 ) -> EventSourceResponse:
-    session.close()  # the stream may last hours: give the connection back now
+    # One thread call opens, uses and closes the session: with the usual per-request session a burst of
+    # clients connecting at once can take every pool connection while their routes wait for a thread.
+    row = await run_in_threadpool(_authorized, request, credentials, find, row_id)
+    store = get_event_store()
+    after = _start(store, last_event_id)
     return EventSourceResponse(
-        follow(*args),
+        follow(store, row, after, Urls(request), get_settings().events_recheck_s),
         ping=PING_S,
         # No proxy buffering (nginx), so that each event reaches the client at once.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+
+
 @router.get(
     "/v1/jobs/{job_id}/events",
-    dependencies=READ,
     response_class=EventSourceResponse,
     responses={**SSE_RESPONSE, 400: {"description": "Last-Event-ID is not an id of this stream."}},
 )
-def job_events(
-    job: JobDep, session: SessionDep, request: Request, last_event_id: LastEventId = None
+async def job_events(
+    job_id: uuid.UUID, request: Request, credentials: Credentials, last_event_id: LastEventId = None
 ) -> EventSourceResponse:
     """The job's events as Server-Sent Events: `status` (queued → running → a final status, with its
     outputs or error), `progress` (each step: step, total, fraction, eta_s, steps_per_s; training: epoch,
     loss, lr), `preview` (step, url), `outputs` (a training job's outputs so far). Send `Last-Event-ID`
     to resume after an event; the stream ends after the final status."""
-    store = get_event_store()
-    after = _start(store, last_event_id)
-    recheck_s = get_settings().events_recheck_s
-    return event_response(session, follow_job, store, job, after, Urls(request), recheck_s)
+    return await event_response(request, credentials, get_job_or_404, job_id, last_event_id, follow_job)
 
 
 @router.get(
     "/v1/batches/{batch_id}/events",
-    dependencies=READ,
     response_class=EventSourceResponse,
     responses={**SSE_RESPONSE, 400: {"description": "Last-Event-ID is not an id of this stream."}},
 )
-def batch_events(
-    batch: BatchDep, session: SessionDep, request: Request, last_event_id: LastEventId = None
+async def batch_events(
+    batch_id: uuid.UUID, request: Request, credentials: Credentials, last_event_id: LastEventId = None
 ) -> EventSourceResponse:
     """The batch's events as Server-Sent Events: `job` (a job's status change: job_id, batch_index,
-    status, and its outputs or error when it ends) and `counts` (status, done, counts by status,
-    progress). Send `Last-Event-ID` to resume after an event; the stream ends once the batch is done."""
-    store = get_event_store()
-    after = _start(store, last_event_id)
-    recheck_s = get_settings().events_recheck_s
-    return event_response(session, follow_batch, store, batch, after, Urls(request), recheck_s)
+    status, and its outputs or error when it ends), `progress` (its running jobs' steps) and `counts`
+    (status, done, counts by status, progress). Send `Last-Event-ID` to resume after an event; the
+    stream ends once the batch is done."""
+    return await event_response(request, credentials, get_batch_or_404, batch_id, last_event_id, follow_batch)
 
 
 @router.get(
