@@ -3,6 +3,7 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from swagger_ui_bundle import swagger_ui_path
 
-from api.routes import batches, files, jobs, me, metrics, models, schedulers, schedules, uploads
+from api.routes import batches, events, files, jobs, me, metrics, models, schedulers, schedules, uploads
 from core.config import get_settings
 from core.errors import first_line
 
@@ -46,7 +47,10 @@ app.include_router(metrics.router)
 app.include_router(models.router)
 app.include_router(schedules.router)
 app.include_router(me.router)
+app.include_router(events.router)
 app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+# The dashboard: static files, plain JavaScript that calls this API with the user's key.
+app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
 
 
 def _printable(value: object) -> str | int:

@@ -1,5 +1,6 @@
 """A small HTTP client for the API, used by the `diffq` commands and the quickstart."""
 
+import json
 import os
 import time
 import uuid
@@ -8,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 FINISHED = ("succeeded", "failed", "canceled")
 
 
 class CliError(Exception):
     """An expected error: `diffq` prints its message (one or two lines that say what to do) and exits 1."""
+
+
+class NoStream(Exception):
+    """The API serves no event stream here (an older API): the caller polls instead."""
 
 
 class ApiError(CliError):
@@ -153,6 +159,32 @@ class Client:
         if response.is_error:
             raise ApiError(f"{response.status_code} fetching {url}", response.status_code)
         return response.content
+
+    def events(self, path: str, reconnects: int = 5) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event, data) of a Server-Sent Events stream until the server ends it. A dropped connection is
+        resumed with `Last-Event-ID`, so no event is lost or repeated; NoStream when the API has no such
+        stream or it fails before its first event."""
+        last_id: str | None = None
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with connect_sse(self.http, "GET", path, headers=headers, timeout=None) as source:
+                    if source.response.is_error or "text/event-stream" not in source.response.headers.get(
+                        "content-type", ""
+                    ):
+                        raise NoStream(f"{source.response.status_code} for {path}")
+                    for sse in source.iter_sse():
+                        if sse.id:
+                            last_id = sse.id
+                        failures = 0
+                        yield sse.event, json.loads(sse.data)
+                return
+            except (httpx.TransportError, SSEError) as error:
+                failures += 1
+                if last_id is None and failures == 1 or failures > reconnects:
+                    raise NoStream(str(error) or type(error).__name__) from None
+                time.sleep(min(2.0, 0.2 * failures))
 
     def follow(self, job_id: str, poll_s: float = 0.2) -> Iterator[dict[str, Any]]:
         """Yield the job each time it is polled, until it ends."""

@@ -1,24 +1,50 @@
-"""Progress bars for jobs and batches, fed by polling the API."""
+"""Progress bars for jobs and batches, fed by their event streams (`/v1/jobs/{id}/events`,
+`/v1/batches/{id}/events`), or by polling the API where it serves none."""
 
 import time
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
-from cli.client import FINISHED, Client
+from cli.client import FINISHED, Client, NoStream
 
 
-def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[dict[str, Any]]:
-    """Show one bar per job until all have ended; return the final jobs."""
-    final: dict[str, dict[str, Any]] = {}
-    with Progress(
+def job_bars() -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[steps]} {task.fields[status]}"),
         TextColumn("{task.fields[times]}"),
         TextColumn("{task.fields[detail]}"),
-    ) as bars:
+    )
+
+
+def show_job(bars: Progress, task: TaskID, job: dict[str, Any]) -> None:
+    progress = job.get("progress") or {}
+    bars.update(
+        task,
+        description=f"{job['id'][:8]} {job['type']}",
+        total=progress.get("total"),
+        completed=progress.get("step", 0),
+        steps=f"step {progress.get('step', 0)}/{progress.get('total') or '?'}",
+        status=job["status"],
+        times=times(job),
+        detail=training_detail(progress),
+    )
+
+
+def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[dict[str, Any]]:
+    """Show one bar per job until all have ended; return the final jobs. One job is followed through
+    its event stream; several, or one on an API without streams, by polling."""
+    if len(job_ids) == 1:
+        try:
+            return [stream_job(client, job_ids[0])]
+        except NoStream:
+            pass
+    final: dict[str, dict[str, Any]] = {}
+    with job_bars() as bars:
         tasks = {
             job_id: bars.add_task(job_id[:8], total=None, status="queued", steps="", times="", detail="")
             for job_id in job_ids
@@ -28,64 +54,148 @@ def watch_jobs(client: Client, job_ids: list[str], poll_s: float = 0.2) -> list[
                 if job_id in final:
                     continue
                 job = client.job(job_id)
-                progress = job.get("progress") or {}
-                bars.update(
-                    task,
-                    description=f"{job_id[:8]} {job['type']}",
-                    total=progress.get("total"),
-                    completed=progress.get("step", 0),
-                    steps=f"step {progress.get('step', 0)}/{progress.get('total') or '?'}",
-                    status=job["status"],
-                    times=times(job),
-                    detail=training_detail(progress),
-                )
+                show_job(bars, task, job)
                 if job["status"] in FINISHED:
                     final[job_id] = job
             time.sleep(poll_s)
     return [final[job_id] for job_id in job_ids]
 
 
+def stream_job(client: Client, job_id: str) -> dict[str, Any]:
+    """Show the job's bar from its event stream until its final status; return the job as the API
+    then has it. NoStream (before anything is shown) when the API serves no stream."""
+    job = client.job(job_id)
+    events = client.events(f"/v1/jobs/{job_id}/events")
+    first = next(events, None)  # NoStream here means: poll instead
+    with job_bars() as bars:
+        task = bars.add_task(job_id[:8], total=None, status=job["status"], steps="", times="", detail="")
+        show_job(bars, task, job)
+        for kind, data in [first] if first else []:
+            follow_job_event(job, kind, data)
+        show_job(bars, task, job)
+        try:
+            for kind, data in events:
+                follow_job_event(job, kind, data)
+                show_job(bars, task, job)
+        except NoStream:
+            pass  # the stream broke for good: the API's answer below is the job's state
+        job = client.job(job_id)
+        show_job(bars, task, job)
+    return job
+
+
+def follow_job_event(job: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+    """Update a job (as `GET /v1/jobs/{id}` gives it) with one of its events."""
+    if kind == "status":
+        job["status"] = data["status"]
+        if data["status"] == "running" and not job.get("started_at"):
+            job["started_at"] = datetime.fromtimestamp(data["ts"], UTC).isoformat()
+        if data.get("progress"):
+            job["progress"] = data["progress"]
+    elif kind == "progress":
+        job["status"] = "running"
+        job["progress"] = data
+
+
 def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str, Any]:
-    """Show the batch's overall bar and one line per running job until every job has ended."""
-    started = time.monotonic()
-    with Progress(
+    """Show the batch's overall bar and one line per running job until every job has ended: from the
+    batch's event stream, or by polling where the API serves none."""
+    try:
+        return stream_batch(client, batch_id)
+    except NoStream:
+        return poll_batch(client, batch_id, poll_s)
+
+
+def batch_bars() -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[detail]}"),
         TextColumn("{task.fields[times]}"),
-    ) as bars:
-        overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="")
-        lines: dict[str, TaskID] = {}
+    )
+
+
+class BatchLines:
+    """The overall bar of a batch and one line per running job."""
+
+    def __init__(self, bars: Progress, batch_id: str) -> None:
+        self.bars = bars
+        self.started = time.monotonic()
+        self.overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="")
+        self.lines: dict[str, TaskID] = {}
+
+    def counts(self, counts: dict[str, int], fraction: float) -> None:
+        detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
+        elapsed = f"elapsed {clock(time.monotonic() - self.started)}"
+        self.bars.update(self.overall, total=1.0, completed=fraction, detail=detail, times=elapsed)
+
+    def running(self, job: dict[str, Any]) -> None:
+        """Show (or update) a running job: `id`, `batch_index`, `progress`, `worker`, `started_at`."""
+        progress = job.get("progress") or {}
+        if job["id"] not in self.lines:
+            description = f"  #{job['batch_index']} {job['id'][:8]}"
+            self.lines[job["id"]] = self.bars.add_task(description, total=None, detail="", times="")
+        self.bars.update(
+            self.lines[job["id"]],
+            total=progress.get("total"),
+            completed=progress.get("step", 0),
+            detail=f"step {progress.get('step', 0)}/{progress.get('total') or '?'} on {job.get('worker')}",
+            times=times(job),
+        )
+
+    def ended(self, job_id: str) -> None:
+        if job_id in self.lines:
+            self.bars.remove_task(self.lines.pop(job_id))
+
+
+def stream_batch(client: Client, batch_id: str) -> dict[str, Any]:
+    batch = client.batch(batch_id)
+    events = client.events(f"/v1/batches/{batch_id}/events")
+    first = next(events, None)  # NoStream here means: poll instead
+    running: dict[str, dict[str, Any]] = {job["id"]: dict(job) for job in batch["running"]}
+    with batch_bars() as bars:
+        lines = BatchLines(bars, batch_id)
+        lines.counts(batch["counts"], batch["progress"]["fraction"])
+        for job in running.values():
+            lines.running(job)
+        try:
+            for kind, data in chain([first] if first else [], events):
+                if kind == "counts":
+                    lines.counts(data["counts"], data["progress"]["fraction"])
+                    continue
+                job_id = data.get("job_id")
+                if job_id is None:
+                    continue
+                if kind == "job" and data["status"] != "running":
+                    running.pop(job_id, None)
+                    lines.ended(job_id)
+                    continue
+                job = running.setdefault(
+                    job_id, {"id": job_id, "batch_index": data.get("batch_index"), "started_at": None}
+                )
+                if kind == "job":
+                    job["worker"] = data.get("worker")
+                    job["started_at"] = datetime.fromtimestamp(data["ts"], UTC).isoformat()
+                else:
+                    job["progress"] = data
+                lines.running(job)
+        except NoStream:
+            pass
+    return client.batch(batch_id)
+
+
+def poll_batch(client: Client, batch_id: str, poll_s: float) -> dict[str, Any]:
+    """`watch_batch` by polling `GET /v1/batches/{id}`."""
+    with batch_bars() as bars:
+        lines = BatchLines(bars, batch_id)
         while True:
             batch = client.batch(batch_id)
-            counts = batch["counts"]
-            detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
-            fraction = batch["progress"]["fraction"]
-            elapsed = time.monotonic() - started
-            bars.update(
-                overall,
-                total=1.0,
-                completed=fraction,
-                detail=detail,
-                times=f"elapsed {clock(elapsed)}",
-            )
+            lines.counts(batch["counts"], batch["progress"]["fraction"])
             running = {job["id"]: job for job in batch["running"]}
-            for job_id in [job_id for job_id in lines if job_id not in running]:
-                bars.remove_task(lines.pop(job_id))
-            for job_id, job in running.items():
-                progress = job.get("progress") or {}
-                if job_id not in lines:
-                    lines[job_id] = bars.add_task(
-                        f"  #{job['batch_index']} {job_id[:8]}", total=None, detail="", times=""
-                    )
-                bars.update(
-                    lines[job_id],
-                    total=progress.get("total"),
-                    completed=progress.get("step", 0),
-                    detail=f"step {progress.get('step', 0)}/{progress.get('total') or '?'} "
-                    f"on {job.get('worker')}",
-                    times=times(job),
-                )
+            for job_id in [job_id for job_id in lines.lines if job_id not in running]:
+                lines.ended(job_id)
+            for job in running.values():
+                lines.running(job)
             if batch["done"]:
                 return batch
             time.sleep(poll_s)

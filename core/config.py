@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     # stops it within a step or two; 0 checks at every step.
     cancel_check_interval_s: float = Field(default=0.1, ge=0)
     task_time_limit_s: int = 6 * 3600
+    # Event streams (core/events.py): where they live (empty: the broker when it is Redis, else the
+    # database, "database"), how long one is kept after its last event, and how often a reader that has
+    # waited that long for an event checks the job in the database (a job may end without one).
+    events_url: str = ""
+    events_ttl_s: float = Field(default=3600, gt=0)
+    events_recheck_s: float = Field(default=5, gt=0)
+    # Previews while denoising (workers/previews.py): every this many steps unless a job says
+    # (`preview_every`; 0: off), and the longest side of a preview image in pixels.
+    preview_every: int = Field(default=0, ge=0)
+    preview_size: int = Field(default=128, ge=16, le=1024)
     # A running job's worker renews its lease every lease_s / 3; a job whose lease ran out is
     # taken over (its worker died) until it has been tried max_attempts times.
     lease_s: float = Field(default=60, gt=0)

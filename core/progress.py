@@ -4,8 +4,10 @@ A step is written when `min_interval_s` has passed since the last write, and the
 always written. Status changes go through `core.jobs` and are never coalesced.
 
 A write fails once the job is no longer running, which is how a run learns it was canceled. Writes
-are too far apart for a prompt stop, so between them the reporter also reads the job's status, at most
-every `check_interval_s`: a canceled job stops at the next step boundary after that.
+are too far apart for a prompt stop. With `events` (core/events.py, what workers use) every step is
+published to the job's event stream, and the same round trip reads the job's cancel flag: a canceled
+job stops at the next step boundary, and Postgres is not read between writes at all. Without, the
+reporter reads the job's status between writes, at most every `check_interval_s`.
 
 A reporter writes through the job's session and commits each write and each read at once: the API
 sees progress while the job runs, and the next status read sees a cancel made since.
@@ -18,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.events import JobEvents
 from core.jobs import job_status, record_progress
 from core.tables import JobStatus
 
@@ -61,10 +64,13 @@ class ProgressReporter:
         check_interval_s: float | None = None,
         status: Callable[[uuid.UUID], str | None] | None = None,
         session: Session | None = None,
+        events: JobEvents | None = None,
     ) -> None:
-        """Writes and reads through `session` (committing each), unless `write` and `status` are given."""
-        if (write is None or status is None) and session is None:
-            raise ValueError("a ProgressReporter needs a session, or both write and status")
+        """Writes and reads through `session` (committing each), unless `write` and `status` are given;
+        with `events`, publishes each step and checks for a cancel there instead of reading `status`."""
+        if write is None and session is None or status is None and session is None and events is None:
+            raise ValueError("a ProgressReporter needs a session, or both write and status (or events)")
+        self.events = events
         self.job_id = job_id
         self.attempt = attempt
         self.total = total
@@ -75,7 +81,7 @@ class ProgressReporter:
         self.last_write: float | None = None
         self.writes = 0
         self.check_interval_s = check_interval_s
-        self.status = status or status_reader(session)
+        self.status = status or (status_reader(session) if session is not None else None)
         self.last_check: float | None = None
         self.checks = 0
         self.current: dict[str, Any] = self._snapshot(0, {})
@@ -95,11 +101,13 @@ class ProgressReporter:
     def update(self, step: int, **extra: Any) -> None:
         """Record that `step` of `total` is done; raises JobCanceled if the job was canceled."""
         self.current = self._snapshot(step, extra)
+        if self.events is not None and self.events.step(self.current):
+            raise JobCanceled(str(self.job_id))
         now = self.clock()
         due = self.last_write is None or now - self.last_write >= self.min_interval_s
         if due or step >= self.total:
             self.flush()
-        elif self.check_interval_s is not None and (
+        elif self.events is None and self.check_interval_s is not None and (
             self.last_check is None or now - self.last_check >= self.check_interval_s
         ):
             self.check()
@@ -114,7 +122,10 @@ class ProgressReporter:
         """Raise JobCanceled if the job is no longer running; a read, cheaper than a write."""
         self.last_check = self.clock()
         self.checks += 1
-        if self.status(self.job_id) != JobStatus.RUNNING:
+        if self.events is not None:
+            if self.events.canceled():
+                raise JobCanceled(str(self.job_id))
+        elif self.status is not None and self.status(self.job_id) != JobStatus.RUNNING:
             raise JobCanceled(str(self.job_id))
 
 
@@ -139,13 +150,22 @@ class TrainingReporter(ProgressReporter):
         *,
         status: Callable[[uuid.UUID], str | None] | None = None,
         session: Session | None = None,
+        events: JobEvents | None = None,
     ) -> None:
         self.start_step = start_step
         self.pending_metrics: list[dict[str, Any]] = []
         self.outputs: list[dict[str, Any]] = list(outputs or [])
         self.outputs_changed = False
         super().__init__(
-            job_id, attempt, total, min_interval_s, write=write, clock=clock, status=status, session=session
+            job_id,
+            attempt,
+            total,
+            min_interval_s,
+            write=write,
+            clock=clock,
+            status=status,
+            session=session,
+            events=events,
         )
         self.current = self._snapshot(start_step, {})
 
@@ -170,6 +190,8 @@ class TrainingReporter(ProgressReporter):
         """List an output on the job now (a sample grid, a snapshot); written with the next progress."""
         self.outputs = [o for o in self.outputs if o["key"] != output["key"]] + [output]
         self.outputs_changed = True
+        if self.events is not None:
+            self.events.outputs(self.outputs)
 
     def flush(self) -> None:
         self.last_write = self.last_check = self.clock()

@@ -121,7 +121,23 @@ class LoraRef(BaseModel):
     scale: float = Field(default=1.0, ge=-10, le=10)
 
 
-class PromptParams(Params):
+class PreviewParams(Params):
+    """Previews while denoising (workers/previews.py), published on the job's event stream."""
+
+    preview_every: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="A preview every this many steps (0: none); DIFFQ_PREVIEW_EVERY if unset (off).",
+    )
+    preview: Literal["latent", "vae"] = Field(
+        default="latent",
+        description='"latent": the latents mapped to RGB, a few KB and well under 2 % of a step (SD 1.x/2.x, '
+        'SDXL and pixel-space models); "vae": a full VAE decode per preview, costly (several steps\' time).',
+    )
+
+
+class PromptParams(PreviewParams):
     """What every Stable-Diffusion-family mode takes: a prompt, steps, guidance, seeds, a scheduler."""
 
     prompt: str = Field(min_length=1, max_length=4000)
@@ -207,7 +223,7 @@ class Depth2ImgParams(StrengthParams):
     same_size_as_image: ClassVar[tuple[str, ...]] = ("depth_map",)
 
 
-class UnconditionalParams(Params):
+class UnconditionalParams(PreviewParams):
     num_inference_steps: int = Field(default=50, ge=1, le=1000)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_images: int = Field(default=1, ge=1, description="At most DIFFQ_MAX_NUM_IMAGES.")

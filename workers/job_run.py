@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
 from core.errors import BadInput, NumericalError
+from core.events import JobEvents
 from core.images import Role, encode_png
 from core.job_types import parse_params
 from core.progress import ProgressReporter, TrainingReporter
@@ -19,6 +20,7 @@ from core.specs import ImageRef, Params
 from core.storage import Storage, get_storage
 from core.tables import Job
 from core.uploads import load_input_image
+from workers.previews import NoCheapPreview, preview_image
 
 
 def check_finite(values: torch.Tensor | np.ndarray, what: str) -> None:
@@ -54,6 +56,9 @@ class JobRun:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     # The job's session (workers/tasks.py): what a runner writes goes through it, each write committed.
     session: Session | None = None
+    # The job's event stream (core/events.py): every step, previews, outputs; and the cancel flag.
+    events: JobEvents | None = None
+    no_preview: bool = False  # this model has no cheap preview, and the stream says so
 
     @classmethod
     def from_job(cls, job: Job, session: Session | None = None) -> "JobRun":
@@ -90,6 +95,7 @@ class JobRun:
             self.settings.progress_min_interval_s,
             check_interval_s=self.settings.cancel_check_interval_s,
             session=self.session,
+            events=self.events,
         )
         self.reporter.flush()
         return self.reporter
@@ -124,6 +130,7 @@ class JobRun:
             start_step=start_step,
             outputs=self.outputs,
             session=self.session,
+            events=self.events,
         )
         self.reporter = reporter
         reporter.flush()
@@ -138,9 +145,26 @@ class JobRun:
             reporter.total = getattr(pipe, "num_timesteps", None) or reporter.total
             check_finite(callback_kwargs["latents"], f"the latents at step {step_index + 1}")
             reporter.update(step_index + 1)
+            self.maybe_preview(step_index + 1, callback_kwargs["latents"], pipe)
             return callback_kwargs
 
         return on_step_end
+
+    def maybe_preview(self, step: int, latents: torch.Tensor, pipe: Any) -> None:
+        """Publish a preview of `latents` (or a pixel-space sample) if this step is due for one: every
+        `params.preview_every` steps (default `DIFFQ_PREVIEW_EVERY`; 0 is off). See workers/previews.py."""
+        every = getattr(self.params, "preview_every", None)
+        every = self.settings.preview_every if every is None else every
+        if not every or step % every or self.events is None or self.no_preview:
+            return
+        mode = getattr(self.params, "preview", "latent")
+        try:
+            image = preview_image(latents, pipe, mode, self.settings.preview_size)
+        except NoCheapPreview as error:
+            self.no_preview = True
+            self.events.preview_unavailable(step, str(error))
+            return
+        self.events.preview(step, image, "image/jpeg")
 
     def decoded_images(self, array: np.ndarray) -> list[Image.Image]:
         """A pipeline's `output_type="np"` images (floats in [0, 1]) as PIL images, as its "pil" output

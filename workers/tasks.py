@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 
 from core.db import db_session, get_engine
 from core.errors import JobError
+from core.events import JobEvents, get_event_store
 from core.jobs import claim_job, finish_job, hand_back, job_status, record_canceled_progress
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
-from core.tables import JobStatus
+from core.tables import Job, JobStatus
 from workers.celery_app import app
 from workers.fleet import device_label, running
 from workers.job_run import JobRun
@@ -48,8 +49,9 @@ def error_for(exc: BaseException) -> dict[str, str]:
 @worker_process_init.connect
 def _own_db_connections(**_: object) -> None:
     # A pool process forked after the main process used the database (see RunJobRequest) must
-    # not share its connections.
+    # not share its connections (nor its Redis ones).
     get_engine().dispose(close=False)
+    get_event_store.cache_clear()
 
 
 class RunJobRequest(Request):
@@ -75,6 +77,12 @@ class RunJobRequest(Request):
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
+def job_fresh(session: Session, job: Job) -> Job:
+    """The job as the database has it now, once it has ended."""
+    session.refresh(job)
+    return job
+
+
 class JobFailed(Exception):
     """Raised by the task of a job that failed (and is recorded failed), so that Celery's log and
     Flower show a failed task. An expected exception (`throws`): logged without a traceback, and,
@@ -95,6 +103,8 @@ def _run(session: Session, worker: str, job_id: str) -> str:
         logger.info("job %s is not queued; skipping this delivery", job_id)
         return "skipped"
     run = JobRun.from_job(job, session)
+    run.events = events = JobEvents.for_job(job)
+    events.status(JobStatus.RUNNING, worker=worker, attempt=job.attempts)
     outputs: list[dict] = []
     error: dict[str, str] | None = None
     # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
@@ -120,6 +130,7 @@ def _run(session: Session, worker: str, job_id: str) -> str:
     if error is not None:
         finish_job(session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
         session.commit()
+        events.finished(job_fresh(session, job))
         raise JobFailed(f"job {job_id} failed: {error['code']}: {error['message']}")
     finished = finish_job(
         session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
@@ -135,5 +146,6 @@ def _run(session: Session, worker: str, job_id: str) -> str:
             # Taken over after its last step: the outputs recorded are another attempt's.
             logger.info("job %s attempt %d ended but the job is no longer its own", job_id, job.attempts)
         return JobStatus.CANCELED
+    events.finished(job_fresh(session, job))
     logger.info("job %s succeeded in attempt %d", job_id, job.attempts)
     return JobStatus.SUCCEEDED

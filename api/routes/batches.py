@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request, Response, status
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -25,6 +26,7 @@ from core.batch_specs import (
 )
 from core.batches import BatchState, batch_state, insert_batch, manifest, manifest_csv, manifest_entries
 from core.db import db_session, get_sessionmaker
+from core.events import publish_batch_canceled
 from core.jobs import cancel_jobs
 from core.queue import enqueue_jobs
 from core.quotas import QuotaExceeded, check_batch_jobs, check_queued_jobs
@@ -213,6 +215,9 @@ def get_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPu
 )
 def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> BatchPublic:
     """Cancel every queued and running job of the batch; finished jobs keep their outputs."""
+    running = list(
+        session.scalars(select(Job.id).where(Job.batch_id == batch.id, Job.status == JobStatus.RUNNING))
+    )
     canceled = cancel_jobs(session, Job.batch_id == batch.id)
     state = batch_state(session, batch)
     if not canceled:
@@ -223,6 +228,7 @@ def cancel_batch(batch: BatchDep, session: SessionDep, request: Request) -> Batc
         )
     batch.canceled_at = utcnow()
     session.commit()
+    publish_batch_canceled(session, batch.id, running, canceled)
     return public(batch, state, str(request.base_url))
 
 

@@ -9,6 +9,7 @@ from api.admission import Admission, job_values, too_many, unprocessable
 from api.auth import READ, SUBMIT, Reader, Submitter
 from api.deps import JobDep, SessionDep
 from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic, WebhookDeliveriesPublic
+from core.events import publish_canceled
 from core.job_types import JobType
 from core.jobs import cancel_job, job_metrics
 from core.queue import enqueue_job
@@ -72,8 +73,11 @@ def get_job(job: JobDep, request: Request) -> JobPublic:
 )
 def cancel(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
     """Cancel a job. A queued job never runs; a running one stops at its next step and stores nothing."""
+    was_running = job.status == JobStatus.RUNNING
     canceled = cancel_job(session, job.id)
     session.commit()
+    if canceled and was_running:
+        publish_canceled(session, [job.id])
     session.refresh(job)
     if not canceled:
         when = f", finished at {job.finished_at.isoformat(timespec='seconds')}" if job.finished_at else ""

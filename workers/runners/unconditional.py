@@ -47,6 +47,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
             image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
             check_finite(image, f"the samples at step {step}")
             reporter.update(step)
+            job.maybe_preview(step, image, pipe)
 
     array = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
     images = pipe.numpy_to_pil(array)

@@ -1,0 +1,247 @@
+"""Live events: how fast a step reaches an SSE client, what 200 clients cost the API, and how many
+Postgres queries a running job makes per second with and without the event stream.
+
+    .venv/bin/python bench/events.py [--jobs 20] [--clients 200] [--seconds 10] [--rate 20]
+
+Needs the machine's Postgres and Redis; uses its own database (diffq_bench_events) and Redis db 15
+(DIFFQ_BENCH_REDIS_DB to change it). The API runs as its own process (uvicorn, one worker) so that
+its CPU time can be read from /proc. The "workers" are threads of this process running the real
+progress path (core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis
+publish and cancel check per step, the coalesced Postgres write) at `--rate` steps a second each; no
+model runs, so the numbers are the event path's alone. Latency is the client's receive time minus the
+`ts` the worker stamped on the step (one clock: same machine).
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TMP = Path(tempfile.mkdtemp(prefix="diffq-bench-events-"))
+REDIS_DB = os.environ.get("DIFFQ_BENCH_REDIS_DB", "15")
+os.environ.update(
+    {
+        "DIFFQ_HOME": str(TMP),
+        "DIFFQ_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/diffq_bench_events",
+        "DIFFQ_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "DIFFQ_RATE_LIMIT": "1000000/second",
+    }
+)
+
+
+def bigger_pool(size: int) -> None:
+    """One connection per simulated worker thread (a real worker process has its own)."""
+    from functools import lru_cache
+
+    from sqlalchemy import create_engine
+
+    import core.db
+    from core.config import get_settings
+
+    engine = create_engine(get_settings().database_url, pool_size=size, pool_pre_ping=True)
+    core.db.get_engine = lru_cache(lambda: engine)
+    core.db.get_sessionmaker.cache_clear()
+
+
+def setup() -> str:
+    import psycopg
+
+    from core.auth import create_key
+    from core.db import db_session
+    from migrations.run import upgrade
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS diffq_bench_events WITH (FORCE)")
+        conn.execute("CREATE DATABASE diffq_bench_events")
+    upgrade()
+    with db_session() as session:
+        return create_key(session, "bench", None, {})[1]
+
+
+def running_jobs(count: int) -> list[uuid.UUID]:
+    from core.db import db_session
+    from core.tables import Job, JobStatus
+
+    with db_session() as session:
+        jobs = [
+            Job(type="text2img", model="m", params={}, status=JobStatus.RUNNING, owner="bench", attempts=1)
+            for _ in range(count)
+        ]
+        session.add_all(jobs)
+    return [job.id for job in jobs]
+
+
+def run_steps(job_id: uuid.UUID, steps: int, rate: float, with_events: bool, stop: threading.Event) -> None:
+    """The worker's progress path for one job: `steps` steps at `rate` a second."""
+    from core.config import get_settings
+    from core.db import db_session
+    from core.events import JobEvents, get_event_store
+    from core.progress import ProgressReporter
+
+    settings = get_settings()
+    with db_session() as session:
+        reporter = ProgressReporter(
+            job_id,
+            1,
+            steps,
+            settings.progress_min_interval_s,
+            check_interval_s=settings.cancel_check_interval_s,
+            session=session,
+            events=JobEvents(get_event_store(), job_id) if with_events else None,
+        )
+        reporter.flush()
+        started = time.monotonic()
+        for step in range(1, steps + 1):
+            if stop.is_set():
+                return
+            time.sleep(max(0.0, started + step / rate - time.monotonic()))
+            reporter.update(step)
+
+
+def queries_per_job_second(rate: float, seconds: float, with_events: bool) -> float:
+    """Postgres statements one running job makes per second on the progress path."""
+    from sqlalchemy import event
+
+    from core.db import get_engine
+
+    [job_id] = running_jobs(1)
+    count = [0]
+
+    def counted(*_: object) -> None:
+        count[0] += 1
+
+    event.listen(get_engine(), "before_cursor_execute", counted)
+    started = time.monotonic()
+    run_steps(job_id, int(rate * seconds), rate, with_events, threading.Event())
+    elapsed = time.monotonic() - started
+    event.remove(get_engine(), "before_cursor_execute", counted)
+    return count[0] / elapsed
+
+
+async def clients(
+    api_url: str, key: str, job_ids: list[uuid.UUID], count: int, seconds: float
+) -> list[float]:
+    """`count` SSE clients spread over the jobs' streams for `seconds`; each progress event's latency."""
+    import httpx
+    from httpx_sse import aconnect_sse
+
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=count + 10)
+    async with httpx.AsyncClient(
+        base_url=api_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=None
+    ) as http:
+
+        async def one(job_id: uuid.UUID) -> None:
+            import json
+
+            async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as source:
+                connected = time.time()
+                async for sse in source.aiter_sse():
+                    if sse.event == "progress":
+                        published = json.loads(sse.data)["ts"]
+                        if published >= connected:  # not the replay of what came before it connected
+                            latencies.append(time.time() - published)
+
+        tasks = [asyncio.create_task(one(job_ids[i % len(job_ids)])) for i in range(count)]
+        await asyncio.sleep(seconds)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
+
+
+def scenario(
+    api_url: str, key: str, api_pid: int, jobs: int, client_count: int, seconds: float, rate: float
+) -> None:
+    job_ids = running_jobs(jobs)
+    stop = threading.Event()
+    steps = int(rate * (seconds + 5))
+    threads = [
+        threading.Thread(target=run_steps, args=(job_id, steps, rate, True, stop)) for job_id in job_ids
+    ]
+    cpu_before, wall_before = cpu_seconds(api_pid), time.monotonic()
+    for thread in threads:
+        thread.start()
+    latencies = asyncio.run(clients(api_url, key, job_ids, client_count, seconds))
+    cpu = (cpu_seconds(api_pid) - cpu_before) / (time.monotonic() - wall_before)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    latencies_ms = [latency * 1000 for latency in latencies]
+    print(
+        f"{jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
+        f"{len(latencies)} events received, step → client p50 {percentile(latencies_ms, 50):.1f} ms, "
+        f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
+        f"API CPU {cpu * 100:.0f} % of one core"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=20, help="steps a second per job")
+    args = parser.parse_args()
+
+    key = setup()
+    bigger_pool(args.jobs + 5)
+    from cli.quickstart import free_port
+
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    api_url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api_url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.2)
+
+        before = queries_per_job_second(args.rate, 5, with_events=False)
+        after = queries_per_job_second(args.rate, 5, with_events=True)
+        print(
+            f"Postgres statements per running job per second at {args.rate:g} steps/s (progress path; "
+            f"the lease renewal adds 1 per 20 s): before (status reads every 0.1 s) {before:.1f}, "
+            f"after (Redis) {after:.1f}"
+        )
+        scenario(api_url, key, api.pid, 1, 1, args.seconds, args.rate)
+        scenario(api_url, key, api.pid, args.jobs, args.clients, args.seconds, args.rate)
+    finally:
+        api.terminate()
+        api.wait(10)
+
+
+if __name__ == "__main__":
+    main()
