@@ -49,9 +49,10 @@ class Admission:
         return errors
 
 
-def job_values(spec: JobSpec) -> dict[str, Any]:
-    """The columns to store for `spec`, with a seed picked if it names none."""
-    return job_fields(spec)
+def job_values(spec: JobSpec, priority: int = 0) -> dict[str, Any]:
+    """The columns to store for `spec`, with a seed picked if it names none; a spec without a
+    priority takes `priority` (its batch's)."""
+    return job_fields(spec, priority)
 
 
 def unprocessable(errors: list[dict[str, Any]]) -> HTTPException:

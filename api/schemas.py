@@ -20,7 +20,7 @@ from pydantic_core import CoreSchema
 
 from core.batches import BatchState
 from core.schedules import as_utc
-from core.specs import JOB_SPEC, JobSpec
+from core.specs import JOB_SPEC, JobSpec, Priority
 from core.storage import Storage
 from core.tables import Batch
 
@@ -217,6 +217,7 @@ class BatchOfJobs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
     jobs: list[JobSpec] = Field(min_length=1)
 
 
@@ -225,6 +226,7 @@ class BatchOfSweep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
     template: BatchTemplate
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         min_length=1, description=_SWEEP_DESCRIPTION
@@ -240,6 +242,7 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
     jobs: list[JobSpec] | None = Field(default=None, min_length=1)
     template: BatchTemplate | None = None
     sweep: dict[str, list[Any]] | None = Field(default=None, description=_SWEEP_DESCRIPTION)

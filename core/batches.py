@@ -16,21 +16,29 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from core.job_types import queue_for
 from core.storage import Storage
 from core.tables import Batch, Job, JobStatus, utcnow
 
 
 def insert_batch(
-    session: Session, name: str | None, source: dict[str, Any], jobs: list[dict[str, Any]]
+    session: Session,
+    name: str | None,
+    source: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    priority: int = 0,
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    """Write a batch and its jobs (`type`, `model`, `params` each) in the session's transaction.
+    """Write a batch and its jobs (`type`, `model`, `params` each; `queue` and `priority` when set,
+    else their type's queue and the batch's `priority`) in the session's transaction.
 
-    Returns the batch id and the job ids in batch order. The caller commits, then enqueues the jobs.
+    Returns the batch id and the job ids in batch order. The caller commits, then wakes the workers.
     """
     now = utcnow()
     batch_id = uuid.uuid4()
     session.execute(
-        insert(Batch).values(id=batch_id, name=name, total=len(jobs), source=source, created_at=now)
+        insert(Batch).values(
+            id=batch_id, name=name, total=len(jobs), source=source, created_at=now, priority=priority
+        )
     )
     rows = [
         {
@@ -40,6 +48,8 @@ def insert_batch(
             "params": job["params"],
             "output_model": job.get("output_model"),
             "overwrite_output_model": job.get("overwrite_output_model", False),
+            "queue": job.get("queue") or queue_for(job["type"]),
+            "priority": job.get("priority", priority),
             "status": JobStatus.QUEUED,
             "outputs": [],
             "attempts": 0,

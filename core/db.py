@@ -1,13 +1,31 @@
-"""The database engine and sessions, for the API's requests and the workers' tasks alike."""
+"""The database engine and sessions, for the API's requests and the workers' tasks alike.
+
+Connections are checked before use (`pool_pre_ping`), so every process reconnects by itself once an
+unreachable database is back: what fails meanwhile raises one of `DB_UNAVAILABLE`, which the API answers
+with a 503 and a worker with giving its message back.
+"""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
+
+# What SQLAlchemy raises when the database can't be reached or the connection dropped (and SQLite's
+# "database is locked"): a moment's trouble, not a bad request.
+DB_UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
 
 
 def make_engine(url: str) -> Engine:

@@ -2,23 +2,24 @@
 same job can never both win: a job is claimed once per attempt, finished once, canceled once.
 
 A running job holds a lease that its worker renews (`renew_lease`). When the lease runs out the
-worker is taken for dead: the job can be claimed again, up to `max_attempts` times. Every write a
-worker makes names the attempt it runs (`attempt`), so a worker that was taken for dead but comes
-back can no longer write to a job that another worker now runs.
+worker is taken for dead: the reconciler puts the job back in the queue (`requeue_or_fail`), up to
+`max_attempts` attempts in all; which queued job a worker claims is core/scheduling.py's to decide.
+Every write a worker makes names the attempt it runs (`attempt`), so a worker that was taken for dead
+but comes back can no longer write to a job that another worker now runs.
 
 Every function here takes the caller's session and never commits: the caller does, and a worker
 commits each state change at once (a claim before it runs the job, each progress write, a renewal).
 """
 
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.scheduling import Claimer, next_job_query, serialize_claims
 from core.tables import Job, JobMetric, JobStatus, utcnow
 
 WORKER_LOST = {
@@ -32,14 +33,6 @@ def lease_until() -> Any:
     return utcnow() + timedelta(seconds=get_settings().lease_s)
 
 
-def _claimable(now: Any) -> Any:
-    """Queued, or running under a lease that ran out."""
-    return or_(
-        Job.status == JobStatus.QUEUED,
-        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
-    )
-
-
 def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     """The values that fail a job whose `max_attempts` attempts all lost their worker."""
     return {
@@ -51,40 +44,34 @@ def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     }
 
 
-def claim_job(session: Session, job_id: uuid.UUID, worker: str, device: str | None = None) -> Job | None:
-    """Take a job for `worker` on `device` and start a new attempt; None if it is not this
-    worker's to run.
-
-    A job whose attempts are used up is failed with `worker_lost` instead of being run again. The
-    caller commits, before it runs the job.
+def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
+    """Take the best queued job for `claimer` (core/scheduling.py decides which), start its attempt
+    and give the worker its lease; [] when there is none. One conditional UPDATE over the locked
+    candidates, so two workers never take the same job. The caller commits, before it runs the job.
     """
-    max_attempts = get_settings().max_attempts
+    settings = get_settings()
     now = utcnow()
-    claimed = session.execute(
+    serialize_claims(session, settings)
+    # A materialized CTE, evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
+    # run again per row by the planner and claim more than n jobs.
+    chosen = next_job_query(claimer, settings, now, limit).cte("chosen").prefix_with("MATERIALIZED")
+    claimed = session.scalars(
         update(Job)
-        .where(Job.id == job_id, _claimable(now), Job.attempts < max_attempts)
+        .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
         .values(
             status=JobStatus.RUNNING,
-            worker=worker,
-            device=device,
+            worker=claimer.worker,
+            device=claimer.device,
             attempts=Job.attempts + 1,
             lease_expires_at=lease_until(),
             started_at=now,
             updated_at=now,
             error=None,
         )
-    ).rowcount
-    if claimed == 1:
-        # Read fresh: the session may hold this job from an earlier delivery.
-        return session.scalars(
-            select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
-        ).one()
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
-        .values(**_worker_lost(max_attempts, now))
-    )
-    return None
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).all()
+    return list(claimed)
 
 
 def _running(job_id: uuid.UUID, attempt: int) -> Any:
@@ -194,7 +181,7 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     once its attempts are used up. `lost` says which running job lost its worker (its lease ran
     out; it ran on a given worker). Returns the job's new status, or None when nothing qualified.
 
-    The job is left without `enqueued_at`: the caller commits and sends it, or else the reconciler does.
+    The caller commits, then wakes a worker for it (core.queue.wake_workers), or an idle one finds it.
     """
     max_attempts = get_settings().max_attempts
     now = utcnow()
@@ -202,7 +189,7 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     requeued = session.execute(
         update(Job)
         .where(*running, Job.attempts < max_attempts)
-        .values(status=JobStatus.QUEUED, lease_expires_at=None, enqueued_at=None, updated_at=now)
+        .values(status=JobStatus.QUEUED, lease_expires_at=None, updated_at=now)
     ).rowcount
     if requeued:
         return JobStatus.QUEUED
@@ -212,22 +199,18 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     return JobStatus.FAILED if failed else None
 
 
-def hand_back(session: Session, job_id: uuid.UUID, worker: str) -> str | None:
-    """Requeue (or fail) a job whose worker process died: `worker` knows, no need to wait for the
-    lease to run out. Only a job that `worker` runs is touched: a duplicate delivery that died
-    while another worker runs the job leaves it alone. The caller commits."""
-    return requeue_or_fail(session, job_id, Job.worker == worker)
-
-
-def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
-    """Note that the broker accepted these jobs' messages (see `core.reconcile`). The caller commits."""
-    now = utcnow()
-    for start in range(0, len(job_ids), 500):
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids[start : start + 500]), Job.status == JobStatus.QUEUED)
-            .values(enqueued_at=now)
-        )
+def hand_back(session: Session, worker: str) -> list[tuple[uuid.UUID, str]]:
+    """Requeue (or fail) the jobs that `worker` runs, because it knows they lost their worker: its pool
+    process died, or it starts again under the same name. No need to wait for their leases to run out.
+    A job another worker runs now is left alone. Returns each job's id and new status; the caller
+    commits."""
+    running = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.worker == worker)
+    handed = []
+    for job_id in session.scalars(running).all():
+        status = requeue_or_fail(session, job_id, Job.worker == worker)
+        if status is not None:
+            handed.append((job_id, status))
+    return handed
 
 
 def expired_jobs(session: Session, limit: int = 1000) -> list[uuid.UUID]:

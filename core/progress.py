@@ -11,6 +11,7 @@ A reporter writes through the job's session and commits each write and each read
 sees progress while the job runs, and the next status read sees a cancel made since.
 """
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,8 +19,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.db import DB_UNAVAILABLE
+from core.errors import first_line
 from core.jobs import job_status, record_progress
 from core.tables import JobStatus
+
+logger = logging.getLogger(__name__)
 
 
 class JobCanceled(Exception):
@@ -27,22 +32,37 @@ class JobCanceled(Exception):
 
 
 def progress_writer(session: Session) -> Callable[..., bool]:
-    """`record_progress` on `session`, committed at once."""
+    """`record_progress` on `session`, committed at once.
+
+    While the database is unreachable the run goes on: the write is skipped (the next one carries the
+    progress) and the job counts as still its own, which the write after the outage checks again. A
+    training run's metrics of a skipped write are lost with it; its checkpoints are not."""
 
     def write(job_id: uuid.UUID, attempt: int, progress: dict[str, Any], **training: Any) -> bool:
-        written = record_progress(session, job_id, attempt, progress, **training)
-        session.commit()
+        try:
+            written = record_progress(session, job_id, attempt, progress, **training)
+            session.commit()
+        except DB_UNAVAILABLE as error:
+            session.rollback()
+            logger.warning("could not write job %s's progress (%s); going on", job_id, first_line(error))
+            return True
         return written
 
     return write
 
 
 def status_reader(session: Session) -> Callable[[uuid.UUID], str | None]:
-    """`job_status` on `session`, its transaction ended at once so that the next read is fresh."""
+    """`job_status` on `session`, its transaction ended at once so that the next read is fresh. While
+    the database is unreachable, a job reads as still running."""
 
     def status(job_id: uuid.UUID) -> str | None:
-        current = job_status(session, job_id)
-        session.commit()
+        try:
+            current = job_status(session, job_id)
+            session.commit()
+        except DB_UNAVAILABLE as error:
+            session.rollback()
+            logger.warning("could not read job %s's status (%s); going on", job_id, first_line(error))
+            return JobStatus.RUNNING
         return current
 
     return status

@@ -349,35 +349,55 @@ class TrainLoraParams(TrainingParams):
         return value
 
 
-class Text2ImgJob(BaseModel):
+# The bound a job's or a batch's priority has in the schema; an owner's API keys limit it further
+# (settings `max_priority`, a key's `limits["max_priority"]`; core/scheduling.py `priority_problem`).
+PRIORITY_LIMIT = 1000
+Priority = Annotated[
+    int,
+    Field(
+        ge=-PRIORITY_LIMIT,
+        le=PRIORITY_LIMIT,
+        description="Higher runs first (core/scheduling.py); in a batch, unset takes the batch's.",
+    ),
+]
+
+
+class JobSpecBase(BaseModel):
+    """What every job spec takes besides its type, model and params."""
+
+    model_config = ConfigDict(extra="forbid")
+    priority: Priority | None = None
+
+
+class Text2ImgJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text2img"]
     model: str = Field(min_length=1, max_length=512)
     params: Text2ImgParams
 
 
-class Img2ImgJob(BaseModel):
+class Img2ImgJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["img2img"]
     model: str = Field(min_length=1, max_length=512)
     params: Img2ImgParams
 
 
-class InpaintJob(BaseModel):
+class InpaintJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["inpaint"]
     model: str = Field(min_length=1, max_length=512)
     params: InpaintParams
 
 
-class Depth2ImgJob(BaseModel):
+class Depth2ImgJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["depth2img"]
     model: str = Field(min_length=1, max_length=512)
     params: Depth2ImgParams
 
 
-class UnconditionalJob(BaseModel):
+class UnconditionalJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["unconditional"]
     model: str = Field(min_length=1, max_length=512)
@@ -393,7 +413,7 @@ def _check_model_name(value: str) -> str:
     return value
 
 
-class TrainUnconditionalJob(BaseModel):
+class TrainUnconditionalJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["train_unconditional"]
     output_model: str = Field(description="The name the trained model is registered under.")
@@ -410,7 +430,7 @@ class TrainUnconditionalJob(BaseModel):
         return None
 
 
-class TrainLoraJob(BaseModel):
+class TrainLoraJob(JobSpecBase):
     model_config = ConfigDict(extra="forbid")
     type: Literal["train_lora"]
     model: str = Field(min_length=1, max_length=512, description="The base model the LoRA adapts.")

@@ -1,8 +1,9 @@
 """This worker as a member of the fleet: its device label, and its row in the `workers` table.
 
-Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues;
-`worker_process_init` (in the pool process, which runs the jobs and holds the pipeline cache) writes the
-row and starts a heartbeat thread; `worker_process_shutdown` removes the row. Around each job, `running`
+Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues, and hands
+back the jobs that a dead process of the same name still held; `worker_process_init` (in the pool
+process, which runs the jobs and holds the pipeline cache) writes the row and starts a heartbeat thread
+and the idle poll (workers/wakeup.py); `worker_process_shutdown` removes the row. Around each job, `running`
 marks the worker busy with the job's model, then writes the cache's state and the job's denoising rate,
 on the job's session. The heartbeat thread writes on a session of its own.
 """
@@ -10,6 +11,7 @@ on the job's session. The heartbeat thread writes on a session of its own.
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.db import db_session
+from core.jobs import hand_back
+from core.scheduling import Claimer, serves_training
 from core.tables import Job
 from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
 from workers.heartbeat import Heartbeat
@@ -58,11 +62,43 @@ def device_label() -> str:
     return str(device)
 
 
+def claimer(only: uuid.UUID | None = None) -> Claimer:
+    """This worker as the claim sees it (core/scheduling.py): its queues and the models it has loaded.
+    Outside a worker (a task run in-process), one that runs only the job `only`."""
+    from workers.pipelines import get_cache
+
+    settings = get_settings()
+    models = tuple(tag for tag, _bytes in get_cache().stats().resident) if NODE.name else ()
+    return Claimer(
+        worker=NODE.name or "worker",
+        queues=tuple(NODE.queues),
+        models=models,
+        trains=serves_training(NODE.queues, NODE.name, settings) if NODE.name else True,
+        device=device_label(),
+        only=only,
+    )
+
+
 @celeryd_init.connect
 def _learn_node(sender: str, options: dict, **_: object) -> None:
     NODE.name = sender
     queues = options.get("queues") or [get_settings().queue]
     NODE.queues = queues.split(",") if isinstance(queues, str) else list(queues)
+    hand_back_at_start(sender)
+
+
+def hand_back_at_start(name: str) -> None:
+    """Requeue the jobs a process of this name held when it died: this worker, restarted under its name,
+    knows they lost their worker, so they need not wait for their leases to run out. Names must be unique
+    in the fleet (a second live worker of the same name would lose its jobs here)."""
+    try:
+        with db_session() as session:
+            handed = hand_back(session, name)
+    except Exception:  # their leases run out instead
+        logger.exception("could not hand back the jobs %s held before it restarted", name)
+        return
+    for job_id, status in handed:
+        logger.warning("%s starts again: job %s that it held is %s", name, job_id, status)
 
 
 @worker_process_init.connect
@@ -81,6 +117,9 @@ def _join_fleet(**_: object) -> None:
         name="diffq-fleet-heartbeat",
         failure=f"worker heartbeat failed; trying again in {interval}s",
     ).start()
+    from workers.wakeup import IDLE_POLL
+
+    IDLE_POLL.start(NODE.name, claimer)
 
 
 @worker_process_shutdown.connect
@@ -89,6 +128,9 @@ def _leave_fleet(**_: object) -> None:
         return
     if NODE.heartbeat is not None:
         NODE.heartbeat.stop()
+    from workers.wakeup import IDLE_POLL
+
+    IDLE_POLL.stop()
     try:
         with db_session() as session:
             remove_worker(session, NODE.name)

@@ -1,4 +1,5 @@
-"""The Celery task that runs one job: claim it, run its runner, record how it ended.
+"""The Celery task that runs one job: claim the best one for this worker, run its runner, record how it
+ended, and wake the worker again while there is work.
 
 A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`),
 its progress reporter and the fleet's bookkeeping. Each state change is committed as it is made: the
@@ -7,30 +8,38 @@ session of its own (workers/lease.py).
 """
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from billiard.einfo import ExceptionWithTraceback
 from celery import Task
-from celery.exceptions import WorkerLostError
+from celery.exceptions import Reject, WorkerLostError
 from celery.signals import worker_process_init
 from celery.worker.request import Request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import db_session, get_engine
-from core.errors import JobError
-from core.jobs import claim_job, finish_job, hand_back, job_status, record_canceled_progress
+from core.config import get_settings
+from core.db import DB_UNAVAILABLE, db_session, get_engine, masked_url
+from core.errors import JobError, first_line
+from core.jobs import claim, finish_job, hand_back, job_status, record_canceled_progress
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
-from core.tables import JobStatus
+from core.scheduling import Claimer
+from core.tables import Job, JobStatus
 from workers.celery_app import app
-from workers.fleet import device_label, running
+from workers.fleet import claimer, running
 from workers.job_run import JobRun
 from workers.lease import hold_lease
 from workers.oom import run_with_oom_retry
 from workers.runners import RUNNERS
+from workers.wakeup import IDLE_POLL
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def error_for(exc: BaseException) -> dict[str, str]:
@@ -53,11 +62,11 @@ def _own_db_connections(**_: object) -> None:
 
 
 class RunJobRequest(Request):
-    """Hands a job back at once when the pool process running it dies (SIGKILL, the OOM killer).
+    """Hands back the job at once when the pool process running it dies (SIGKILL, the OOM killer).
 
     Celery then puts the message back in the queue (`reject_on_worker_lost`). Requeuing the job
-    first lets that redelivery run it as its next attempt, instead of being skipped while the dead
-    attempt's lease runs out and waiting for the reconciler.
+    first lets that redelivery claim it for its next attempt, instead of waiting for its lease to run out
+    and the reconciler.
     """
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
@@ -67,11 +76,13 @@ class RunJobRequest(Request):
         if isinstance(exc, WorkerLostError):
             try:
                 with db_session() as session:
-                    status = hand_back(session, uuid.UUID(self.args[0]), self.hostname)
-                if status:
-                    logger.warning("the process running job %s died; job %s", self.args[0], status)
+                    handed = hand_back(session, self.hostname)
+                for job_id, status in handed:
+                    logger.warning("the process running job %s died; job %s", job_id, status)
             except Exception:
-                logger.exception("could not hand back job %s; its lease will run out", self.args[0])
+                logger.exception(
+                    "could not hand back the jobs of %s; their leases will run out", self.hostname
+                )
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
@@ -83,17 +94,104 @@ class JobFailed(Exception):
 
 @app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest, throws=(JobFailed,))
 def run_job(self: Task, job_id: str) -> str:
+    """A wake-up that names `job_id`: claim the best queued job for this worker (core/scheduling.py),
+    run it and return what became of it ("job <id>: succeeded"), which Flower shows as the task's result.
+    Called directly (in-process, not by a worker), run the job `job_id` itself.
+
+    Nothing is acknowledged that neither ran nor was handed back: a message this worker's database can't
+    place, or that came while the database was unreachable, goes back to the broker (`Reject`).
+    """
+    woken_by = uuid.UUID(job_id)
+    called_directly = bool(self.request.called_directly)
     with db_session() as session:
-        return _run(session, self.request.hostname or "worker", job_id)
+        job = _claim(self, session, woken_by, claimer(only=woken_by if called_directly else None))
+        if job is None:
+            logger.info("woken for job %s, but no queued job is this worker's to run", job_id)
+            return "no job to run"
+        try:
+            return f"job {job.id}: {_run(session, job)}"
+        finally:
+            if not called_directly:
+                _wake_self(session)
 
 
-def _run(session: Session, worker: str, job_id: str) -> str:
-    job = claim_job(session, uuid.UUID(job_id), worker=worker, device=device_label())
-    session.commit()
-    if job is None:
-        # Already taken, finished or canceled: a duplicate delivery must not run it again.
-        logger.info("job %s is not queued; skipping this delivery", job_id)
-        return "skipped"
+def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> Job | None:
+    """Claim the best job for `who`, committed; give the message back if it can't be placed."""
+    try:
+        if not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
+            _misconfigured(task, woken_by)
+        jobs = claim(session, who)
+        session.commit()
+    except DB_UNAVAILABLE as error:
+        session.rollback()
+        delay = get_settings().idle_poll_s
+        logger.warning(
+            "the database is unreachable (%s); giving the wake-up for job %s back in %.0fs",
+            first_line(error.orig or error),
+            woken_by,
+            delay,
+        )
+        time.sleep(delay)  # so that a worker does not spin on its own redeliveries during an outage
+        raise Reject(requeue=True) from None
+    return jobs[0] if jobs else None
+
+
+def _misconfigured(task: Task, job_id: uuid.UUID) -> None:
+    """A message names a job this worker's database does not hold: its broker is another deployment's
+    too. Say so loudly, stop consuming that queue, and give the message back to whoever it was for."""
+    queue = (task.request.delivery_info or {}).get("routing_key") or "?"
+    logger.error(
+        "MISCONFIGURED: a message in queue %r names job %s, which this worker's database (%s) does not "
+        "hold: this worker shares its broker with a diffq whose database is another. Giving the message "
+        "back and no longer consuming %r; set DIFFQ_DATABASE_URL and DIFFQ_BROKER_URL to one deployment's.",
+        queue,
+        job_id,
+        masked_url(get_settings().database_url),
+        queue,
+    )
+    try:
+        app.control.cancel_consumer(queue, destination=[task.request.hostname])
+    except Exception:
+        logger.exception("could not stop consuming %r", queue)
+    time.sleep(1.0)  # the cancel reaches the main process before it can hand this worker the message again
+    raise Reject(requeue=True)
+
+
+def _wake_self(session: Session) -> None:
+    """After a job: wake this worker again while its queues hold work for it (workers/wakeup.py)."""
+    try:
+        session.rollback()  # a fresh read
+        IDLE_POLL.wake_self(session)
+        session.commit()
+    except Exception:  # the idle poll finds the work instead
+        session.rollback()
+        logger.exception("could not wake this worker for its next job")
+
+
+def _until_written(session: Session, write: Callable[[], T], what: str) -> T:
+    """`write()` committed, tried again while the database is unreachable, for up to twice the lease:
+    a job that ran is recorded once the database is back, rather than run again. After that its lease
+    has run out and the reconciler may have given it to another worker, which the write, fenced by the
+    attempt, finds out."""
+    give_up = time.monotonic() + 2 * get_settings().lease_s
+    delay = 0.5
+    while True:
+        try:
+            result = write()
+            session.commit()
+            return result
+        except DB_UNAVAILABLE as error:
+            session.rollback()
+            if time.monotonic() + delay > give_up:
+                raise
+            logger.warning("could not record %s (%s); trying again in %.1fs", what, first_line(error), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _run(session: Session, job: Job) -> str:
+    """Run a claimed job to its end; return its final status."""
+    job_id = str(job.id)
     run = JobRun.from_job(job, session)
     outputs: list[dict] = []
     error: dict[str, str] | None = None
@@ -118,13 +216,21 @@ def _run(session: Session, worker: str, job_id: str) -> str:
             error = error_for(exc)
     progress = run.reporter.current if run.reporter else None
     if error is not None:
-        finish_job(session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
-        session.commit()
+        _until_written(
+            session,
+            lambda: finish_job(
+                session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress
+            ),
+            f"the failure of job {job_id}",
+        )
         raise JobFailed(f"job {job_id} failed: {error['code']}: {error['message']}")
-    finished = finish_job(
-        session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
+    finished = _until_written(
+        session,
+        lambda: finish_job(
+            session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
+        ),
+        f"the end of job {job_id}",
     )
-    session.commit()
     if not finished:
         if job_status(session, job.id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.

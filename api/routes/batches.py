@@ -23,7 +23,8 @@ from core.batch_specs import (
 from core.batches import BatchState, batch_state, insert_batch, manifest, manifest_csv, manifest_entries
 from core.db import db_session, get_sessionmaker
 from core.jobs import cancel_jobs
-from core.queue import enqueue_jobs
+from core.queue import Waiting, wake_workers
+from core.specs import PRIORITY_LIMIT
 from core.storage import get_storage
 from core.tables import Batch, Job, JobStatus, utcnow
 
@@ -50,9 +51,15 @@ def public(batch: Batch, state: BatchState, base_url: str) -> BatchPublic:
 
 
 def write_batch(
-    session: Session, name: str | None, batch: BatchSpecs, background: BackgroundTasks, base_url: str
+    session: Session,
+    name: str | None,
+    batch: BatchSpecs,
+    background: BackgroundTasks,
+    base_url: str,
+    priority: int = 0,
 ) -> BatchPublic:
-    """Admit, write and schedule the enqueueing of a batch's jobs; 422 if any job is not admitted."""
+    """Admit and write a batch's jobs, and wake workers for them after the response; 422 if any job is
+    not admitted. Its jobs without a priority of their own take the batch's `priority`."""
     admission = Admission(session, get_storage())
     errors = [
         error
@@ -61,23 +68,27 @@ def write_batch(
     ]
     if errors:
         raise unprocessable(cap_errors(errors))
-    batch_id, job_ids = insert_batch(session, name, batch.source, [job_values(spec) for spec in batch.specs])
+    values = [job_values(spec, priority) for spec in batch.specs]
+    batch_id, job_ids = insert_batch(session, name, batch.source, values, priority)
     session.commit()
-    # Sending a message per job takes about a millisecond each: after the response, so that accepting
-    # the batch does not wait on it. Queued rows are the source of truth; a job whose message is lost
-    # (the API stopping halfway) stays queued until it is sent again.
-    background.add_task(_enqueue, batch_id, job_ids)
+    # A few wake-ups (one per live worker at most), sent after the response so that a broker that is
+    # down never holds the submitter up. The rows are the queue: a lost wake-up only delays the jobs
+    # until a worker's idle poll.
+    waiting = [
+        Waiting(job_id, v["queue"], v["type"], v["model"]) for job_id, v in zip(job_ids, values, strict=True)
+    ]
+    background.add_task(_wake, batch_id, waiting)
     counts = dict.fromkeys(JobStatus.ALL, 0) | {JobStatus.QUEUED: len(job_ids)}
     state = BatchState(total=len(job_ids), counts=counts)
     return public(session.get_one(Batch, batch_id), state, base_url)
 
 
-def _enqueue(batch_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
+def _wake(batch_id: uuid.UUID, waiting: list[Waiting]) -> None:
     try:
         with db_session() as session:
-            enqueue_jobs(session, job_ids)
+            wake_workers(session, waiting)
     except Exception:
-        logger.exception("could not enqueue all %d jobs of batch %s", len(job_ids), batch_id)
+        logger.exception("could not wake workers for batch %s; idle workers will find its jobs", batch_id)
 
 
 @router.post(
@@ -98,7 +109,7 @@ def create_batch(
             batch = specs_from_sweep(body.template.model_dump(), body.sweep)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
-    return write_batch(session, body.name, batch, background, str(request.base_url))
+    return write_batch(session, body.name, batch, background, str(request.base_url), body.priority)
 
 
 @router.post(
@@ -113,6 +124,10 @@ async def create_batch_from_jsonl(
     ] = None,
     model: Annotated[str | None, Form(description="Model of the lines that name none.")] = None,
     name: Annotated[str | None, Form(description="A name for the batch.")] = None,
+    priority: Annotated[
+        int,
+        Form(ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT, description="The batch's priority; higher runs first."),
+    ] = 0,
 ) -> BatchPublic:
     """Submit a JSON Lines file, one job a line (multipart field `file`).
 
@@ -122,7 +137,14 @@ async def create_batch_from_jsonl(
     """
     data = await read_upload(request, file)
     return await run_in_threadpool(
-        _jsonl_batch, data, type_ or None, model or None, name or None, background, str(request.base_url)
+        _jsonl_batch,
+        data,
+        type_ or None,
+        model or None,
+        name or None,
+        background,
+        str(request.base_url),
+        priority,
     )
 
 
@@ -133,13 +155,14 @@ def _jsonl_batch(
     name: str | None,
     background: BackgroundTasks,
     base_url: str,
+    priority: int = 0,
 ) -> BatchPublic:
     try:
         batch = specs_from_jsonl(data, type_, model)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
     with get_sessionmaker()() as session:
-        return write_batch(session, name, batch, background, base_url)
+        return write_batch(session, name, batch, background, base_url, priority)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic)

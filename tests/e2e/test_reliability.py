@@ -1,4 +1,4 @@
-"""Nothing lost: workers killed mid-job, a flushed broker and duplicate deliveries.
+"""Nothing lost: workers killed mid-job, a flushed broker, duplicate deliveries and a stray consumer.
 
 These tests kill workers and flush the broker, so they run on services of their own: a private
 redis-server on a spare port, a database of their own, real worker processes and a real
@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.quickstart import free_port
@@ -26,7 +26,7 @@ from core.config import get_settings
 from core.db import make_engine
 from core.queue import RUN_JOB_TASK, make_celery
 from core.storage import get_storage
-from core.tables import Job, JobStatus, utcnow
+from core.tables import Job, JobStatus
 from migrations.run import upgrade
 from tests.conftest import PG_SERVER, TEST_DB
 from tests.utils.jobs import text2img_spec
@@ -40,11 +40,12 @@ SETTINGS = {
     "DIFFQ_RECONCILE_INTERVAL_S": "1",
     "DIFFQ_RESEND_AFTER_S": "2",
     "DIFFQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+    "DIFFQ_IDLE_POLL_S": "0.5",
 }
 # Worker settings of their own. "a" holds its leases longer than any test, so that its jobs come
 # back through its own main process when its pool process dies; "b"'s jobs come back through
 # lease expiry and the reconciler when the whole of "b" is killed.
-WORKERS = {"a": {"DIFFQ_LEASE_S": "120"}, "b": {}}
+WORKERS: dict[str, dict[str, str]] = {"a": {"DIFFQ_LEASE_S": "120"}, "b": {}}
 FINISH_TIMEOUT_S = 240
 
 
@@ -98,21 +99,18 @@ class Cluster:
         os.kill(int(child), signal.SIGKILL)
 
     def submit(self, count: int, send: bool = True, **params: object) -> list[uuid.UUID]:
-        """Commit `count` text2img jobs, then send them and record it, as the API does."""
+        """Commit `count` text2img jobs in the cluster's queue, then send a wake-up naming each."""
         spec = text2img_spec(**params)
         with self.sessions.begin() as session:
-            jobs = [Job(type=spec["type"], model=spec["model"], params=spec["params"]) for _ in range(count)]
+            jobs = [
+                Job(type=spec["type"], model=spec["model"], params=spec["params"], queue=QUEUE)
+                for _ in range(count)
+            ]
             session.add_all(jobs)
         job_ids = [job.id for job in jobs]
         if send:
             for job_id in job_ids:
                 self.celery.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=QUEUE)
-            with self.sessions.begin() as session:
-                session.execute(
-                    update(Job)
-                    .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
-                    .values(enqueued_at=utcnow())
-                )
         return job_ids
 
     def jobs(self, job_ids: list[uuid.UUID]) -> list[Job]:
@@ -203,6 +201,21 @@ def private_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def stray_database() -> Iterator[str]:
+    """Another deployment's database, migrated and empty."""
+    name = f"{TEST_DB}_stray"
+    admin = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = f"{PG_SERVER}/{name}"
+    upgrade(database_url=url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
 def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("reliability")
     env = SETTINGS | {"DIFFQ_BROKER_URL": private_redis, "DIFFQ_DATABASE_URL": private_database}
@@ -235,11 +248,11 @@ def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -
 
 
 def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:
-    cluster.stop_workers()  # nothing consumes: the jobs wait in the broker
+    cluster.stop_workers()  # nothing consumes: the wake-ups wait in the broker
     job_ids = cluster.submit(4, num_inference_steps=10, num_images=1)
     assert cluster.broker.llen(QUEUE) == 4
     assert cluster.broker.flushdb()
-    # And one committed job whose send failed: it never reached the broker.
+    # And one committed job whose wake-up was never sent.
     job_ids += cluster.submit(1, send=False, num_inference_steps=10, num_images=1)
 
     cluster.start_workers("a", "b")
@@ -248,7 +261,30 @@ def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:
     for job in jobs:
         assert cluster.successes(job.id) == 1
         assert_one_set_of_outputs(job, 1)
-    assert "the broker lost its messages" in cluster.log("beat")
+    # No message named them: the idle workers found them in the jobs table.
+    assert "the jobs table holds work for this worker" in cluster.log("a") + cluster.log("b")
+
+
+def test_a_stray_consumer_on_another_database_loses_no_job(cluster, stray_database) -> None:
+    """A worker on the same broker but another database takes the wake-ups: it says it is misconfigured,
+    gives them back and stops consuming, and the cluster's workers run every job."""
+    cluster.stop_workers()
+    WORKERS["stray"] = {"DIFFQ_DATABASE_URL": stray_database}
+    try:
+        cluster.start_workers("stray")
+        job_ids = cluster.submit(10, num_inference_steps=2, num_images=1)
+        wait_for(lambda: "MISCONFIGURED" in cluster.log("stray"), 60, "the stray to take a wake-up")
+        cluster.start_workers("a", "b")
+        jobs = cluster.wait_finished(job_ids)
+    finally:
+        cluster.stop_workers("stray")
+        del WORKERS["stray"]
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * len(jobs)
+    assert {worker_name(job) for job in jobs} <= {"a", "b"}
+    for job in jobs:
+        assert cluster.successes(job.id) == 1
+    log = cluster.log("stray")
+    assert "which this worker's database" in log and f"no longer consuming '{QUEUE}'" in log
 
 
 def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:
@@ -258,7 +294,8 @@ def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:
     idle = "b" if worker_name(job) == "a" else "a"
 
     cluster.celery.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=QUEUE)
-    wait_for(lambda: f"job {job_id} is not queued" in cluster.log(idle), 60, "the duplicate to be skipped")
+    skipped = f"woken for job {job_id}, but no queued job is this worker's to run"
+    wait_for(lambda: skipped in cluster.log(idle), 60, "the duplicate to be skipped")
     assert cluster.jobs([job_id])[0].status == JobStatus.RUNNING  # skipped while the job ran
 
     [done] = cluster.wait_finished([job_id])

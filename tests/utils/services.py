@@ -78,3 +78,40 @@ def wait_http(url: str, timeout: float = 30) -> None:
             return False
 
     wait_for(up, timeout, url)
+
+
+class PrivatePostgres:
+    """A Postgres server of a test's own, on a spare port, in a folder of its own: the test may stop and
+    start it at will. Made with the machine's `initdb`/`pg_ctl` (the newest under /usr/lib/postgresql),
+    run as the `postgres` user when the tests run as root (initdb refuses root)."""
+
+    def __init__(self, root: Path) -> None:
+        from cli.quickstart import free_port
+
+        [self.bin, *_] = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "postgres.log"
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        root.mkdir(parents=True, exist_ok=True)
+        if self.as_user:
+            subprocess.run(["chown", "postgres", str(root)], check=True)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / program), *args], check=True, capture_output=True, timeout=120
+        )
+
+    @property
+    def server_url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop at once, dropping every connection (`-m fast`), as a crash or a failover would."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
