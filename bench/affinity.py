@@ -175,6 +175,7 @@ def main() -> None:
     from migrations.run import upgrade
     from models_store.memory import estimate_folder_bytes
     from models_store.tiny import make_tiny_models
+
     models_dir = get_settings().models_dir
     make_tiny_models(models_dir)
     for name in [*MODELS[1:], WARM_MODEL]:

@@ -49,6 +49,7 @@ def insert_batch(
             "output_model": job.get("output_model"),
             "overwrite_output_model": job.get("overwrite_output_model", False),
             "queue": job.get("queue") or queue_for(job["type"]),
+            "fuse_key": job.get("fuse_key"),
             "priority": job.get("priority", priority),
             "status": JobStatus.QUEUED,
             "outputs": [],

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # affinity, which never passes over a job that has waited `affinity_max_wait_s`.
     fair_share: bool = True
     affinity: bool = True
+    # Job fusion (workers/fusion.py): compatible text2img jobs run as one pipeline call of at most this many
+    # images; 1, or `fusion` false, runs every job alone.
+    fusion: bool = True
+    max_fused_images: int = Field(default=8, ge=1)
     affinity_max_wait_s: float = Field(default=30, ge=0)
 
     # API keys (core/auth.py). Off only when set to false explicitly; the API then logs a warning at start

@@ -15,7 +15,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
@@ -44,17 +44,9 @@ def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     }
 
 
-def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
-    """Take the best queued job for `claimer` (core/scheduling.py decides which), start its attempt
-    and give the worker its lease; [] when there is none. One conditional UPDATE over the locked
-    candidates, so two workers never take the same job. The caller commits, before it runs the job.
-    """
-    settings = get_settings()
+def _start(session: Session, chosen: Any, claimer: Claimer) -> list[Job]:
+    """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE) names."""
     now = utcnow()
-    serialize_claims(session, settings)
-    # A materialized CTE, evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
-    # run again per row by the planner and claim more than n jobs.
-    chosen = next_job_query(claimer, settings, now, limit).cte("chosen").prefix_with("MATERIALIZED")
     claimed = session.scalars(
         update(Job)
         .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
@@ -71,7 +63,54 @@ def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
     ).all()
-    return list(claimed)
+    return sorted(claimed, key=lambda job: (-job.priority, job.created_at, job.id))
+
+
+def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
+    """Take the best queued job for `claimer` (core/scheduling.py decides which), start its attempt
+    and give the worker its lease; [] when there is none. One conditional UPDATE over the locked
+    candidates, so two workers never take the same job. The caller commits, before it runs the job.
+    """
+    settings = get_settings()
+    serialize_claims(session, settings)
+    # A materialized CTE, evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
+    # run again per row by the planner and claim more than n jobs.
+    chosen = next_job_query(claimer, settings, utcnow(), limit).cte("chosen").prefix_with("MATERIALIZED")
+    return _start(session, chosen, claimer)
+
+
+def claim_partners(session: Session, lead: Job, claimer: Claimer, limit: int) -> list[Job]:
+    """Take up to `limit` queued jobs that can run in one pipeline call with `lead`, just claimed in this
+    transaction (the same `fuse_key`, core/fusion.py), from `claimer`'s queues, by priority then age.
+
+    With a per-owner running limit, only `lead`'s owner's jobs, as many as its limit leaves room for
+    (counted under the claim lock that `claim` took). The caller commits."""
+    if lead.fuse_key is None or limit < 1 or claimer.only is not None:
+        return []
+    settings = get_settings()
+    conditions = [
+        Job.status == JobStatus.QUEUED,
+        Job.fuse_key == lead.fuse_key,
+        Job.queue.in_(claimer.queues),
+    ]
+    if settings.max_running_jobs:
+        running = session.scalar(
+            select(func.count()).where(Job.owner == lead.owner, Job.status == JobStatus.RUNNING)
+        )
+        limit = min(limit, settings.max_running_jobs - (running or 0))
+        conditions.append(Job.owner == lead.owner)
+        if limit < 1:
+            return []
+    chosen = (
+        select(Job.id)
+        .where(*conditions)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("partners")
+        .prefix_with("MATERIALIZED")
+    )
+    return _start(session, chosen, claimer)
 
 
 def _running(job_id: uuid.UUID, attempt: int) -> Any:

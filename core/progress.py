@@ -31,6 +31,24 @@ class JobCanceled(Exception):
     """The job is no longer this attempt's to run: a user canceled it, or it was taken over."""
 
 
+class _OutageLog:
+    """Says once that a running job's writes fail while the database is unreachable, not at every step."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.last: float | None = None
+
+    def warn(self, job_id: uuid.UUID, error: BaseException) -> None:
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.every_s:
+            self.last = now
+            logger.warning(
+                "job %s: the database is unreachable (%s); the run goes on without progress writes",
+                job_id,
+                first_line(error),
+            )
+
+
 def progress_writer(session: Session) -> Callable[..., bool]:
     """`record_progress` on `session`, committed at once.
 
@@ -38,13 +56,15 @@ def progress_writer(session: Session) -> Callable[..., bool]:
     progress) and the job counts as still its own, which the write after the outage checks again. A
     training run's metrics of a skipped write are lost with it; its checkpoints are not."""
 
+    outage = _OutageLog()
+
     def write(job_id: uuid.UUID, attempt: int, progress: dict[str, Any], **training: Any) -> bool:
         try:
             written = record_progress(session, job_id, attempt, progress, **training)
             session.commit()
         except DB_UNAVAILABLE as error:
             session.rollback()
-            logger.warning("could not write job %s's progress (%s); going on", job_id, first_line(error))
+            outage.warn(job_id, error)
             return True
         return written
 
@@ -55,13 +75,15 @@ def status_reader(session: Session) -> Callable[[uuid.UUID], str | None]:
     """`job_status` on `session`, its transaction ended at once so that the next read is fresh. While
     the database is unreachable, a job reads as still running."""
 
+    outage = _OutageLog()
+
     def status(job_id: uuid.UUID) -> str | None:
         try:
             current = job_status(session, job_id)
             session.commit()
         except DB_UNAVAILABLE as error:
             session.rollback()
-            logger.warning("could not read job %s's status (%s); going on", job_id, first_line(error))
+            outage.warn(job_id, error)
             return JobStatus.RUNNING
         return current
 

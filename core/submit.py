@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.dataset_refs import dataset_problem, parse_dataset
+from core.fusion import fuse_key
 from core.job_types import queue_for
 from core.model_configs import kind_problem, scheduler_config
 from core.model_refs import reference_problem
@@ -176,6 +177,7 @@ def job_fields(spec: JobSpec, priority: int = 0) -> dict[str, Any]:
         "type": spec.type,
         "model": spec.model,
         "params": params,
+        "fuse_key": fuse_key(spec.type, spec.model, params),
         "output_model": getattr(spec, "output_model", None),
         "overwrite_output_model": getattr(spec, "overwrite_output_model", False),
         "queue": queue_for(spec.type),

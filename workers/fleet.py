@@ -21,10 +21,10 @@ from celery.signals import celeryd_init, worker_process_init, worker_process_shu
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.db import db_session
+from core.db import DB_UNAVAILABLE, db_session
+from core.errors import first_line
 from core.jobs import hand_back
 from core.scheduling import Claimer, serves_training
-from core.tables import Job
 from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
 from workers.heartbeat import Heartbeat
 from workers.job_run import JobRun
@@ -159,18 +159,20 @@ def _heartbeat() -> None:
 
 
 @contextmanager
-def running(session: Session, job: Job, run: JobRun) -> Iterator[None]:
-    """Mark this worker busy with `job` while the block runs, then record the cache and the job's rate.
-    Commits each write on `session` at once."""
+def running(session: Session, run: JobRun) -> Iterator[None]:
+    """Mark this worker busy with `run`'s job while the block runs, then record the cache and the job's
+    rate. Commits each write on `session` at once."""
     if NODE.name is None:  # not started as a worker (a task run in-process)
         yield
         return
     try:
-        update_worker(session, NODE.name, current_job=job.id, current_model=job.model)
+        update_worker(session, NODE.name, current_job=run.job_id, current_model=run.model)
         session.commit()
-    except Exception:  # the fleet's view is best effort; the job runs regardless
+    except Exception as error:  # the fleet's view is best effort; the job runs regardless
         session.rollback()
-        logger.exception("could not mark worker %s busy with job %s", NODE.name, job.id)
+        logger.warning(
+            "could not mark worker %s busy with job %s (%s)", NODE.name, run.job_id, first_line(error)
+        )
     started = time.monotonic()
     try:
         yield
@@ -202,6 +204,9 @@ def _record_job(session: Session, run: JobRun, busy_seconds: float) -> None:
             cache_load_seconds=stats.load_seconds,
         )
         session.commit()
+    except DB_UNAVAILABLE as error:
+        session.rollback()
+        logger.warning("could not record job %s on worker %s (%s)", run.job_id, NODE.name, first_line(error))
     except Exception:
         session.rollback()
         logger.exception("could not record job %s on worker %s", run.job_id, NODE.name)

@@ -32,10 +32,10 @@ from core.scheduling import Claimer
 from core.tables import Job, JobStatus
 from workers.celery_app import app
 from workers.fleet import claimer, running
+from workers.fusion import claim_group, run_jobs
 from workers.job_run import JobRun
-from workers.lease import hold_lease
-from workers.oom import run_with_oom_retry
-from workers.runners import RUNNERS
+from workers.lease import hold_leases
+from workers.runners.text2img import Outcome
 from workers.wakeup import IDLE_POLL
 
 logger = logging.getLogger(__name__)
@@ -95,8 +95,9 @@ class JobFailed(Exception):
 @app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest, throws=(JobFailed,))
 def run_job(self: Task, job_id: str) -> str:
     """A wake-up that names `job_id`: claim the best queued job for this worker (core/scheduling.py),
-    run it and return what became of it ("job <id>: succeeded"), which Flower shows as the task's result.
-    Called directly (in-process, not by a worker), run the job `job_id` itself.
+    with the jobs it can be fused with (workers/fusion.py), run them and return what became of each
+    ("job <id>: succeeded, job <id>: canceled"), which Flower shows as the task's result. Called directly
+    (in-process, not by a worker), run the job `job_id` itself, alone.
 
     Nothing is acknowledged that neither ran nor was handed back: a message this worker's database can't
     place, or that came while the database was unreachable, goes back to the broker (`Reject`).
@@ -104,36 +105,40 @@ def run_job(self: Task, job_id: str) -> str:
     woken_by = uuid.UUID(job_id)
     called_directly = bool(self.request.called_directly)
     with db_session() as session:
-        job = _claim(self, session, woken_by, claimer(only=woken_by if called_directly else None))
-        if job is None:
+        jobs = _claim(self, session, woken_by, claimer(only=woken_by if called_directly else None))
+        if not jobs:
             logger.info("woken for job %s, but no queued job is this worker's to run", job_id)
             return "no job to run"
         try:
-            return f"job {job.id}: {_run(session, job)}"
+            return _run(session, jobs)
         finally:
             if not called_directly:
                 _wake_self(session)
 
 
-def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> Job | None:
-    """Claim the best job for `who`, committed; give the message back if it can't be placed."""
+def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> list[Job]:
+    """Claim the best job for `who` and its fusion partners, committed; give the message back if it
+    can't be placed."""
+    settings = get_settings()
     try:
         if not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
             _misconfigured(task, woken_by)
         jobs = claim(session, who)
+        if jobs and settings.fusion:
+            jobs = claim_group(session, jobs[0], who, settings.max_fused_images)
         session.commit()
     except DB_UNAVAILABLE as error:
         session.rollback()
         delay = get_settings().idle_poll_s
         logger.warning(
-            "the database is unreachable (%s); giving the wake-up for job %s back in %.0fs",
+            "the database is unreachable (%s); giving the wake-up for job %s back in %.1fs",
             first_line(error.orig or error),
             woken_by,
             delay,
         )
         time.sleep(delay)  # so that a worker does not spin on its own redeliveries during an outage
         raise Reject(requeue=True) from None
-    return jobs[0] if jobs else None
+    return jobs
 
 
 def _misconfigured(task: Task, job_id: uuid.UUID) -> None:
@@ -163,6 +168,9 @@ def _wake_self(session: Session) -> None:
         session.rollback()  # a fresh read
         IDLE_POLL.wake_self(session)
         session.commit()
+    except DB_UNAVAILABLE as error:  # the idle poll finds the work once the database is back
+        session.rollback()
+        logger.warning("could not look for this worker's next job (%s)", first_line(error))
     except Exception:  # the idle poll finds the work instead
         session.rollback()
         logger.exception("could not wake this worker for its next job")
@@ -189,57 +197,73 @@ def _until_written(session: Session, write: Callable[[], T], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _run(session: Session, job: Job) -> str:
-    """Run a claimed job to its end; return its final status."""
-    job_id = str(job.id)
-    run = JobRun.from_job(job, session)
-    outputs: list[dict] = []
-    error: dict[str, str] | None = None
+def _run(session: Session, jobs: list[Job]) -> str:
+    """Run claimed jobs (one, or a fused group) to their ends and record each; what became of each.
+    Raises `JobFailed` if one failed."""
+    runs = [JobRun.from_job(job, session) for job in jobs]
+    if len(jobs) > 1:
+        logger.info("running %d jobs as one call: %s", len(jobs), ", ".join(str(job.id) for job in jobs))
+    leases = [(run.job_id, run.attempt) for run in runs]
     # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
-    with running(session, job, run), hold_lease(job.id, job.attempts, run.settings.lease_s):
-        try:
-            runner = RUNNERS.get(job.type)
-            if runner is None:
-                raise JobError(f"this worker has no runner for job type '{job.type}'", code="bad_input")
-            outputs = run_with_oom_retry(runner, run)
-        except JobCanceled:
-            # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
-            logger.info("job %s was canceled or taken over while running; stopped", job_id)
-            session.rollback()
-            if run.reporter is not None:
-                record_canceled_progress(session, job.id, run.reporter.current)
-                session.commit()
-            return JobStatus.CANCELED
-        except Exception as exc:
-            logger.exception("job %s failed", job_id)
-            session.rollback()  # a runner's write may have failed halfway
-            error = error_for(exc)
+    with running(session, runs[0]), hold_leases(leases, runs[0].settings.lease_s):
+        outcomes = run_jobs(runs)
+    # From here on only `runs` say which job is which: a rollback (after a failed write) expires the
+    # session's Job objects, and reading one again would need the database.
+    statuses = [_record(session, run, outcome) for run, outcome in zip(runs, outcomes, strict=True)]
+    ends = [
+        f"job {run.job_id} failed: {status['code']}: {status['message']}"
+        if isinstance(status, dict)
+        else f"job {run.job_id}: {status}"
+        for run, status in zip(runs, statuses, strict=True)
+    ]
+    if any(isinstance(status, dict) for status in statuses):
+        raise JobFailed(", ".join(ends))
+    return ", ".join(ends)
+
+
+def _record(session: Session, run: JobRun, outcome: Outcome) -> str | dict[str, str]:
+    """Record how a job ended: its final status, or, for a failed job, its error."""
+    job_id, attempt = str(run.job_id), run.attempt
+    if isinstance(outcome, JobCanceled):
+        # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
+        logger.info("job %s was canceled or taken over while running; stopped", job_id)
+        session.rollback()
+        if run.reporter is not None:
+            _until_written(
+                session,
+                lambda: record_canceled_progress(session, run.job_id, run.reporter.current),
+                f"where job {job_id} stopped",
+            )
+        return JobStatus.CANCELED
     progress = run.reporter.current if run.reporter else None
-    if error is not None:
+    if isinstance(outcome, BaseException):
+        logger.error("job %s failed", job_id, exc_info=outcome)
+        session.rollback()  # a runner's write may have failed halfway
+        error = error_for(outcome)
         _until_written(
             session,
             lambda: finish_job(
-                session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress
+                session, run.job_id, attempt, JobStatus.FAILED, error=error, progress=progress
             ),
             f"the failure of job {job_id}",
         )
-        raise JobFailed(f"job {job_id} failed: {error['code']}: {error['message']}")
+        return error
     finished = _until_written(
         session,
         lambda: finish_job(
-            session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
+            session, run.job_id, attempt, JobStatus.SUCCEEDED, outputs=outcome, progress=progress
         ),
         f"the end of job {job_id}",
     )
     if not finished:
-        if job_status(session, job.id) == JobStatus.CANCELED:
+        if job_status(session, run.job_id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.
             logger.info("job %s was canceled as it finished; deleting its outputs", job_id)
-            for output in outputs:
+            for output in outcome:
                 run.storage.delete(output["key"])
         else:
             # Taken over after its last step: the outputs recorded are another attempt's.
-            logger.info("job %s attempt %d ended but the job is no longer its own", job_id, job.attempts)
+            logger.info("job %s attempt %d ended but the job is no longer its own", job_id, attempt)
         return JobStatus.CANCELED
-    logger.info("job %s succeeded in attempt %d", job_id, job.attempts)
+    logger.info("job %s succeeded in attempt %d", job_id, attempt)
     return JobStatus.SUCCEEDED

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 
 from core.config import Settings, get_settings
 from core.db import db_session
-from core.jobs import claim, finish_job
+from core.jobs import claim, claim_partners, finish_job
 from core.scheduling import Claimer, priority_problem, serves_training, work_for, worker_queues
 from core.tables import Job, JobStatus, utcnow
 from tests.utils.db import in_session
@@ -214,3 +214,25 @@ def test_priority_problem_names_the_limit() -> None:
     assert priority_problem(-5, 0) is None
     problem = priority_problem(11, 10)
     assert problem is not None and "11" in problem and "at most 10" in problem
+
+
+def test_fusion_partners_share_the_key_and_keep_the_owner_limit(queue, settings, monkeypatch) -> None:
+    same = add_jobs(queue, 5, fuse_key="k", age_s=10)
+    add_jobs(queue, 2, fuse_key="other", age_s=20)
+    add_jobs(queue, 2, fuse_key="k", owner="b", priority=-1, age_s=5)
+    who = claimer(queue)
+    with db_session() as session:
+        [lead] = claim(session, who)  # the oldest: the "other" key
+        assert lead.fuse_key == "other"
+        assert [job.fuse_key for job in claim_partners(session, lead, who, 8)] == ["other"]
+        [lead] = claim(session, who)
+        partners = claim_partners(session, lead, who, 3)
+        assert lead.id == same[0] and [job.id for job in partners] == same[1:4]  # by age, up to the limit
+        assert claim_partners(session, Job(fuse_key=None), who, 3) == []
+
+    monkeypatch.setattr(settings, "max_running_jobs", 5)
+    with db_session() as session:  # a has 6 running: none of its jobs; b has room for its two
+        [lead] = claim(session, who)
+        assert lead.owner == "b"
+        partners = claim_partners(session, lead, who, 8)
+        assert [job.owner for job in partners] == ["b"]

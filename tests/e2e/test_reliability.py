@@ -21,7 +21,6 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.quickstart import free_port
 from core.config import get_settings
 from core.db import make_engine
 from core.queue import RUN_JOB_TASK, make_celery
@@ -30,7 +29,7 @@ from core.tables import Job, JobStatus
 from migrations.run import upgrade
 from tests.conftest import PG_SERVER, TEST_DB
 from tests.utils.jobs import text2img_spec
-from tests.utils.services import ROOT, WorkerProcess, wait_for
+from tests.utils.services import ROOT, WorkerProcess, start_redis, wait_for
 
 QUEUE = "diffq-test-reliability"
 MAX_ATTEMPTS = 2
@@ -163,27 +162,10 @@ def assert_one_set_of_outputs(job: Job, num_images: int) -> None:
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory) -> Iterator[str]:
     """A redis-server of this module's own, so that flushing it touches nothing shared."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("redis") / "redis.log").open("ab")
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    client = redis.Redis(port=port)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(up, 30, "the private redis-server")
-    yield f"redis://127.0.0.1:{port}/0"
+    url, server = start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
+    yield url
     server.terminate()
     server.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")
