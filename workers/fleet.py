@@ -159,12 +159,13 @@ def _heartbeat() -> None:
 
 
 @contextmanager
-def running(session: Session, run: JobRun) -> Iterator[None]:
-    """Mark this worker busy with `run`'s job while the block runs, then record the cache and the job's
-    rate. Commits each write on `session` at once."""
+def running(session: Session, runs: list[JobRun]) -> Iterator[None]:
+    """Mark this worker busy with the first of `runs` (one job, or a fused group) while the block runs,
+    then record the cache and the jobs' rate. Commits each write on `session` at once."""
     if NODE.name is None:  # not started as a worker (a task run in-process)
         yield
         return
+    run = runs[0]
     try:
         update_worker(session, NODE.name, current_job=run.job_id, current_model=run.model)
         session.commit()
@@ -177,24 +178,28 @@ def running(session: Session, run: JobRun) -> Iterator[None]:
     try:
         yield
     finally:
-        _record_job(session, run, time.monotonic() - started)
+        _record_jobs(session, runs, time.monotonic() - started)
 
 
-def _record_job(session: Session, run: JobRun, busy_seconds: float) -> None:
+def _record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> None:
+    """Count the jobs of one call, each job's denoising steps, and the call's time once: a fused call's
+    steps per second are job-steps, what the worker got done."""
     from workers.pipelines import get_cache
 
     assert NODE.name is not None
     stats = get_cache().stats()
+    run = runs[0]
     progress = run.reporter.current if run.reporter else {}
-    steps = progress.get("step") or 0
     rate = progress.get("steps_per_s")
+    steps = sum((r.reporter.current.get("step") or 0) for r in runs if r.reporter) if rate else 0
     try:
         record_finished_job(
             session,
             NODE.name,
             busy_seconds=busy_seconds,
-            steps=steps if rate else 0,
-            seconds=steps / rate if rate else 0.0,
+            steps=steps,
+            seconds=(progress.get("step") or 0) / rate if rate else 0.0,
+            jobs=len(runs),
             current_job=None,
             current_model=None,
             resident=[{"model": tag, "bytes": nbytes} for tag, nbytes in stats.resident],

@@ -205,7 +205,7 @@ def _run(session: Session, jobs: list[Job]) -> str:
         logger.info("running %d jobs as one call: %s", len(jobs), ", ".join(str(job.id) for job in jobs))
     leases = [(run.job_id, run.attempt) for run in runs]
     # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
-    with running(session, runs[0]), hold_leases(leases, runs[0].settings.lease_s):
+    with running(session, runs), hold_leases(leases, runs[0].settings.lease_s):
         outcomes = run_jobs(runs)
     # From here on only `runs` say which job is which: a rollback (after a failed write) expires the
     # session's Job objects, and reading one again would need the database.

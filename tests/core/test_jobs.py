@@ -11,6 +11,7 @@ from core.reconcile import requeue_expired
 from core.scheduling import Claimer
 from core.tables import Job, utcnow
 from tests.utils.db import in_session
+from tests.utils.jobs import UNSERVED_QUEUE
 
 
 def claim_job(session, job_id, worker: str) -> Job | None:
@@ -28,7 +29,7 @@ def requeue(job_id) -> None:
 @pytest.fixture
 def job_id(database: str):
     with db_session() as session:
-        job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"})
+        job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"}, queue=UNSERVED_QUEUE)
         session.add(job)
     yield job.id
     # Leave no running or queued job behind for the tests that count them.

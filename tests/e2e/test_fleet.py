@@ -87,7 +87,12 @@ def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
 
 def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:
     before = scrape(client)
-    jobs = [client.submit(text2img_spec(num_inference_steps=3, num_images=1, seed=s)) for s in (1, 2)]
+    # Guidance apart, so that they are two calls even if both wait (not fused: core/fusion.py).
+    specs = [
+        text2img_spec(num_inference_steps=3, num_images=1, seed=s, guidance_scale=g)
+        for s, g in ((1, 7.5), (2, 7.0))
+    ]
+    jobs = [client.submit(spec) for spec in specs]
     for job in jobs:
         done = wait_finished(client, job["id"])
         assert done["status"] == "succeeded", done["error"]
@@ -142,7 +147,9 @@ def test_a_worker_claims_by_priority_then_fair_share_between_owners(client, stac
     sent = [("a", submit_to_queue(queue, spec, owner="a")) for _ in range(4)]
     sent += [("b", submit_to_queue(queue, spec, owner="b")) for _ in range(2)]
     sent += [("urgent", submit_to_queue(queue, spec | {"priority": 5}, owner="a"))]
-    worker = WorkerProcess(stack.tmp / "order-worker.log", env={}, name="order@%h", queues=queue)
+    # Fusion off: these identical jobs would otherwise run as one call, and start together.
+    env = {"DIFFQ_FUSION": "false"}
+    worker = WorkerProcess(stack.tmp / "order-worker.log", env=env, name="order@%h", queues=queue)
     try:
         worker.wait_ready()
         done = [(label, wait_finished(client, job_id)) for label, job_id in sent]

@@ -9,6 +9,9 @@ from PIL import Image
 
 from cli.client import FINISHED, Client
 
+# A queue no test worker serves: a job written there waits until the test moves it, or runs it in-process.
+UNSERVED_QUEUE = "diffq-test-unserved"
+
 
 def wait_finished(client: Client, job_id: str, timeout: float = 120, poll_s: float = 0.05) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
