@@ -36,6 +36,8 @@ os.environ.update(
         "DIFFQ_STORAGE_URL": (TMP / "outputs").as_uri(),
         "DIFFQ_QUEUE": QUEUE,
         "TOKENIZERS_PARALLELISM": "false",
+        # One torch thread: two on a 2-core machine shared with the benchmark's own process thrash.
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
 )
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +42,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def commit_without_waiting(session: Session) -> None:
+    """Commit a best-effort write (progress, the workers table) without waiting for Postgres to flush it
+    to disk (`synchronous_commit off`, for this transaction only): a few milliseconds less per write,
+    and a database crash can lose only the last fraction of a second of such writes, which the next
+    ones make good. State changes (a claim, a job's end) keep waiting."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    session.commit()
 
 
 @lru_cache

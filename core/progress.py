@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.db import DB_UNAVAILABLE
+from core.db import DB_UNAVAILABLE, commit_without_waiting
 from core.errors import first_line
 from core.jobs import job_status, record_progress
 from core.tables import JobStatus
@@ -61,7 +61,7 @@ def progress_writer(session: Session) -> Callable[..., bool]:
     def write(job_id: uuid.UUID, attempt: int, progress: dict[str, Any], **training: Any) -> bool:
         try:
             written = record_progress(session, job_id, attempt, progress, **training)
-            session.commit()
+            commit_without_waiting(session)
         except DB_UNAVAILABLE as error:
             session.rollback()
             outage.warn(job_id, error)

@@ -137,7 +137,12 @@ def _owner_shares(claimer: Claimer) -> Any:
         .scalar_subquery()
     )
     last_start = select(func.max(starts.started_at)).where(starts.owner == waiting.c.owner).scalar_subquery()
-    return select(waiting.c.owner, running.label("running"), last_start.label("last_start")).cte("shares")
+    # Materialized: worked out once per owner, not once per queued job the planner joins it to.
+    return (
+        select(waiting.c.owner, running.label("running"), last_start.label("last_start"))
+        .cte("shares")
+        .prefix_with("MATERIALIZED")
+    )
 
 
 def next_job_query(claimer: Claimer, settings: Settings, now: datetime, limit: int = 1) -> Select:

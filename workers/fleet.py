@@ -21,7 +21,7 @@ from celery.signals import celeryd_init, worker_process_init, worker_process_shu
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.db import DB_UNAVAILABLE, db_session
+from core.db import DB_UNAVAILABLE, commit_without_waiting, db_session
 from core.errors import first_line
 from core.jobs import hand_back
 from core.scheduling import Claimer, serves_training
@@ -168,7 +168,7 @@ def running(session: Session, runs: list[JobRun]) -> Iterator[None]:
     run = runs[0]
     try:
         update_worker(session, NODE.name, current_job=run.job_id, current_model=run.model)
-        session.commit()
+        commit_without_waiting(session)
     except Exception as error:  # the fleet's view is best effort; the job runs regardless
         session.rollback()
         logger.warning(
@@ -208,7 +208,7 @@ def _record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> N
             cache_evictions=stats.evictions,
             cache_load_seconds=stats.load_seconds,
         )
-        session.commit()
+        commit_without_waiting(session)
     except DB_UNAVAILABLE as error:
         session.rollback()
         logger.warning("could not record job %s on worker %s (%s)", run.job_id, NODE.name, first_line(error))
