@@ -96,7 +96,7 @@ def start_workers(api_url: str, one_model_mb: float, affinity: bool) -> list:
 
     workers = [
         WorkerProcess(
-            TMP / f"{name}.log",
+            TMP / f"{name}-{'on' if affinity else 'off'}-{time.monotonic_ns()}.log",  # ready: in its own log
             env={
                 "DIFFQ_CACHE_BUDGET_MB": f"{one_model_mb * 1.5:.3f}",
                 "DIFFQ_PUBLIC_URL": api_url,

@@ -114,7 +114,12 @@ def run_phase(jobs: int, workers: int, fair_share: bool) -> Phase:
     from tests.utils.services import WorkerProcess
 
     processes = [
-        WorkerProcess(TMP / f"w{i}.log", env={"DIFFQ_FAIR_SHARE": str(fair_share).lower()}, name=f"w{i}@%h")
+        # A log per phase: a worker is ready when its own log says so.
+        WorkerProcess(
+            TMP / f"w{i}-{'on' if fair_share else 'off'}.log",
+            env={"DIFFQ_FAIR_SHARE": str(fair_share).lower()},
+            name=f"w{i}@%h",
+        )
         for i in range(workers)
     ]
     try:
