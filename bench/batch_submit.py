@@ -62,7 +62,7 @@ def reset() -> None:
     from core.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE jobs, batches"))
+        conn.execute(text("TRUNCATE jobs, batches CASCADE"))
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).delete(QUEUE)
 
 

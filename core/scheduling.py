@@ -35,6 +35,16 @@ The order a worker claims in, for the queued jobs of its queues:
    serves its queue takes it. (Before, the API guessed the worker when it sent the message, and had to
    cap each worker's backlog to keep that promise.)
 5. Age: oldest first.
+What it costs: the statement sorts the queued jobs of the worker's queues (the per-owner figures are
+worked out once per owner, in a materialized CTE); measured on a shared 2-core machine, a claim and its
+commit took about 10 ms with 2,000 jobs queued and 17 ms with 10,000, small next to a GPU job. Past
+that, a per-owner index walk (LATERAL over the owners with work) would keep it flat.
+
+Fusion. A text2img job's partners, the queued jobs that can share its pipeline call (the same
+`jobs.fuse_key`, core/fusion.py), are claimed in the same transaction right after it, oldest first
+(core/jobs.py `claim_partners`); they ride along whatever their owner, except that with a running
+limit only the lead's owner's jobs, within its limit, do.
+
 An owner with `DIFFQ_MAX_RUNNING_JOBS` running jobs is skipped. To make that limit exact, claims take a
 transaction-level advisory lock when it is set (Postgres), so two workers can't both take an owner's
 last slot; without a limit nothing serializes claims.
