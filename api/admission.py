@@ -11,7 +11,8 @@ from core.auth import Principal
 from core.config import get_settings
 from core.model_configs import steps_problem
 from core.ownership import reference_problems
-from core.quotas import QuotaExceeded
+from core.quotas import QuotaExceeded, limit_for
+from core.scheduling import priority_problem
 from core.specs import JobSpec
 from core.storage import Storage
 from core.submit import job_fields, limit_problems, model_problem, training_problems
@@ -41,7 +42,7 @@ class Admission:
         # Reported alone, as the schema's errors are: the other checks wait until the job fits the limits.
         if limits := limit_problems(spec.params, self.settings):
             return [{"loc": [*loc, *where], "msg": message, "type": kind} for where, message, kind in limits]
-        errors = []
+        errors = self.priority_problems(spec.priority, [*loc, "priority"])
         if spec.model is not None:
             key = (spec.model, spec.type)
             if key not in self._models:
@@ -69,6 +70,13 @@ class Admission:
             errors += self.webhook_problems(spec.webhook.url, [*loc, "webhook", "url"])
         return errors
 
+    def priority_problems(self, priority: int | None, loc: Loc) -> list[dict[str, Any]]:
+        """The error detail for a priority above what the principal's key allows (`max_priority`)."""
+        if priority is None:
+            return []
+        problem = priority_problem(priority, int(limit_for(self.principal, "max_priority")))
+        return [{"loc": loc, "msg": problem, "type": "priority_too_high"}] if problem else []
+
     def webhook_problems(self, url: str, loc: Loc) -> list[dict[str, Any]]:
         """The error detail for a webhook URL that may not be sent to (SSRF, see core/webhook_urls.py)."""
         if url not in self._webhook_urls:
@@ -77,9 +85,10 @@ class Admission:
         return [{"loc": loc, "msg": problem, "type": "webhook_url_refused"}] if problem else []
 
 
-def job_values(spec: JobSpec, owner: str) -> dict[str, Any]:
-    """The columns to store for `owner`'s `spec`, with a seed picked if it names none."""
-    return job_fields(spec) | {"owner": owner}
+def job_values(spec: JobSpec, owner: str, priority: int = 0) -> dict[str, Any]:
+    """The columns to store for `owner`'s `spec`, with a seed picked if it names none; a spec without a
+    priority takes `priority` (its batch's)."""
+    return job_fields(spec, priority) | {"owner": owner}
 
 
 def too_many(error: QuotaExceeded) -> HTTPException:

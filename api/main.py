@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from swagger_ui_bundle import swagger_ui_path
 
 from api.routes import batches, events, files, jobs, me, metrics, models, schedulers, schedules, uploads
@@ -89,6 +89,26 @@ def refused_by_the_database(request: Request, error: DataError) -> JSONResponse:
     )
     detail = [{"loc": ["request"], "msg": message, "type": "value_error"}]
     return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+
+
+# Seconds a client is asked to wait before trying again while the database is unreachable.
+RETRY_AFTER_S = 5
+
+
+@app.exception_handler(OperationalError)
+@app.exception_handler(InterfaceError)
+def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """The database can't be reached (restarting, failing over, a network fault): a 503 with
+    `Retry-After`, not a 500. Nothing needs restarting: the next request's connection is checked first
+    (`pool_pre_ping`), so the API answers again as soon as the database does."""
+    logger.warning(
+        "%s %s: the database is unreachable (%s)", request.method, request.url.path, first_line(error)
+    )
+    return JSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+        content={"detail": f"the database is unreachable; try again in {RETRY_AFTER_S} s"},
+    )
 
 
 @app.get("/docs", include_in_schema=False)

@@ -28,7 +28,7 @@ from core.public import (
     JobPublic,
 )
 from core.schedules import as_utc
-from core.specs import JOB_SPEC, BatchWebhook, JobSpec
+from core.specs import JOB_SPEC, BatchWebhook, JobSpec, Priority
 from core.tables import WebhookAttempt, WebhookDelivery
 
 # Re-exported: the routes import every document they return from here.
@@ -185,6 +185,7 @@ class BatchOfJobs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
     jobs: list[JobSpec] = Field(min_length=1)
     webhook: BatchWebhook | None = Field(default=None, description=_WEBHOOK_DESCRIPTION)
 
@@ -194,6 +195,7 @@ class BatchOfSweep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
     template: BatchTemplate
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         min_length=1, description=_SWEEP_DESCRIPTION
@@ -210,6 +212,7 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
     jobs: list[JobSpec] | None = Field(default=None, min_length=1)
     template: BatchTemplate | None = None
     sweep: dict[str, list[Any]] | None = Field(default=None, description=_SWEEP_DESCRIPTION)

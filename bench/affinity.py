@@ -1,11 +1,12 @@
-"""What model affinity buys: jobs/s on a mixed-model workload, routed with and without affinity.
+"""What model affinity buys: jobs/s on a mixed-model workload, claimed with and without affinity.
 
 Two CPU worker processes, each with a pipeline cache budget that fits one model, serve text2img jobs over
 three models (copies of tiny-sd under other names), picked at random with a fixed seed. A closed loop
 of `--clients` clients keeps that many jobs in flight: each submits a job through the API, waits for it
-to end, and submits the next. The same job list runs once with affinity off (every job to the shared
-queue) and once with it on, alternating for `--rounds` rounds, in this one process run. Before each
-phase both workers load a fourth model, so every phase starts from the same cold caches.
+to end, and submits the next. The same job list runs once with affinity off (`DIFFQ_AFFINITY=false`:
+workers claim oldest first, wake-ups go to the shared queue) and once with it on, alternating for
+`--rounds` rounds, in this one process run. Each phase starts two fresh workers, so every phase starts
+from the same cold caches.
 
 The gain depends on how a load compares with a run: the more a load costs next to a job, the more
 affinity saves. The script prints both, measured: with tiny models on a CPU a load takes about a third
@@ -90,21 +91,24 @@ def cache_totals() -> tuple[int, int, float]:
         )
 
 
-def flush_caches(api_url: str, steps: int) -> None:
-    """Make every worker load WARM_MODEL, evicting whatever it had (its budget fits one model)."""
-    import socket
+def start_workers(api_url: str, one_model_mb: float, affinity: bool) -> list:
+    from tests.utils.services import WorkerProcess
 
-    from cli.client import Client
-    from core.config import get_settings
-    from core.routing import direct_queue
-    from tests.utils.jobs import submit_to_queue, wait_finished
-
-    client = Client(api_url)
-    host = socket.gethostname()
-    for name in WORKERS:
-        queue = direct_queue(get_settings().queue, f"{name}@{host}")
-        job_id = submit_to_queue(queue, spec(WARM_MODEL, steps, 0))
-        assert wait_finished(client, str(job_id), timeout=600)["status"] == "succeeded"
+    workers = [
+        WorkerProcess(
+            TMP / f"{name}-{'on' if affinity else 'off'}-{time.monotonic_ns()}.log",  # ready: in its own log
+            env={
+                "DIFFQ_CACHE_BUDGET_MB": f"{one_model_mb * 1.5:.3f}",
+                "DIFFQ_PUBLIC_URL": api_url,
+                "DIFFQ_AFFINITY": str(affinity).lower(),
+            },
+            name=f"{name}@%h",
+        )
+        for name in WORKERS
+    ]
+    for worker in workers:
+        worker.wait_ready()
+    return workers
 
 
 def run_phase(api_url: str, workload: list[str], clients: int, steps: int, affinity: bool) -> Phase:
@@ -113,7 +117,6 @@ def run_phase(api_url: str, workload: list[str], clients: int, steps: int, affin
     from tests.utils.jobs import wait_finished
 
     get_settings().affinity = affinity  # the API runs in this process and reads this on every submit
-    flush_caches(api_url, steps)
     hits0, misses0, load0 = cache_totals()
     pending = list(enumerate(workload))
     lock = threading.Lock()
@@ -172,7 +175,7 @@ def main() -> None:
     from migrations.run import upgrade
     from models_store.memory import estimate_folder_bytes
     from models_store.tiny import make_tiny_models
-    from tests.utils.services import WorkerProcess, use_new_api_key
+    from tests.utils.services import use_new_api_key
 
     models_dir = get_settings().models_dir
     make_tiny_models(models_dir)
@@ -189,34 +192,25 @@ def main() -> None:
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     start_api(port)
-    workers = [
-        WorkerProcess(
-            TMP / f"{name}.log",
-            env={"DIFFQ_CACHE_BUDGET_MB": f"{one_model_mb * 1.5:.3f}", "DIFFQ_PUBLIC_URL": api_url},
-            name=f"{name}@%h",
-        )
-        for name in WORKERS
-    ]
-    try:
-        for worker in workers:
-            worker.wait_ready()
-        rng = random.Random(args.seed)
-        workload = [rng.choice(MODELS) for _ in range(args.jobs)]
-        phases: list[Phase] = []
-        for _round in range(args.rounds):
-            for affinity in (False, True):
+    rng = random.Random(args.seed)
+    workload = [rng.choice(MODELS) for _ in range(args.jobs)]
+    phases: list[Phase] = []
+    for _round in range(args.rounds):
+        for affinity in (False, True):
+            workers = start_workers(api_url, one_model_mb, affinity)
+            try:
                 phases.append(run_phase(api_url, workload, args.clients, args.steps, affinity))
-                p = phases[-1]
-                print(
-                    f"affinity {'on ' if affinity else 'off'}: {p.jobs / p.seconds:6.2f} jobs/s  "
-                    f"hits {p.hits:3d}  misses {p.misses:3d}  "
-                    f"load {p.load_seconds / max(p.misses, 1):.3f} s per miss  "
-                    f"job {p.run_seconds:.3f} s from start to end",
-                    flush=True,
-                )
-    finally:
-        for worker in workers:
-            worker.stop()
+            finally:
+                for worker in workers:
+                    worker.stop()
+            p = phases[-1]
+            print(
+                f"affinity {'on ' if affinity else 'off'}: {p.jobs / p.seconds:6.2f} jobs/s  "
+                f"hits {p.hits:3d}  misses {p.misses:3d}  "
+                f"load {p.load_seconds / max(p.misses, 1):.3f} s per miss  "
+                f"job {p.run_seconds:.3f} s from start to end",
+                flush=True,
+            )
 
     def rate(affinity: bool) -> float:
         chosen = [p for p in phases if p.affinity == affinity]

@@ -3,11 +3,13 @@
 (a) a bare loop: this process, the pipeline loaded once, one call per job;
 (b) diffq: API → Redis → worker → storage, on a warm worker (one job run before timing).
 
-Both run in this one process run on the tiny model (64×64, 20 steps), in alternating rounds so
-that other load on the machine falls on both alike. Needs the machine's Postgres and Redis; uses
-its own database (diffq_bench) and Redis db 14.
+Both run in this one process run on the tiny model (64×64, `--steps` steps), in alternating rounds so
+that other load on the machine falls on both alike. The worker runs with fusion off
+(`DIFFQ_FUSION=false`), so that every job is a call of its own as in the bare loop: the difference is
+the job system's overhead per job. Needs the machine's Postgres and Redis; uses its own database
+(diffq_bench) and Redis db 14.
 
-    .venv/bin/python bench/overhead.py [--jobs 20] [--rounds 4]
+    .venv/bin/python bench/overhead.py [--jobs 20] [--rounds 4] [--steps 20]
 """
 
 import argparse
@@ -27,6 +29,7 @@ os.environ.update(
         "DIFFQ_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/diffq_bench",
         "DIFFQ_BROKER_URL": "redis://127.0.0.1:6379/14",
         "DIFFQ_QUEUE": "diffq-bench",
+        "DIFFQ_FUSION": "false",
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
@@ -108,7 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    PARAMS["num_inference_steps"] = args.steps
 
     from core.config import get_settings
     from models_store.tiny import make_tiny_models
@@ -136,6 +141,7 @@ def main() -> None:
     print(f"bare diffusers loop : {bare:7.2f} jobs/s ({1000 / bare:6.1f} ms a job)")
     print(f"API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
     print(f"  of which a worker held each job {1000 * sum(held) / len(held):6.1f} ms on average")
+    print(f"overhead per job (diffq - bare): {1000 / queued - 1000 / bare:6.1f} ms at {args.steps} steps")
     print(f"ratio (diffq / bare): {queued / bare:7.3f}")
 
 

@@ -63,7 +63,10 @@ def worker(
         typer.Option(help="Jobs to take: generation (DIFFQ_QUEUE), training (DIFFQ_TRAIN_QUEUE) or both."),
     ] = Serve.both,
     queues: Annotated[
-        str | None, typer.Option(help="Comma-separated queues to consume instead of those --serve picks.")
+        str | None,
+        typer.Option(
+            help="Comma-separated queues to serve instead of those --serve picks (besides its own)."
+        ),
     ] = None,
     name: Annotated[str, typer.Option(help="Celery node name.")] = "diffq@%h",
 ) -> None:
@@ -89,11 +92,12 @@ def worker(
 
     from celery.utils.nodenames import default_nodename, host_format
 
-    from core.routing import worker_queues
+    from core.scheduling import worker_queues
     from workers.celery_app import app as celery_app
 
     node = host_format(default_nodename(name))
-    consumed = queues.split(",") if queues else worker_queues(serve.value, node, get_settings())
+    given = [queue for queue in (queues or "").split(",") if queue]
+    consumed = worker_queues(serve.value, node, get_settings(), given)
     status = celery_app.start(
         [
             "worker",
@@ -211,18 +215,14 @@ def send_webhooks(
 
 
 @app.command()
-def reconcile(
-    resend_queued: Annotated[
-        bool, typer.Option(help="Send every queued job again (after restoring or emptying the broker).")
-    ] = False,
-) -> None:
-    """Requeue jobs whose worker died and send queued jobs the broker lacks, once (beat does
-    this every DIFFQ_RECONCILE_INTERVAL_S)."""
+def reconcile() -> None:
+    """Requeue the jobs whose worker died (their lease ran out), once (beat does this every
+    DIFFQ_RECONCILE_INTERVAL_S)."""
     from core.db import db_session
     from core.reconcile import reconcile_once
 
     with db_session() as session:
-        counts = reconcile_once(session, resend_queued=resend_queued)
+        counts = reconcile_once(session)
     typer.echo(json.dumps(counts))
 
 
@@ -612,9 +612,6 @@ def _require_schema() -> None:
 
 
 def _masked(url: str) -> str:
-    from sqlalchemy import make_url
+    from core.db import masked_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+    return masked_url(url)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from core.job_types import queue_for
 from core.specs import BatchWebhook
 from core.storage import Storage
 from core.tables import Batch, Job, JobStatus, utcnow
@@ -28,11 +29,13 @@ def insert_batch(
     jobs: list[dict[str, Any]],
     owner: str,
     webhook: BatchWebhook | None = None,
+    priority: int = 0,
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    """Write `owner`'s batch and its jobs (`type`, `model`, `params` each) in the session's transaction.
+    """Write `owner`'s batch and its jobs (`type`, `model`, `params` each; `queue` and `priority` when
+    set, else their type's queue and the batch's `priority`) in the session's transaction.
 
     A job without a webhook of its own gets the batch webhook's job events, if it lists any. Returns the
-    batch id and the job ids in batch order. The caller commits, then enqueues the jobs.
+    batch id and the job ids in batch order. The caller commits, then wakes the workers.
     """
     now = utcnow()
     batch_id = uuid.uuid4()
@@ -45,6 +48,7 @@ def insert_batch(
             created_at=now,
             owner=owner,
             webhook=webhook.model_dump(mode="json") if webhook is not None else None,
+            priority=priority,
         )
     )
     jobs_webhook = webhook.for_jobs() if webhook is not None else None
@@ -57,6 +61,9 @@ def insert_batch(
             "output_model": job.get("output_model"),
             "overwrite_output_model": job.get("overwrite_output_model", False),
             "webhook": job.get("webhook") or jobs_webhook,
+            "queue": job.get("queue") or queue_for(job["type"]),
+            "fuse_key": job.get("fuse_key"),
+            "priority": job.get("priority", priority),
             "status": JobStatus.QUEUED,
             "outputs": [],
             "attempts": 0,

@@ -62,13 +62,12 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=60, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_s: float = Field(default=15, gt=0)
-    # The reconciler sends a queued job again when the broker has not accepted its message this
-    # long after it was queued (the send failed, or the sender died before recording it).
-    resend_after_s: float = Field(default=30, ge=0)
-    # Generation jobs go to `queue`, training jobs to `train_queue` (see core/routing.py), so that a
-    # worker serving only generation is never held up behind a long training run.
+    # Generation jobs wait in `queue`, training jobs in `train_queue` (see core/scheduling.py), so that a
+    # worker serving only generation never claims a training job.
     queue: str = "diffq"
     train_queue: str = "diffq-train"
+    # An idle worker reads the jobs table this often for work it could claim, whatever the broker holds.
+    idle_poll_s: float = Field(default=2, gt=0)
 
     # The pipeline cache. Its budget is what loaded pipelines may take: `cache_budget_mb` when set, else
     # `cache_memory_fraction` of the device's memory (VRAM on a GPU, RAM on the CPU). `pipeline_cache_size`
@@ -83,11 +82,14 @@ class Settings(BaseSettings):
     device_label: str = ""
     worker_heartbeat_s: float = Field(default=5, gt=0)
     worker_stale_s: float = Field(default=30, gt=0)
-    # Model affinity: send a job to a worker that has its model loaded, as long as that worker has
-    # fewer than `affinity_max_backlog` jobs running or waiting for it; otherwise to the shared queue.
-    # A job queued longer than `affinity_max_wait_s` stops affinity from sending later jobs past it.
+    # The claim's order (core/scheduling.py): fair share between owners within a priority, and model
+    # affinity, which never passes over a job that has waited `affinity_max_wait_s`.
+    fair_share: bool = True
     affinity: bool = True
-    affinity_max_backlog: int = Field(default=2, ge=1)
+    # Job fusion (workers/fusion.py): compatible text2img jobs run as one pipeline call of at most this many
+    # images; 1, or `fusion` false, runs every job alone.
+    fusion: bool = True
+    max_fused_images: int = Field(default=8, ge=1)
     affinity_max_wait_s: float = Field(default=30, ge=0)
 
     # API keys (core/auth.py). Off only when set to false explicitly; the API then logs a warning at start

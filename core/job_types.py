@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
+from core.config import get_settings
 from core.specs import (
     Depth2ImgJob,
     Depth2ImgParams,
@@ -44,7 +45,7 @@ class JobType(StrEnum):
 
 
 class QueueKind(StrEnum):
-    """Generation jobs go to `DIFFQ_QUEUE`, training jobs to `DIFFQ_TRAIN_QUEUE` (core/routing.py)."""
+    """Generation jobs go to `DIFFQ_QUEUE`, training jobs to `DIFFQ_TRAIN_QUEUE` (core/scheduling.py)."""
 
     GENERATION = "generation"
     TRAINING = "training"
@@ -126,6 +127,13 @@ JOB_TYPES: dict[JobType, JobTypeEntry] = {
 TRAINING_TYPES: frozenset[str] = frozenset(
     name for name, entry in JOB_TYPES.items() if entry.queue == QueueKind.TRAINING
 )
+
+
+def queue_for(name: str) -> str:
+    """The queue a job of type `name` waits in unless it names one: `DIFFQ_TRAIN_QUEUE` for training,
+    `DIFFQ_QUEUE` for the rest."""
+    settings = get_settings()
+    return settings.train_queue if name in TRAINING_TYPES else settings.queue
 
 
 def job_type(name: str) -> JobTypeEntry:

@@ -2,9 +2,10 @@
 same job can never both win: a job is claimed once per attempt, finished once, canceled once.
 
 A running job holds a lease that its worker renews (`renew_lease`). When the lease runs out the
-worker is taken for dead: the job can be claimed again, up to `max_attempts` times. Every write a
-worker makes names the attempt it runs (`attempt`), so a worker that was taken for dead but comes
-back can no longer write to a job that another worker now runs.
+worker is taken for dead: the reconciler puts the job back in the queue (`requeue_or_fail`), up to
+`max_attempts` attempts in all; which queued job a worker claims is core/scheduling.py's to decide.
+Every write a worker makes names the attempt it runs (`attempt`), so a worker that was taken for dead
+but comes back can no longer write to a job that another worker now runs.
 
 Every function here takes the caller's session and never commits: the caller does, and a worker
 commits each state change at once (a claim before it runs the job, each progress write, a renewal).
@@ -12,14 +13,14 @@ Each status change records its webhook event (core/webhooks.py) in the same tran
 """
 
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.scheduling import Claimer, next_job_query, serialize_claims
 from core.tables import Job, JobMetric, JobStatus, utcnow
 from core.webhooks import record_job_event, record_job_events
 
@@ -34,14 +35,6 @@ def lease_until() -> Any:
     return utcnow() + timedelta(seconds=get_settings().lease_s)
 
 
-def _claimable(now: Any) -> Any:
-    """Queued, or running under a lease that ran out."""
-    return or_(
-        Job.status == JobStatus.QUEUED,
-        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
-    )
-
-
 def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     """The values that fail a job whose `max_attempts` attempts all lost their worker."""
     return {
@@ -53,43 +46,76 @@ def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     }
 
 
-def claim_job(session: Session, job_id: uuid.UUID, worker: str, device: str | None = None) -> Job | None:
-    """Take a job for `worker` on `device` and start a new attempt; None if it is not this
-    worker's to run.
-
-    A job whose attempts are used up is failed with `worker_lost` instead of being run again. The
-    caller commits, before it runs the job.
-    """
-    max_attempts = get_settings().max_attempts
+def _start(session: Session, chosen: Any, claimer: Claimer) -> list[Job]:
+    """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE) names."""
     now = utcnow()
-    claimed = session.execute(
+    claimed = session.scalars(
         update(Job)
-        .where(Job.id == job_id, _claimable(now), Job.attempts < max_attempts)
+        .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
         .values(
             status=JobStatus.RUNNING,
-            worker=worker,
-            device=device,
+            worker=claimer.worker,
+            device=claimer.device,
             attempts=Job.attempts + 1,
             lease_expires_at=lease_until(),
             started_at=now,
             updated_at=now,
             error=None,
         )
-    ).rowcount
-    if claimed == 1:
-        record_job_event(session, job_id, "started")
-        # Read fresh: the session may hold this job from an earlier delivery.
-        return session.scalars(
-            select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
-        ).one()
-    failed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
-        .values(**_worker_lost(max_attempts, now))
-    ).rowcount
-    if failed == 1:
-        record_job_event(session, job_id, JobStatus.FAILED)
-    return None
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).all()
+    # Only the jobs whose webhook asks for it cost a write (core/webhooks.py).
+    if hooked := [job.id for job in claimed if job.webhook and "started" in job.webhook.get("events", ())]:
+        record_job_events(session, hooked, "started")
+    return sorted(claimed, key=lambda job: (-job.priority, job.created_at, job.id))
+
+
+def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
+    """Take the best queued job for `claimer` (core/scheduling.py decides which), start its attempt
+    and give the worker its lease; [] when there is none. One conditional UPDATE over the locked
+    candidates, so two workers never take the same job. The caller commits, before it runs the job.
+    """
+    settings = get_settings()
+    serialize_claims(session, settings)
+    # A materialized CTE, evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
+    # run again per row by the planner and claim more than n jobs.
+    chosen = next_job_query(claimer, settings, utcnow(), limit).cte("chosen").prefix_with("MATERIALIZED")
+    return _start(session, chosen, claimer)
+
+
+def claim_partners(session: Session, lead: Job, claimer: Claimer, limit: int) -> list[Job]:
+    """Take up to `limit` queued jobs that can run in one pipeline call with `lead`, just claimed in this
+    transaction (the same `fuse_key`, core/fusion.py), from `claimer`'s queues, by priority then age.
+
+    With a per-owner running limit, only `lead`'s owner's jobs, as many as its limit leaves room for
+    (counted under the claim lock that `claim` took). The caller commits."""
+    if lead.fuse_key is None or limit < 1 or claimer.only is not None:
+        return []
+    settings = get_settings()
+    conditions = [
+        Job.status == JobStatus.QUEUED,
+        Job.fuse_key == lead.fuse_key,
+        Job.queue.in_(claimer.queues),
+    ]
+    if settings.max_running_jobs:
+        running = session.scalar(
+            select(func.count()).where(Job.owner == lead.owner, Job.status == JobStatus.RUNNING)
+        )
+        limit = min(limit, settings.max_running_jobs - (running or 0))
+        conditions.append(Job.owner == lead.owner)
+        if limit < 1:
+            return []
+    chosen = (
+        select(Job.id)
+        .where(*conditions)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("partners")
+        .prefix_with("MATERIALIZED")
+    )
+    return _start(session, chosen, claimer)
 
 
 def _running(job_id: uuid.UUID, attempt: int) -> Any:
@@ -202,7 +228,7 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     once its attempts are used up. `lost` says which running job lost its worker (its lease ran
     out; it ran on a given worker). Returns the job's new status, or None when nothing qualified.
 
-    The job is left without `enqueued_at`: the caller commits and sends it, or else the reconciler does.
+    The caller commits, then wakes a worker for it (core.queue.wake_workers), or an idle one finds it.
     """
     max_attempts = get_settings().max_attempts
     now = utcnow()
@@ -210,7 +236,7 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     requeued = session.execute(
         update(Job)
         .where(*running, Job.attempts < max_attempts)
-        .values(status=JobStatus.QUEUED, lease_expires_at=None, enqueued_at=None, updated_at=now)
+        .values(status=JobStatus.QUEUED, lease_expires_at=None, updated_at=now)
     ).rowcount
     if requeued:
         return JobStatus.QUEUED
@@ -222,22 +248,18 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     return JobStatus.FAILED if failed else None
 
 
-def hand_back(session: Session, job_id: uuid.UUID, worker: str) -> str | None:
-    """Requeue (or fail) a job whose worker process died: `worker` knows, no need to wait for the
-    lease to run out. Only a job that `worker` runs is touched: a duplicate delivery that died
-    while another worker runs the job leaves it alone. The caller commits."""
-    return requeue_or_fail(session, job_id, Job.worker == worker)
-
-
-def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
-    """Note that the broker accepted these jobs' messages (see `core.reconcile`). The caller commits."""
-    now = utcnow()
-    for start in range(0, len(job_ids), 500):
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids[start : start + 500]), Job.status == JobStatus.QUEUED)
-            .values(enqueued_at=now)
-        )
+def hand_back(session: Session, worker: str) -> list[tuple[uuid.UUID, str]]:
+    """Requeue (or fail) the jobs that `worker` runs, because it knows they lost their worker: its pool
+    process died, or it starts again under the same name. No need to wait for their leases to run out.
+    A job another worker runs now is left alone. Returns each job's id and new status; the caller
+    commits."""
+    running = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.worker == worker)
+    handed = []
+    for job_id in session.scalars(running).all():
+        status = requeue_or_fail(session, job_id, Job.worker == worker)
+        if status is not None:
+            handed.append((job_id, status))
+    return handed
 
 
 def expired_jobs(session: Session, limit: int = 1000) -> list[uuid.UUID]:

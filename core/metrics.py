@@ -2,7 +2,8 @@
 
 Jobs run in worker processes, not in the API, so nothing is counted in the API's memory: job counts and
 the duration and time-in-queue histograms come from the `jobs` table, cache and denoising figures from
-the `workers` table (each worker writes its own row, see core/worker_nodes.py), queue depths from the broker.
+the `workers` table (each worker writes its own row, see core/worker_nodes.py), queue depths (queued
+jobs per queue) from the `jobs` table too.
 Every API replica therefore reports the same numbers, and they survive restarts.
 
 The histograms are aggregated in SQL over every job that has started (time in queue: `started_at -
@@ -21,8 +22,6 @@ from sqlalchemy import case, extract, func, select
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.queue import queue_depths
-from core.routing import direct_queue
 from core.tables import Job, JobStatus, WorkerNode
 from core.worker_nodes import live_workers
 
@@ -73,20 +72,18 @@ def _jobs_by_status(session: Session) -> GaugeMetricFamily:
     return family
 
 
-def _queue_depth(workers: list[WorkerNode]) -> Iterator[Metric]:
+def _queue_depth(session: Session) -> GaugeMetricFamily:
+    """Queued jobs per queue, from the jobs table: the queue itself (core/scheduling.py); the broker only
+    holds wake-ups."""
     settings = get_settings()
-    queues = {settings.queue, settings.train_queue}
-    for worker in workers:
-        queues |= {q for q in worker.queues if q == direct_queue(settings.queue, worker.name)}
-    try:
-        depths = queue_depths(sorted(queues))
-    except Exception:
-        logger.exception("could not read queue depths from the broker")
-        return
-    family = GaugeMetricFamily("diffq_queue_depth", "Tasks waiting in each broker queue.", labels=["queue"])
-    for queue, depth in depths.items():
+    rows = session.execute(
+        select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.queue)
+    ).all()
+    depths = dict.fromkeys([settings.queue, settings.train_queue], 0) | dict(rows)
+    family = GaugeMetricFamily("diffq_queue_depth", "Queued jobs in each queue.", labels=["queue"])
+    for queue, depth in sorted(depths.items()):
         family.add_metric([queue], depth)
-    yield family
+    return family
 
 
 def _worker_metrics(workers: list[WorkerNode]) -> Iterator[Metric]:
@@ -189,7 +186,7 @@ class DiffqCollector(Collector):
             QUEUE_BUCKETS,
         )
         workers = live_workers(self.session, get_settings().worker_stale_s)
-        yield from _queue_depth(workers)
+        yield _queue_depth(self.session)
         yield from _worker_metrics(workers)
 
 

@@ -81,9 +81,7 @@ def reference_problems(session: Session, principal: Principal, spec: JobSpec) ->
     if dataset is not None:
         ref = parse_dataset(dataset)
         if ref.kind == "upload" and _others_upload(session, principal, ref.name):
-            message = (
-                f"no upload with id {ref.name}; upload the dataset zip with POST /v1/uploads first"
-            )
+            message = f"no upload with id {ref.name}; upload the dataset zip with POST /v1/uploads first"
             problems.append((("params", "dataset"), message, "bad_dataset"))
         elif ref.kind == "prefix" and not may_read_key(session, principal, ref.name + "/"):
             message = (

@@ -13,6 +13,7 @@ A reporter writes through the job's session and commits each write and each read
 sees progress while the job runs, and the next status read sees a cancel made since.
 """
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -20,32 +21,73 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.db import DB_UNAVAILABLE, commit_without_waiting
+from core.errors import first_line
 from core.events import JobEvents
 from core.jobs import job_status, record_progress
 from core.tables import JobStatus
+
+logger = logging.getLogger(__name__)
 
 
 class JobCanceled(Exception):
     """The job is no longer this attempt's to run: a user canceled it, or it was taken over."""
 
 
+class _OutageLog:
+    """Says once that a running job's writes fail while the database is unreachable, not at every step."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.last: float | None = None
+
+    def warn(self, job_id: uuid.UUID, error: BaseException) -> None:
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.every_s:
+            self.last = now
+            logger.warning(
+                "job %s: the database is unreachable (%s); the run goes on without progress writes",
+                job_id,
+                first_line(error),
+            )
+
+
 def progress_writer(session: Session) -> Callable[..., bool]:
-    """`record_progress` on `session`, committed at once."""
+    """`record_progress` on `session`, committed at once.
+
+    While the database is unreachable the run goes on: the write is skipped (the next one carries the
+    progress) and the job counts as still its own, which the write after the outage checks again. A
+    training run's metrics of a skipped write are lost with it; its checkpoints are not."""
+
+    outage = _OutageLog()
 
     def write(job_id: uuid.UUID, attempt: int, progress: dict[str, Any], **training: Any) -> bool:
-        written = record_progress(session, job_id, attempt, progress, **training)
-        session.commit()
+        try:
+            written = record_progress(session, job_id, attempt, progress, **training)
+            commit_without_waiting(session)
+        except DB_UNAVAILABLE as error:
+            session.rollback()
+            outage.warn(job_id, error)
+            return True
         return written
 
     return write
 
 
 def status_reader(session: Session) -> Callable[[uuid.UUID], str | None]:
-    """`job_status` on `session`, its transaction ended at once so that the next read is fresh."""
+    """`job_status` on `session`, its transaction ended at once so that the next read is fresh. While
+    the database is unreachable, a job reads as still running."""
+
+    outage = _OutageLog()
 
     def status(job_id: uuid.UUID) -> str | None:
-        current = job_status(session, job_id)
-        session.commit()
+        try:
+            current = job_status(session, job_id)
+            session.commit()
+        except DB_UNAVAILABLE as error:
+            session.rollback()
+            outage.warn(job_id, error)
+            return JobStatus.RUNNING
         return current
 
     return status
@@ -107,8 +149,10 @@ class ProgressReporter:
         due = self.last_write is None or now - self.last_write >= self.min_interval_s
         if due or step >= self.total:
             self.flush()
-        elif self.events is None and self.check_interval_s is not None and (
-            self.last_check is None or now - self.last_check >= self.check_interval_s
+        elif (
+            self.events is None
+            and self.check_interval_s is not None
+            and (self.last_check is None or now - self.last_check >= self.check_interval_s)
         ):
             self.check()
 

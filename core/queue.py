@@ -1,24 +1,23 @@
-"""The Celery app that both sides share: the API sends `diffq.run_job`, workers consume it.
+"""The Celery app that both sides share, and the wake-ups it carries.
 
-Set up for long GPU jobs: a task is acknowledged only after it ends (acks_late), a worker
-reserves one task at a time, and a task whose worker dies is handed back to the broker.
-Which queue a job goes to is decided in core/routing.py.
+Set up for long GPU jobs: a task is acknowledged only after it ends (acks_late), a worker reserves one
+task at a time, and a task whose worker dies is handed back to the broker. A message, `diffq.run_job`,
+is a wake-up: the worker that takes it claims the best queued job for itself (core/scheduling.py), which
+may be another than the one the message names.
 """
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
-from kombu.exceptions import ChannelError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
-from core.jobs import mark_enqueued
-from core.routing import pick_queue, queue_for
-from core.tables import Job
+from core.scheduling import Waiting, direct_queue
+from core.worker_nodes import live_workers, resident_models
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def make_celery(settings: Settings) -> Celery:
     transport_options: dict[str, object] = {
         "visibility_timeout": settings.task_time_limit_s + 3600,
         # A worker takes from its queues in the order it lists them (Redis): its direct queue first,
-        # then shared generation, then training. See core/routing.py.
+        # where the wake-ups meant for it alone are.
         "queue_order_strategy": "priority",
     }
     if settings.broker_url.startswith("filesystem://"):
@@ -68,89 +67,51 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(
-    session: Session, job_id: uuid.UUID, job_type: str | None = None, model: str | None = None
-) -> str:
-    """Hand a committed job to the broker and return the queue it went to.
-
-    Call only after the job row is committed; this commits `session` once it has recorded the send.
-    `job_type` and `model` pick the queue; when `job_type` is not given they are read from the row.
-    Flower and the worker logs show the task's arguments as the job id and, as its keyword arguments,
-    the job's type and model (the row stays the only input).
-    """
-    settings = get_settings()
-    if job_type is None:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise ValueError(f"no job with id {job_id}")
-        job_type, model = job.type, job.model
-    try:
-        queue = pick_queue(session, settings, job_type, model, queue_depth)
-    except Exception:  # routing is an optimisation: a job must reach a queue regardless
-        session.rollback()
-        logger.exception("could not route job %s by affinity; sending it to the shared queue", job_id)
-        queue = queue_for(job_type, settings)
+def send_wakeup(queue: str, job: Waiting, producer: Any = None) -> None:
+    """Send one wake-up to `queue` naming `job`: Flower and the worker logs show the job id as the task's
+    argument and its type and model as its keyword arguments."""
     get_celery().send_task(
         RUN_JOB_TASK,
-        args=[str(job_id)],
+        args=[str(job.id)],
         queue=queue,
-        kwargsrepr=repr({"type": job_type, "model": model}),
+        kwargsrepr=repr({"type": job.type, "model": job.model}),
+        producer=producer,
     )
-    mark_enqueued(session, [job_id])
-    session.commit()
-    return queue
 
 
-def enqueue_jobs(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
-    """Hand many committed jobs to their shared queues over one producer (one connection and
-    channel), then record when the broker accepted them (`enqueued_at`); return how many were sent.
+def wake_workers(session: Session, jobs: Sequence[Waiting]) -> int:
+    """Wake workers for newly queued `jobs`; return how many messages were sent.
 
-    Bulk sends skip affinity routing: it is meant for the next job of an idle worker, not for a
-    backlog. A job left without `enqueued_at` (the broker was down, or this process died before
-    recording it) is sent again by the reconciler. Call only after the jobs are committed; this commits
-    `session` once it has recorded the sends.
+    Per queue, at most one message per live worker that serves it (one when none is known): enough to
+    start every worker that could take them, since a worker that ran a job wakes itself while work is
+    left (core/scheduling.py). An idle worker that has a job's model loaded is woken in its own queue,
+    so that it, rather than a cold one, claims first. Call only after the jobs are committed; a message
+    that is lost only delays them until a worker's idle poll. Reads the workers table on `session`.
     """
-    settings, app = get_settings(), get_celery()
-    kinds: dict[uuid.UUID, tuple[str, str | None]] = {}
-    for start in range(0, len(job_ids), 500):
-        rows = session.execute(
-            select(Job.id, Job.type, Job.model).where(Job.id.in_(job_ids[start : start + 500]))
-        )
-        kinds.update({row.id: (row.type, row.model) for row in rows})
-    sent: list[uuid.UUID] = []
-    try:
-        with app.producer_or_acquire() as producer:
-            for job_id in job_ids:
-                if job_id not in kinds:
-                    continue
-                job_type, model = kinds[job_id]
-                app.send_task(
-                    RUN_JOB_TASK,
-                    args=[str(job_id)],
-                    queue=queue_for(job_type, settings),
-                    kwargsrepr=repr({"type": job_type, "model": model}),
-                    producer=producer,
-                )
-                sent.append(job_id)
-    finally:
-        if sent:
-            mark_enqueued(session, sent)
-            session.commit()
-    return len(sent)
-
-
-def queue_depths(queues: Iterable[str]) -> dict[str, int]:
-    """Messages waiting in each of `queues` on the broker (Redis: the list lengths; filesystem: the files)."""
-    depths: dict[str, int] = {}
-    with get_celery().pool.acquire(block=True) as connection:
-        channel = connection.default_channel
-        for queue in queues:
-            try:
-                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-            except ChannelError:  # Redis drops the key of an empty queue
-                depths[queue] = 0
-    return depths
-
-
-def queue_depth(queue: str) -> int:
-    return queue_depths([queue])[queue]
+    if not jobs:
+        return 0
+    settings = get_settings()
+    live = live_workers(session, settings.worker_stale_s)
+    by_queue: dict[str, list[Waiting]] = {}
+    for job in jobs:
+        by_queue.setdefault(job.queue, []).append(job)
+    messages: list[tuple[str, Waiting]] = []
+    for queue, waiting in by_queue.items():
+        serving = [worker for worker in live if queue in (worker.queues or [])]
+        budget = min(len(waiting), max(1, len(serving)))
+        woken: set[uuid.UUID] = set()
+        for worker in serving if settings.affinity else []:
+            own = direct_queue(worker.name, settings)
+            if len(woken) == budget or worker.current_job is not None or own not in worker.queues:
+                continue
+            models = resident_models(worker)
+            match = next((job for job in waiting if job.model in models and job.id not in woken), None)
+            if match is not None:
+                messages.append((own, match))
+                woken.add(match.id)
+        rest = (job for job in waiting if job.id not in woken)
+        messages += [(queue, job) for job, _ in zip(rest, range(budget - len(woken)), strict=False)]
+    with get_celery().producer_or_acquire() as producer:
+        for queue, job in messages:
+            send_wakeup(queue, job, producer)
+    return len(messages)

@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.job_types import TRAINING_TYPES
-from core.queue import enqueue_job
+from core.queue import Waiting, wake_workers
 from core.specs import JOB_SPEC, JobSpec
 from core.submit import job_from_spec
 from core.tables import Job, JobStatus, Schedule, utcnow
@@ -110,11 +110,13 @@ def fire_due_schedules(session: Session, now: datetime | None = None, limit: int
         if job_id is not None:
             fired += 1
             try:
-                enqueue_job(session, job_id)
+                job = session.get_one(Job, job_id)
+                wake_workers(session, [Waiting(job.id, job.queue, job.type, job.model)])
+                session.commit()
             except Exception:
                 session.rollback()
-                # The job row is committed and queued: the source of truth. It is not lost.
-                logger.exception("could not enqueue job %s of schedule %s", job_id, schedule_id)
+                # The job row is committed and queued: an idle worker finds it. It is not lost.
+                logger.exception("could not wake a worker for job %s of schedule %s", job_id, schedule_id)
     return {"fired": fired} if fired else {}
 
 

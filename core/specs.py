@@ -422,11 +422,25 @@ class BatchWebhook(BaseModel):
         return {"url": self.url, "events": events} if events else None
 
 
+# The bound a job's or a batch's priority has in the schema; an owner's API keys limit it further
+# (settings `max_priority`, a key's `limits["max_priority"]`; core/scheduling.py `priority_problem`).
+PRIORITY_LIMIT = 1000
+Priority = Annotated[
+    int,
+    Field(
+        ge=-PRIORITY_LIMIT,
+        le=PRIORITY_LIMIT,
+        description="Higher runs first (core/scheduling.py); in a batch, unset takes the batch's.",
+    ),
+]
+
+
 class SubmittedJob(BaseModel):
     """What every job spec may carry besides its type, model and params."""
 
     model_config = ConfigDict(extra="forbid")
     webhook: JobWebhook | None = Field(default=None, description="Where to send this job's events.")
+    priority: Priority | None = None
 
 
 class Text2ImgJob(SubmittedJob):

@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.dataset_refs import dataset_problem, parse_dataset
+from core.fusion import fuse_key
+from core.job_types import queue_for
 from core.model_configs import kind_problem, scheduler_config
 from core.model_refs import reference_problem
 from core.model_registry import find_model
@@ -176,9 +178,9 @@ def output_model_problem(
     return None
 
 
-def job_fields(spec: JobSpec) -> dict[str, Any]:
+def job_fields(spec: JobSpec, priority: int = 0) -> dict[str, Any]:
     """The columns to store for `spec`; a seed left unset is picked here and recorded, so the job
-    can be remade."""
+    can be remade. A spec without a priority takes `priority` (its batch's)."""
     params: dict[str, Any] = spec.params.model_dump(mode="json")
     if "seed" in params and params["seed"] is None:
         params["seed"] = new_seed(params.get("num_images", 1))
@@ -186,9 +188,12 @@ def job_fields(spec: JobSpec) -> dict[str, Any]:
         "type": spec.type,
         "model": spec.model,
         "params": params,
+        "fuse_key": fuse_key(spec.type, spec.model, params),
         "output_model": getattr(spec, "output_model", None),
         "overwrite_output_model": getattr(spec, "overwrite_output_model", False),
         "webhook": spec.webhook.model_dump(mode="json") if spec.webhook is not None else None,
+        "queue": queue_for(spec.type),
+        "priority": spec.priority if spec.priority is not None else priority,
     }
 
 

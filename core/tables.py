@@ -14,12 +14,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -54,6 +56,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _default_queue(context: Any) -> str:
+    from core.job_types import queue_for  # core.job_types imports the specs, which import much
+
+    return queue_for(context.get_current_parameters()["type"])
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[dict[str, Any]]: JSON}
 
@@ -79,10 +87,27 @@ class OutputKind(StrEnum):
     MODEL_SNAPSHOT = "model_snapshot"
 
 
+_QUEUED = text("status = 'queued'")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     # A schedule makes at most one job per due time, however many beat processes run.
-    __table_args__ = (UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_due"),)
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_due"),
+        # The claim's (core/scheduling.py): queued jobs by queue, priority and age; fusion's partners; and
+        # each owner's latest start, for fair share (migration 0007).
+        Index(
+            "ix_jobs_queued",
+            "queue",
+            "priority",
+            "created_at",
+            postgresql_where=_QUEUED,
+            sqlite_where=_QUEUED,
+        ),
+        Index("ix_jobs_queued_fuse_key", "fuse_key", postgresql_where=_QUEUED, sqlite_where=_QUEUED),
+        Index("ix_jobs_owner_started_at", "owner", "started_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     type: Mapped[str] = mapped_column(String(32))
@@ -95,8 +120,11 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    # When the broker last accepted this job's message; None while it has not (see core.reconcile).
-    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The queue the job waits in: the workers that serve it may claim it (core/scheduling.py). Unset, the
+    # queue of its type under this process's settings (`DIFFQ_QUEUE` or `DIFFQ_TRAIN_QUEUE`).
+    queue: Mapped[str] = mapped_column(String(200), default=_default_queue)
+    # Jobs with the same key can run as one pipeline call (workers/fusion.py); None: never fused.
+    fuse_key: Mapped[str | None] = mapped_column(String(64))
     # The device the job ran on, as its worker names it: "cuda:2 (NVIDIA H100 80GB HBM3)" or "cpu".
     device: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -52,14 +52,20 @@ def update_worker(session: Session, name: str, **values: Any) -> bool:
 
 
 def record_finished_job(
-    session: Session, name: str, busy_seconds: float, steps: int, seconds: float, **values: Any
+    session: Session,
+    name: str,
+    busy_seconds: float,
+    steps: int,
+    seconds: float,
+    jobs: int = 1,
+    **values: Any,
 ) -> bool:
-    """Count one finished job on worker `name`: `busy_seconds` in all, `steps` denoising in `seconds`.
-    The caller commits."""
+    """Count `jobs` finished jobs (one call) on worker `name`: `busy_seconds` in all, `steps` denoising in
+    `seconds`. The caller commits."""
     return update_worker(
         session,
         name,
-        jobs_run=WorkerNode.jobs_run + 1,
+        jobs_run=WorkerNode.jobs_run + jobs,
         busy_seconds=WorkerNode.busy_seconds + busy_seconds,
         denoising_steps=WorkerNode.denoising_steps + steps,
         denoising_seconds=WorkerNode.denoising_seconds + seconds,

@@ -76,13 +76,14 @@ class PipelineCache:
         key: Hashable,
         loader: Callable[[], T],
         *,
-        estimate_bytes: int | None = None,
+        estimate_bytes: int | Callable[[], int] | None = None,
         tag: str | None = None,
     ) -> T:
         """Return the object cached under `key`, calling `loader` to make it on a miss.
 
-        `estimate_bytes` is the new object's expected size, used to evict before loading so that old and
-        new weights are not in memory together beyond the budget. `tag` names the entry in `stats()` (the
+        `estimate_bytes` is the new object's expected size (or a function that works it out, called only
+        on a miss), used to evict before loading so that old and new weights are not in memory together
+        beyond the budget. `tag` names the entry in `stats()` (the
         model reference, say); it defaults to `str(key)`. If `loader` raises, nothing is cached and the
         error propagates.
         """
@@ -93,6 +94,8 @@ class PipelineCache:
                 self.hits += 1
                 return entry.value
             self.misses += 1
+            if callable(estimate_bytes):
+                estimate_bytes = estimate_bytes()
             self._evict_until_fits(estimate_bytes or 0, keep=None)
             start = time.perf_counter()
             try:

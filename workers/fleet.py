@@ -1,8 +1,9 @@
 """This worker as a member of the fleet: its device label, and its row in the `workers` table.
 
-Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues;
-`worker_process_init` (in the pool process, which runs the jobs and holds the pipeline cache) writes the
-row and starts a heartbeat thread; `worker_process_shutdown` removes the row. Around each job, `running`
+Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues, and hands
+back the jobs that a dead process of the same name still held; `worker_process_init` (in the pool
+process, which runs the jobs and holds the pipeline cache) writes the row and starts a heartbeat thread
+and the idle poll (workers/wakeup.py); `worker_process_shutdown` removes the row. Around each job, `running`
 marks the worker busy with the job's model, then writes the cache's state and the job's denoising rate,
 on the job's session. The heartbeat thread writes on a session of its own.
 """
@@ -10,6 +11,7 @@ on the job's session. The heartbeat thread writes on a session of its own.
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +21,10 @@ from celery.signals import celeryd_init, worker_process_init, worker_process_shu
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.db import db_session
-from core.tables import Job
+from core.db import DB_UNAVAILABLE, commit_without_waiting, db_session
+from core.errors import first_line
+from core.jobs import hand_back
+from core.scheduling import Claimer, serves_training
 from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
 from workers.heartbeat import Heartbeat
 from workers.job_run import JobRun
@@ -58,11 +62,43 @@ def device_label() -> str:
     return str(device)
 
 
+def claimer(only: uuid.UUID | None = None) -> Claimer:
+    """This worker as the claim sees it (core/scheduling.py): its queues and the models it has loaded.
+    Outside a worker (a task run in-process), one that runs only the job `only`."""
+    from workers.pipelines import get_cache
+
+    settings = get_settings()
+    models = tuple(tag for tag, _bytes in get_cache().stats().resident) if NODE.name else ()
+    return Claimer(
+        worker=NODE.name or "worker",
+        queues=tuple(NODE.queues),
+        models=models,
+        trains=serves_training(NODE.queues, NODE.name, settings) if NODE.name else True,
+        device=device_label(),
+        only=only,
+    )
+
+
 @celeryd_init.connect
 def _learn_node(sender: str, options: dict, **_: object) -> None:
     NODE.name = sender
     queues = options.get("queues") or [get_settings().queue]
     NODE.queues = queues.split(",") if isinstance(queues, str) else list(queues)
+    hand_back_at_start(sender)
+
+
+def hand_back_at_start(name: str) -> None:
+    """Requeue the jobs a process of this name held when it died: this worker, restarted under its name,
+    knows they lost their worker, so they need not wait for their leases to run out. Names must be unique
+    in the fleet (a second live worker of the same name would lose its jobs here)."""
+    try:
+        with db_session() as session:
+            handed = hand_back(session, name)
+    except Exception:  # their leases run out instead
+        logger.exception("could not hand back the jobs %s held before it restarted", name)
+        return
+    for job_id, status in handed:
+        logger.warning("%s starts again: job %s that it held is %s", name, job_id, status)
 
 
 @worker_process_init.connect
@@ -81,6 +117,9 @@ def _join_fleet(**_: object) -> None:
         name="diffq-fleet-heartbeat",
         failure=f"worker heartbeat failed; trying again in {interval}s",
     ).start()
+    from workers.wakeup import IDLE_POLL
+
+    IDLE_POLL.start(NODE.name, claimer)
 
 
 @worker_process_shutdown.connect
@@ -89,6 +128,9 @@ def _leave_fleet(**_: object) -> None:
         return
     if NODE.heartbeat is not None:
         NODE.heartbeat.stop()
+    from workers.wakeup import IDLE_POLL
+
+    IDLE_POLL.stop()
     try:
         with db_session() as session:
             remove_worker(session, NODE.name)
@@ -117,40 +159,47 @@ def _heartbeat() -> None:
 
 
 @contextmanager
-def running(session: Session, job: Job, run: JobRun) -> Iterator[None]:
-    """Mark this worker busy with `job` while the block runs, then record the cache and the job's rate.
-    Commits each write on `session` at once."""
+def running(session: Session, runs: list[JobRun]) -> Iterator[None]:
+    """Mark this worker busy with the first of `runs` (one job, or a fused group) while the block runs,
+    then record the cache and the jobs' rate. Commits each write on `session` at once."""
     if NODE.name is None:  # not started as a worker (a task run in-process)
         yield
         return
+    run = runs[0]
     try:
-        update_worker(session, NODE.name, current_job=job.id, current_model=job.model)
-        session.commit()
-    except Exception:  # the fleet's view is best effort; the job runs regardless
+        update_worker(session, NODE.name, current_job=run.job_id, current_model=run.model)
+        commit_without_waiting(session)
+    except Exception as error:  # the fleet's view is best effort; the job runs regardless
         session.rollback()
-        logger.exception("could not mark worker %s busy with job %s", NODE.name, job.id)
+        logger.warning(
+            "could not mark worker %s busy with job %s (%s)", NODE.name, run.job_id, first_line(error)
+        )
     started = time.monotonic()
     try:
         yield
     finally:
-        _record_job(session, run, time.monotonic() - started)
+        _record_jobs(session, runs, time.monotonic() - started)
 
 
-def _record_job(session: Session, run: JobRun, busy_seconds: float) -> None:
+def _record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> None:
+    """Count the jobs of one call, each job's denoising steps, and the call's time once: a fused call's
+    steps per second are job-steps, what the worker got done."""
     from workers.pipelines import get_cache
 
     assert NODE.name is not None
     stats = get_cache().stats()
+    run = runs[0]
     progress = run.reporter.current if run.reporter else {}
-    steps = progress.get("step") or 0
     rate = progress.get("steps_per_s")
+    steps = sum((r.reporter.current.get("step") or 0) for r in runs if r.reporter) if rate else 0
     try:
         record_finished_job(
             session,
             NODE.name,
             busy_seconds=busy_seconds,
-            steps=steps if rate else 0,
-            seconds=steps / rate if rate else 0.0,
+            steps=steps,
+            seconds=(progress.get("step") or 0) / rate if rate else 0.0,
+            jobs=len(runs),
             current_job=None,
             current_model=None,
             resident=[{"model": tag, "bytes": nbytes} for tag, nbytes in stats.resident],
@@ -159,7 +208,10 @@ def _record_job(session: Session, run: JobRun, busy_seconds: float) -> None:
             cache_evictions=stats.evictions,
             cache_load_seconds=stats.load_seconds,
         )
-        session.commit()
+        commit_without_waiting(session)
+    except DB_UNAVAILABLE as error:
+        session.rollback()
+        logger.warning("could not record job %s on worker %s (%s)", run.job_id, NODE.name, first_line(error))
     except Exception:
         session.rollback()
         logger.exception("could not record job %s on worker %s", run.job_id, NODE.name)

@@ -5,6 +5,9 @@ import threading
 from collections.abc import Callable
 from typing import Self
 
+from core.db import DB_UNAVAILABLE
+from core.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,5 +42,7 @@ class Heartbeat:
             try:
                 if self.beat() is False:
                     return
+            except DB_UNAVAILABLE as error:  # an outage: one line a beat, not a traceback
+                logger.warning("%s: the database is unreachable (%s)", self.failure, first_line(error))
             except Exception:
                 logger.exception(self.failure)

@@ -1,4 +1,4 @@
-"""Keeps a running job's lease alive from a background thread while its runner works."""
+"""Keeps running jobs' leases alive from a background thread while their runner works."""
 
 import uuid
 from collections.abc import Iterator
@@ -10,19 +10,20 @@ from workers.heartbeat import Heartbeat
 
 
 @contextmanager
-def hold_lease(job_id: uuid.UUID, attempt: int, lease_s: float) -> Iterator[None]:
-    """Renew the job's lease every `lease_s / 3` seconds until the block ends; a renewal that finds the
-    job canceled or taken over stops them (the runner finds out at its next step)."""
+def hold_leases(jobs: list[tuple[uuid.UUID, int]], lease_s: float) -> Iterator[None]:
+    """Renew the leases of `jobs` (id, attempt each) every `lease_s / 3` seconds until the block ends; a
+    job whose renewal finds it canceled or taken over is renewed no more (its runner finds out at its
+    next step), and the renewals stop when none is left."""
+    held = list(jobs)
 
     def renew() -> bool:
         # The heartbeat's thread has a session of its own: a session is not thread-safe.
         with db_session() as session:
-            return renew_lease(session, job_id, attempt)
+            held[:] = [(job_id, attempt) for job_id, attempt in held if renew_lease(session, job_id, attempt)]
+        return bool(held)
 
+    names = ", ".join(str(job_id) for job_id, _attempt in jobs)
     with Heartbeat(
-        renew,
-        lease_s / 3,
-        name=f"lease-{job_id}",
-        failure=f"could not renew the lease of job {job_id}",
+        renew, lease_s / 3, name=f"lease-{jobs[0][0]}", failure=f"could not renew the lease of {names}"
     ):
         yield

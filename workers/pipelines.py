@@ -6,6 +6,8 @@ task (`pipeline_for_task`) around the cached modules, with a scheduler of its ow
 scheduler choice or state never leaks into the next.
 """
 
+import copy
+import weakref
 from functools import lru_cache
 from typing import Any
 
@@ -47,7 +49,7 @@ def get_base_pipeline(model_ref: str, task: str) -> Any:
     return get_cache().get_or_load(
         key,
         lambda: load_pipeline(folder, task, device, dtype),
-        estimate_bytes=estimate_folder_bytes(folder, dtype),
+        estimate_bytes=lambda: estimate_folder_bytes(folder, dtype),
         # The model reference, as jobs name it: the fleet's affinity routing matches jobs on it.
         tag=model_ref,
     )
@@ -68,12 +70,26 @@ def get_pipeline(
     as the API checks the models it can read the configs of; raises `BadInput` with the same message.
     """
     base = get_base_pipeline(model_ref, task)
-    job_scheduler = make_scheduler(scheduler, base.scheduler)
+    job_scheduler = new_scheduler(base, scheduler)
     if steps is not None:
-        check_steps(model_ref, scheduler, make_scheduler(scheduler, base.scheduler), steps, strength)
+        check_steps(model_ref, scheduler, new_scheduler(base, scheduler), steps, strength)
     if task == "unconditional":
         return pipeline_for_task(base, task)
     return pipeline_for_task(base, task, job_scheduler)
+
+
+# Per cached pipeline, a scheduler of each name made once from its config; jobs get deep copies, which
+# are their own (schedulers keep state between steps) and take a fraction of `from_config`'s time (it
+# inspects every class's signature). Weak keys: an evicted pipeline takes its schedulers with it.
+_SCHEDULERS: "weakref.WeakKeyDictionary[Any, dict[str | None, Any]]" = weakref.WeakKeyDictionary()
+
+
+def new_scheduler(base: Any, name: str | None) -> Any:
+    """A scheduler of the job's own, named `name` (None: the model's), for the cached pipeline `base`."""
+    made = _SCHEDULERS.setdefault(base, {})
+    if name not in made:
+        made[name] = make_scheduler(name, base.scheduler)
+    return copy.deepcopy(made[name])
 
 
 def check_steps(

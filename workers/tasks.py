@@ -1,4 +1,5 @@
-"""The Celery task that runs one job: claim it, run its runner, record how it ended.
+"""The Celery task that runs one job: claim the best one for this worker, run its runner, record how it
+ended, and wake the worker again while there is work.
 
 A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`),
 its progress reporter and the fleet's bookkeeping. Each state change is committed as it is made: the
@@ -7,31 +8,39 @@ session of its own (workers/lease.py).
 """
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from billiard.einfo import ExceptionWithTraceback
 from celery import Task
-from celery.exceptions import WorkerLostError
+from celery.exceptions import Reject, WorkerLostError
 from celery.signals import worker_process_init
 from celery.worker.request import Request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import db_session, get_engine
-from core.errors import JobError
+from core.config import get_settings
+from core.db import DB_UNAVAILABLE, db_session, get_engine, masked_url
+from core.errors import JobError, first_line
 from core.events import JobEvents, get_event_store
-from core.jobs import claim_job, finish_job, hand_back, job_status, record_canceled_progress
+from core.jobs import claim, finish_job, hand_back, job_status, record_canceled_progress
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
+from core.scheduling import Claimer
 from core.tables import Job, JobStatus
 from workers.celery_app import app
-from workers.fleet import device_label, running
+from workers.fleet import claimer, running
+from workers.fusion import claim_group, run_jobs
 from workers.job_run import JobRun
-from workers.lease import hold_lease
-from workers.oom import run_with_oom_retry
-from workers.runners import RUNNERS
+from workers.lease import hold_leases
+from workers.runners.text2img import Outcome
+from workers.wakeup import IDLE_POLL
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def error_for(exc: BaseException) -> dict[str, str]:
@@ -49,17 +58,17 @@ def error_for(exc: BaseException) -> dict[str, str]:
 @worker_process_init.connect
 def _own_db_connections(**_: object) -> None:
     # A pool process forked after the main process used the database (see RunJobRequest) must
-    # not share its connections (nor its Redis ones).
+    # not share its connections.
     get_engine().dispose(close=False)
-    get_event_store.cache_clear()
+    get_event_store.cache_clear()  # nor its Redis connections
 
 
 class RunJobRequest(Request):
-    """Hands a job back at once when the pool process running it dies (SIGKILL, the OOM killer).
+    """Hands back the job at once when the pool process running it dies (SIGKILL, the OOM killer).
 
     Celery then puts the message back in the queue (`reject_on_worker_lost`). Requeuing the job
-    first lets that redelivery run it as its next attempt, instead of being skipped while the dead
-    attempt's lease runs out and waiting for the reconciler.
+    first lets that redelivery claim it for its next attempt, instead of waiting for its lease to run out
+    and the reconciler.
     """
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
@@ -69,18 +78,14 @@ class RunJobRequest(Request):
         if isinstance(exc, WorkerLostError):
             try:
                 with db_session() as session:
-                    status = hand_back(session, uuid.UUID(self.args[0]), self.hostname)
-                if status:
-                    logger.warning("the process running job %s died; job %s", self.args[0], status)
+                    handed = hand_back(session, self.hostname)
+                for job_id, status in handed:
+                    logger.warning("the process running job %s died; job %s", job_id, status)
             except Exception:
-                logger.exception("could not hand back job %s; its lease will run out", self.args[0])
+                logger.exception(
+                    "could not hand back the jobs of %s; their leases will run out", self.hostname
+                )
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-
-def job_fresh(session: Session, job: Job) -> Job:
-    """The job as the database has it now, once it has ended."""
-    session.refresh(job)
-    return job
 
 
 class JobFailed(Exception):
@@ -91,61 +96,197 @@ class JobFailed(Exception):
 
 @app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest, throws=(JobFailed,))
 def run_job(self: Task, job_id: str) -> str:
+    """A wake-up that names `job_id`: claim the best queued job for this worker (core/scheduling.py),
+    with the jobs it can be fused with (workers/fusion.py), run them and return what became of each
+    ("job <id>: succeeded, job <id>: canceled"), which Flower shows as the task's result. Called directly
+    (in-process, not by a worker), run the job `job_id` itself, alone.
+
+    Nothing is acknowledged that neither ran nor was handed back: a message this worker's database can't
+    place, or that came while the database was unreachable, goes back to the broker (`Reject`).
+    """
+    woken_by = uuid.UUID(job_id)
+    called_directly = bool(self.request.called_directly)
     with db_session() as session:
-        return _run(session, self.request.hostname or "worker", job_id)
-
-
-def _run(session: Session, worker: str, job_id: str) -> str:
-    job = claim_job(session, uuid.UUID(job_id), worker=worker, device=device_label())
-    session.commit()
-    if job is None:
-        # Already taken, finished or canceled: a duplicate delivery must not run it again.
-        logger.info("job %s is not queued; skipping this delivery", job_id)
-        return "skipped"
-    run = JobRun.from_job(job, session)
-    run.events = events = JobEvents.for_job(job)
-    events.status(JobStatus.RUNNING, worker=worker, attempt=job.attempts)
-    outputs: list[dict] = []
-    error: dict[str, str] | None = None
-    # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
-    with running(session, job, run), hold_lease(job.id, job.attempts, run.settings.lease_s):
+        jobs = _claim(self, session, woken_by, claimer(only=woken_by if called_directly else None))
+        if not jobs:
+            logger.info("woken for job %s, but no queued job is this worker's to run", job_id)
+            return "no job to run"
         try:
-            runner = RUNNERS.get(job.type)
-            if runner is None:
-                raise JobError(f"this worker has no runner for job type '{job.type}'", code="bad_input")
-            outputs = run_with_oom_retry(runner, run)
-        except JobCanceled:
-            # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
-            logger.info("job %s was canceled or taken over while running; stopped", job_id)
-            session.rollback()
-            if run.reporter is not None:
-                record_canceled_progress(session, job.id, run.reporter.current)
-                session.commit()
-            return JobStatus.CANCELED
-        except Exception as exc:
-            logger.exception("job %s failed", job_id)
-            session.rollback()  # a runner's write may have failed halfway
-            error = error_for(exc)
-    progress = run.reporter.current if run.reporter else None
-    if error is not None:
-        finish_job(session, job.id, job.attempts, JobStatus.FAILED, error=error, progress=progress)
+            return _run(session, jobs)
+        finally:
+            if not called_directly:
+                _wake_self(session)
+
+
+def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> list[Job]:
+    """Claim the best job for `who` and its fusion partners, committed; give the message back if it
+    can't be placed."""
+    settings = get_settings()
+    try:
+        if not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
+            _misconfigured(task, woken_by)
+        jobs = claim(session, who)
+        if jobs and settings.fusion:
+            jobs = claim_group(session, jobs[0], who, settings.max_fused_images)
         session.commit()
-        events.finished(job_fresh(session, job))
-        raise JobFailed(f"job {job_id} failed: {error['code']}: {error['message']}")
-    finished = finish_job(
-        session, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=outputs, progress=progress
+    except DB_UNAVAILABLE as error:
+        session.rollback()
+        delay = get_settings().idle_poll_s
+        logger.warning(
+            "the database is unreachable (%s); giving the wake-up for job %s back in %.1fs",
+            first_line(error.orig or error),
+            woken_by,
+            delay,
+        )
+        time.sleep(delay)  # so that a worker does not spin on its own redeliveries during an outage
+        raise Reject(requeue=True) from None
+    return jobs
+
+
+def _misconfigured(task: Task, job_id: uuid.UUID) -> None:
+    """A message names a job this worker's database does not hold: its broker is another deployment's
+    too. Say so loudly, stop consuming that queue, and give the message back to whoever it was for."""
+    queue = (task.request.delivery_info or {}).get("routing_key") or "?"
+    logger.error(
+        "MISCONFIGURED: a message in queue %r names job %s, which this worker's database (%s) does not "
+        "hold: this worker shares its broker with a diffq whose database is another. Giving the message "
+        "back and no longer consuming %r; set DIFFQ_DATABASE_URL and DIFFQ_BROKER_URL to one deployment's.",
+        queue,
+        job_id,
+        masked_url(get_settings().database_url),
+        queue,
     )
-    session.commit()
+    try:
+        app.control.cancel_consumer(queue, destination=[task.request.hostname])
+    except Exception:
+        logger.exception("could not stop consuming %r", queue)
+    time.sleep(1.0)  # the cancel reaches the main process before it can hand this worker the message again
+    raise Reject(requeue=True)
+
+
+def _wake_self(session: Session) -> None:
+    """After a job: wake this worker again while its queues hold work for it (workers/wakeup.py)."""
+    try:
+        session.rollback()  # a fresh read
+        IDLE_POLL.wake_self(session)
+        session.commit()
+    except DB_UNAVAILABLE as error:  # the idle poll finds the work once the database is back
+        session.rollback()
+        logger.warning("could not look for this worker's next job (%s)", first_line(error))
+    except Exception:  # the idle poll finds the work instead
+        session.rollback()
+        logger.exception("could not wake this worker for its next job")
+
+
+def _until_written(session: Session, write: Callable[[], T], what: str) -> T:
+    """`write()` committed, tried again while the database is unreachable, for up to twice the lease:
+    a job that ran is recorded once the database is back, rather than run again. After that its lease
+    has run out and the reconciler may have given it to another worker, which the write, fenced by the
+    attempt, finds out."""
+    give_up = time.monotonic() + 2 * get_settings().lease_s
+    delay = 0.5
+    while True:
+        try:
+            result = write()
+            session.commit()
+            return result
+        except DB_UNAVAILABLE as error:
+            session.rollback()
+            if time.monotonic() + delay > give_up:
+                raise
+            logger.warning("could not record %s (%s); trying again in %.1fs", what, first_line(error), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _run(session: Session, jobs: list[Job]) -> str:
+    """Run claimed jobs (one, or a fused group) to their ends and record each; what became of each.
+    Raises `JobFailed` if one failed."""
+    runs = [JobRun.from_job(job, session) for job in jobs]
+    for run, job in zip(runs, jobs, strict=True):
+        # Each job's event stream (core/events.py): every step, previews, the end; and its cancel flag.
+        run.events = JobEvents.for_job(job)
+        run.events.status(JobStatus.RUNNING, worker=job.worker, attempt=job.attempts)
+    if len(jobs) > 1:
+        logger.info("running %d jobs as one call: %s", len(jobs), ", ".join(str(job.id) for job in jobs))
+    leases = [(run.job_id, run.attempt) for run in runs]
+    # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
+    with running(session, runs), hold_leases(leases, runs[0].settings.lease_s):
+        outcomes = run_jobs(runs)
+    # From here on only `runs` say which job is which: a rollback (after a failed write) expires the
+    # session's Job objects, and reading one again would need the database.
+    statuses = [_record(session, run, outcome) for run, outcome in zip(runs, outcomes, strict=True)]
+    for run, status in zip(runs, statuses, strict=True):
+        if status != JobStatus.CANCELED:
+            _publish_end(session, run)
+    ends = [
+        f"job {run.job_id} failed: {status['code']}: {status['message']}"
+        if isinstance(status, dict)
+        else f"job {run.job_id}: {status}"
+        for run, status in zip(runs, statuses, strict=True)
+    ]
+    if any(isinstance(status, dict) for status in statuses):
+        raise JobFailed(", ".join(ends))
+    return ", ".join(ends)
+
+
+def _publish_end(session: Session, run: JobRun) -> None:
+    """The job's final state, as Postgres has it, to its event stream (best effort: a reader that misses
+    it ends the stream from Postgres)."""
+    if run.events is None:
+        return
+    try:
+        job = session.get(Job, run.job_id, populate_existing=True)
+    except Exception as error:  # the database went away after the end was recorded
+        logger.warning("could not read job %s to end its event stream: %s", run.job_id, first_line(error))
+        return
+    if job is not None:
+        run.events.finished(job)
+
+
+def _record(session: Session, run: JobRun, outcome: Outcome) -> str | dict[str, str]:
+    """Record how a job ended: its final status, or, for a failed job, its error."""
+    job_id, attempt = str(run.job_id), run.attempt
+    if isinstance(outcome, JobCanceled):
+        # Raised out of the step callback: the pipeline stopped there, nothing was decoded or stored.
+        logger.info("job %s was canceled or taken over while running; stopped", job_id)
+        session.rollback()
+        if run.reporter is not None:
+            _until_written(
+                session,
+                lambda: record_canceled_progress(session, run.job_id, run.reporter.current),
+                f"where job {job_id} stopped",
+            )
+        return JobStatus.CANCELED
+    progress = run.reporter.current if run.reporter else None
+    if isinstance(outcome, BaseException):
+        logger.error("job %s failed", job_id, exc_info=outcome)
+        session.rollback()  # a runner's write may have failed halfway
+        error = error_for(outcome)
+        _until_written(
+            session,
+            lambda: finish_job(
+                session, run.job_id, attempt, JobStatus.FAILED, error=error, progress=progress
+            ),
+            f"the failure of job {job_id}",
+        )
+        return error
+    finished = _until_written(
+        session,
+        lambda: finish_job(
+            session, run.job_id, attempt, JobStatus.SUCCEEDED, outputs=outcome, progress=progress
+        ),
+        f"the end of job {job_id}",
+    )
     if not finished:
-        if job_status(session, job.id) == JobStatus.CANCELED:
+        if job_status(session, run.job_id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.
             logger.info("job %s was canceled as it finished; deleting its outputs", job_id)
-            for output in outputs:
+            for output in outcome:
                 run.storage.delete(output["key"])
         else:
             # Taken over after its last step: the outputs recorded are another attempt's.
-            logger.info("job %s attempt %d ended but the job is no longer its own", job_id, job.attempts)
+            logger.info("job %s attempt %d ended but the job is no longer its own", job_id, attempt)
         return JobStatus.CANCELED
-    events.finished(job_fresh(session, job))
-    logger.info("job %s succeeded in attempt %d", job_id, job.attempts)
+    logger.info("job %s succeeded in attempt %d", job_id, attempt)
     return JobStatus.SUCCEEDED

@@ -28,9 +28,9 @@ from core.batches import BatchState, batch_state, insert_batch, manifest, manife
 from core.db import db_session, get_sessionmaker
 from core.events import publish_batch_canceled
 from core.jobs import cancel_jobs
-from core.queue import enqueue_jobs
+from core.queue import Waiting, wake_workers
 from core.quotas import QuotaExceeded, check_batch_jobs, check_queued_jobs
-from core.specs import BatchWebhook
+from core.specs import PRIORITY_LIMIT, BatchWebhook
 from core.storage import get_storage
 from core.tables import Batch, Job, JobStatus, WebhookDelivery, utcnow
 from core.webhooks import deliveries
@@ -65,15 +65,18 @@ def write_batch(
     base_url: str,
     principal: Principal,
     webhook: BatchWebhook | None = None,
+    priority: int = 0,
 ) -> BatchPublic:
-    """Admit, write and schedule the enqueueing of `principal`'s batch; 422 if any job is not admitted,
-    429 past the owner's quotas."""
+    """Admit and write `principal`'s batch, and wake workers for it after the response; 422 if any job
+    is not admitted, 429 past the owner's quotas. Its jobs without a priority of their own take the
+    batch's `priority`."""
     try:
         check_batch_jobs(principal, len(batch.specs))
     except QuotaExceeded as error:
         raise too_many(error) from None
     admission = Admission(session, get_storage(), principal)
     errors = admission.webhook_problems(webhook.url, ["body", "webhook", "url"]) if webhook else []
+    errors += admission.priority_problems(priority, ["body", "priority"])
     errors += [
         error
         for spec, loc in zip(batch.specs, batch.locs, strict=True)
@@ -85,24 +88,27 @@ def write_batch(
         check_queued_jobs(session, principal, len(batch.specs))
     except QuotaExceeded as error:
         raise too_many(error) from None
-    jobs = [job_values(spec, principal.owner) for spec in batch.specs]
-    batch_id, job_ids = insert_batch(session, name, batch.source, jobs, principal.owner, webhook)
+    values = [job_values(spec, principal.owner, priority) for spec in batch.specs]
+    batch_id, job_ids = insert_batch(session, name, batch.source, values, principal.owner, webhook, priority)
     session.commit()
-    # Sending a message per job takes about a millisecond each: after the response, so that accepting
-    # the batch does not wait on it. Queued rows are the source of truth; a job whose message is lost
-    # (the API stopping halfway) stays queued until it is sent again.
-    background.add_task(_enqueue, batch_id, job_ids)
+    # A few wake-ups (one per live worker at most), sent after the response so that a broker that is
+    # down never holds the submitter up. The rows are the queue: a lost wake-up only delays the jobs
+    # until a worker's idle poll.
+    waiting = [
+        Waiting(job_id, v["queue"], v["type"], v["model"]) for job_id, v in zip(job_ids, values, strict=True)
+    ]
+    background.add_task(_wake, batch_id, waiting)
     counts = dict.fromkeys(JobStatus.ALL, 0) | {JobStatus.QUEUED: len(job_ids)}
     state = BatchState(total=len(job_ids), counts=counts)
     return public(session.get_one(Batch, batch_id), state, base_url)
 
 
-def _enqueue(batch_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
+def _wake(batch_id: uuid.UUID, waiting: list[Waiting]) -> None:
     try:
         with db_session() as session:
-            enqueue_jobs(session, job_ids)
+            wake_workers(session, waiting)
     except Exception:
-        logger.exception("could not enqueue all %d jobs of batch %s", len(job_ids), batch_id)
+        logger.exception("could not wake workers for batch %s; idle workers will find its jobs", batch_id)
 
 
 @router.post(
@@ -127,7 +133,9 @@ def create_batch(
             batch = specs_from_sweep(body.template.model_dump(), body.sweep)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
-    return write_batch(session, body.name, batch, background, str(request.base_url), principal, body.webhook)
+    return write_batch(
+        session, body.name, batch, background, str(request.base_url), principal, body.webhook, body.priority
+    )
 
 
 @router.post(
@@ -147,6 +155,10 @@ async def create_batch_from_jsonl(
         str | None,
         Form(description='The batch\'s webhook as JSON: {"url": ..., "events": ["completed", ...]}.'),
     ] = None,
+    priority: Annotated[
+        int,
+        Form(ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT, description="The batch's priority; higher runs first."),
+    ] = 0,
 ) -> BatchPublic:
     """Submit a JSON Lines file, one job a line (multipart field `file`).
 
@@ -166,6 +178,7 @@ async def create_batch_from_jsonl(
         str(request.base_url),
         principal,
         batch_webhook,
+        priority,
     )
 
 
@@ -191,13 +204,14 @@ def _jsonl_batch(
     base_url: str,
     principal: Principal,
     webhook: BatchWebhook | None,
+    priority: int = 0,
 ) -> BatchPublic:
     try:
         batch = specs_from_jsonl(data, type_, model)
     except BatchInvalid as error:
         raise unprocessable(error.errors) from None
     with get_sessionmaker()() as session:
-        return write_batch(session, name, batch, background, base_url, principal, webhook)
+        return write_batch(session, name, batch, background, base_url, principal, webhook, priority)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic, dependencies=READ)

@@ -12,7 +12,7 @@ from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic, Webh
 from core.events import publish_canceled
 from core.job_types import JobType
 from core.jobs import cancel_job, job_metrics
-from core.queue import enqueue_job
+from core.queue import Waiting, wake_workers
 from core.quotas import QuotaExceeded, check_queued_jobs
 from core.specs import JobSpec
 from core.storage import get_storage
@@ -53,10 +53,10 @@ def create_job(
     session.add(job)
     session.commit()
     try:
-        enqueue_job(session, job.id, job.type, job.model)
+        wake_workers(session, [Waiting(job.id, job.queue, job.type, job.model)])
     except Exception:
-        # The row is the source of truth; a job that never reached the broker is requeued later.
-        logger.exception("could not enqueue job %s", job.id)
+        # The row is the queue: an idle worker finds the job at its next poll.
+        logger.exception("could not wake a worker for job %s; an idle one will find it", job.id)
     return public(job, request)
 
 

@@ -1,7 +1,7 @@
 """job_events and job_previews: the event streams and previews where there is no Redis
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-01 10:00:00
 
 Only the embedded defaults (and any deployment without Redis) write these; with Redis the streams and
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

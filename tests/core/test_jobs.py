@@ -6,16 +6,30 @@ import pytest
 from sqlalchemy import delete, update
 
 from core.db import db_session
-from core.jobs import claim_job, finish_job, hand_back, record_progress, renew_lease
+from core.jobs import claim, finish_job, hand_back, record_progress, renew_lease
 from core.reconcile import requeue_expired
+from core.scheduling import Claimer
 from core.tables import Job, utcnow
 from tests.utils.db import in_session
+from tests.utils.jobs import UNSERVED_QUEUE
+
+
+def claim_job(session, job_id, worker: str) -> Job | None:
+    """Claim this one job for `worker`, as a task run in-process does."""
+    jobs = claim(session, Claimer(worker=worker, queues=(), only=job_id))
+    return jobs[0] if jobs else None
+
+
+def requeue(job_id) -> None:
+    """What the reconciler does to a job whose lease ran out."""
+    expire_lease(job_id)
+    assert in_session(requeue_expired)["requeued"] >= 1
 
 
 @pytest.fixture
 def job_id(database: str):
     with db_session() as session:
-        job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"})
+        job = Job(type="text2img", model="tiny-sd", params={"prompt": "x"}, queue=UNSERVED_QUEUE)
         session.add(job)
     yield job.id
     # Leave no running or queued job behind for the tests that count them.
@@ -42,9 +56,10 @@ def test_claim_once_while_the_lease_holds(job_id) -> None:
     assert in_session(renew_lease, job_id, 1)
 
 
-def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id) -> None:
+def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id, broker) -> None:
     in_session(claim_job, job_id, "a")
-    expire_lease(job_id)
+    assert in_session(claim_job, job_id, "b") is None  # running: not claimable, even once its lease ran out
+    requeue(job_id)
     second = in_session(claim_job, job_id, "b")
     assert second is not None and second.attempts == 2 and second.worker == "b"
     # The first worker comes back: none of its writes land.
@@ -55,13 +70,15 @@ def test_expired_lease_is_taken_over_and_the_old_attempt_is_fenced_off(job_id) -
     assert load(job_id).outputs == []
 
 
-def test_attempts_used_up_is_worker_lost(job_id, monkeypatch) -> None:
+def test_attempts_used_up_is_worker_lost(job_id, broker, monkeypatch) -> None:
     from core.config import get_settings
 
     monkeypatch.setattr(get_settings(), "max_attempts", 2)
-    for worker in ("a", "b"):
-        assert in_session(claim_job, job_id, worker) is not None
-        expire_lease(job_id)
+    assert in_session(claim_job, job_id, "a") is not None
+    requeue(job_id)
+    assert in_session(claim_job, job_id, "b") is not None
+    expire_lease(job_id)
+    assert in_session(requeue_expired)["worker_lost"] >= 1
     assert in_session(claim_job, job_id, "c") is None
     job = load(job_id)
     assert job.status == "failed" and job.error["code"] == "worker_lost"
@@ -73,14 +90,13 @@ def test_a_dead_process_hands_back_only_its_own_job(job_id, monkeypatch) -> None
 
     monkeypatch.setattr(get_settings(), "max_attempts", 2)
     in_session(claim_job, job_id, "a")
-    assert in_session(hand_back, job_id, "b") is None  # a duplicate delivery died on another worker
+    assert in_session(hand_back, "b") == []  # another worker's process died
     assert in_session(claim_job, job_id, "b") is None
-    assert in_session(hand_back, job_id, "a") == "queued"
-    assert load(job_id).enqueued_at is None  # to be sent again
+    assert in_session(hand_back, "a") == [(job_id, "queued")]
     taken = in_session(claim_job, job_id, "b")
     assert taken is not None and taken.attempts == 2 and taken.worker == "b"
     assert not in_session(finish_job, job_id, 1, "succeeded", outputs=[])
-    assert in_session(hand_back, job_id, "b") == "failed"
+    assert in_session(hand_back, "b") == [(job_id, "failed")]
     job = load(job_id)
     assert job.error["code"] == "worker_lost" and job.lease_expires_at is None
 
@@ -96,9 +112,10 @@ def test_reconcile_requeues_expired_jobs(job_id, broker, monkeypatch) -> None:
     expire_lease(job_id)
     queue = redis.Redis.from_url(broker)
     before = queue.llen(get_settings().queue)
+    with db_session() as session:  # the job's queue, as if it had been submitted under these settings
+        session.execute(update(Job).where(Job.id == job_id).values(queue=get_settings().queue))
     assert in_session(requeue_expired)["requeued"] >= 1
     job = load(job_id)
     assert job.status == "queued" and job.lease_expires_at is None
-    assert job.enqueued_at is not None  # sent, and the broker took it
-    assert queue.llen(get_settings().queue) == before + 1
+    assert queue.llen(get_settings().queue) == before + 1  # a worker woken for it
     assert in_session(requeue_expired)["requeued"] == 0  # nothing left to do

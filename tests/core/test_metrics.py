@@ -45,7 +45,9 @@ def test_duration_histogram(session: Session) -> None:
                 finished_at=now,
             )
         )
-    session.add(Job(type=JOB_TYPE, model="m", params={}, status="queued"))  # not started: not counted
+    session.add(
+        Job(type=JOB_TYPE, model="m", params={}, status="queued", queue="diffq-test-unserved")
+    )  # not started: not counted
     session.commit()
 
     family = _histogram(session, "d", "doc", Job.started_at, Job.finished_at, DURATION_BUCKETS)

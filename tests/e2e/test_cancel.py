@@ -6,6 +6,7 @@ import uuid
 
 import boto3
 import pytest
+from sqlalchemy import update
 
 from cli.client import Client
 from core.config import get_settings
@@ -13,7 +14,7 @@ from core.db import db_session
 from core.queue import RUN_JOB_TASK, get_celery
 from core.tables import Job, JobStatus
 from tests.conftest import BUCKET, TEST_OWNER
-from tests.utils.jobs import text2img_spec, wait_finished
+from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec, wait_finished
 
 
 def stored_keys(s3_endpoint: str, job_id: str) -> list[str]:
@@ -24,9 +25,15 @@ def stored_keys(s3_endpoint: str, job_id: str) -> list[str]:
 
 
 def write_queued_job(spec: dict) -> uuid.UUID:
-    """A queued job row whose message is not sent (yet), as when the broker is slow."""
+    """A queued job row in a queue no worker serves, so that only the test decides when it may run."""
     with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
+        job = Job(
+            type=spec["type"],
+            model=spec["model"],
+            params=spec["params"],
+            queue=UNSERVED_QUEUE,
+            owner=TEST_OWNER,
+        )
         session.add(job)
     return job.id
 
@@ -36,7 +43,10 @@ def test_canceled_queued_job_never_runs(client) -> None:
     canceled = client.cancel(str(job_id))
     assert canceled["status"] == "canceled" and canceled["finished_at"] is not None
 
-    # Its message arrives after the cancel; a job sent after it shows when the worker got past it.
+    # It reaches the worker's queue, and a wake-up naming it, after the cancel; a job sent after it
+    # shows when the worker got past it.
+    with db_session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(queue=get_settings().queue))
     get_celery().send_task(RUN_JOB_TASK, args=[str(job_id)], queue=get_settings().queue)
     marker = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
     assert wait_finished(client, marker["id"])["status"] == "succeeded"
@@ -96,7 +106,7 @@ def test_cancel_stops_within_a_step_and_skips_the_decode(stack, s3) -> None:
         pipe.vae.decoder.register_forward_pre_hook(on_decode),
     ]
     try:
-        assert run_job(str(job_id)) == JobStatus.CANCELED
+        assert run_job(str(job_id)) == f"job {job_id}: canceled"
     finally:
         for hook in hooks:
             hook.remove()

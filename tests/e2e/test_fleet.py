@@ -1,4 +1,4 @@
-"""The fleet end to end: eviction under a one-model cache budget, affinity routing to a warm worker,
+"""The fleet end to end: eviction under a one-model cache budget, the claim's order on a real worker,
 device labels on jobs, and what `GET /metrics` reports about all of it."""
 
 import shutil
@@ -12,13 +12,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import get_settings
-from core.db import db_session
-from core.queue import enqueue_job
-from core.routing import direct_queue
-from core.tables import Job
 from models_store.memory import estimate_folder_bytes
-from tests.conftest import TEST_OWNER
-from tests.utils.db import in_session
 from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
 from tests.utils.services import WorkerProcess
 
@@ -93,7 +87,12 @@ def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
 
 def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:
     before = scrape(client)
-    jobs = [client.submit(text2img_spec(num_inference_steps=3, num_images=1, seed=s)) for s in (1, 2)]
+    # Guidance apart, so that they are two calls even if both wait (not fused: core/fusion.py).
+    specs = [
+        text2img_spec(num_inference_steps=3, num_images=1, seed=s, guidance_scale=g)
+        for s, g in ((1, 7.5), (2, 7.0))
+    ]
+    jobs = [client.submit(spec) for spec in specs]
     for job in jobs:
         done = wait_finished(client, job["id"])
         assert done["status"] == "succeeded", done["error"]
@@ -139,49 +138,24 @@ def test_diffq_workers_lists_the_live_workers(one_model_worker) -> None:
     assert missing.returncode == 1 and "not live: gpu7@nowhere" in missing.stderr
 
 
-def test_affinity_sends_a_warm_model_to_its_worker_and_a_cold_one_to_the_shared_queue(client) -> None:
-    settings = get_settings()
-    warm = client.submit(text2img_spec(num_inference_steps=2, num_images=1))
-    assert wait_finished(client, warm["id"])["status"] == "succeeded"  # tiny-sd is loaded on main@
-
-    spec = text2img_spec(num_inference_steps=2, num_images=1)
-    with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
-        session.add(job)
-    queue = in_session(enqueue_job, job.id)
-    assert queue == direct_queue(settings.queue, f"main@{HOST}")
-    done = wait_finished(client, str(job.id))
-    assert (done["status"], done["worker"]) == ("succeeded", f"main@{HOST}")
-
-    with db_session() as session:
-        cold = Job(
-            type="text2img",
-            model=f"never-loaded-{uuid.uuid4().hex[:6]}",
-            params=spec["params"],
-            owner=TEST_OWNER,
-        )
-        session.add(cold)
-    try:
-        assert in_session(enqueue_job, cold.id) == settings.queue
-    finally:
-        done = wait_finished(client, str(cold.id))
-        assert done["error"]["code"] == "bad_model"  # no such model: the shared queue still ran it
-
-
-def test_a_worker_takes_its_direct_queue_then_generation_then_training(client, stack) -> None:
-    queues = {"DIFFQ_QUEUE": "diffq-test-order", "DIFFQ_TRAIN_QUEUE": "diffq-test-order-train"}
-    own = direct_queue(queues["DIFFQ_QUEUE"], f"order@{HOST}")
-    # Filled before the worker starts, oldest first: training, generation, direct.
-    sent = [
-        (queue, submit_to_queue(queue, text2img_spec(num_inference_steps=1, num_images=1)))
-        for queue in [queues["DIFFQ_TRAIN_QUEUE"], queues["DIFFQ_QUEUE"], own, queues["DIFFQ_QUEUE"], own]
-    ]
-    worker = WorkerProcess(stack.tmp / "order-worker.log", env=queues, name="order@%h")
+def test_a_worker_claims_by_priority_then_fair_share_between_owners(client, stack) -> None:
+    """Jobs waiting before a worker starts run in the claim's order (core/scheduling.py), not the order
+    their messages were sent in: the priority job first, then owner b's two interleaved with owner a's
+    older backlog, then the rest of a's."""
+    queue = f"diffq-test-order-{uuid.uuid4().hex[:6]}"
+    spec = text2img_spec(num_inference_steps=1, num_images=1)
+    sent = [("a", submit_to_queue(queue, spec, owner="a")) for _ in range(4)]
+    sent += [("b", submit_to_queue(queue, spec, owner="b")) for _ in range(2)]
+    sent += [("urgent", submit_to_queue(queue, spec | {"priority": 5}, owner="a"))]
+    # Fusion off: these identical jobs would otherwise run as one call, and start together.
+    env = {"DIFFQ_FUSION": "false"}
+    worker = WorkerProcess(stack.tmp / "order-worker.log", env=env, name="order@%h", queues=queue)
     try:
         worker.wait_ready()
-        done = [(queue, wait_finished(client, str(job_id))) for queue, job_id in sent]
+        done = [(label, wait_finished(client, job_id)) for label, job_id in sent]
     finally:
         worker.stop()
     assert all(job["status"] == "succeeded" for _, job in done)
-    order = [queue for queue, job in sorted(done, key=lambda pair: pair[1]["started_at"])]
-    assert order == [own, own, queues["DIFFQ_QUEUE"], queues["DIFFQ_QUEUE"], queues["DIFFQ_TRAIN_QUEUE"]]
+    order = [label for label, job in sorted(done, key=lambda pair: pair[1]["started_at"])]
+    # "urgent" is a's too: a has run one, so b goes next, then they take turns.
+    assert order == ["urgent", "b", "a", "b", "a", "a", "a"]

@@ -1,4 +1,4 @@
-"""Nothing lost: workers killed mid-job, a flushed broker and duplicate deliveries.
+"""Nothing lost: workers killed mid-job, a flushed broker, duplicate deliveries and a stray consumer.
 
 These tests kill workers and flush the broker, so they run on services of their own: a private
 redis-server on a spare port, a database of their own, real worker processes and a real
@@ -18,19 +18,18 @@ import psycopg
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.quickstart import free_port
 from core.config import get_settings
 from core.db import make_engine
 from core.queue import RUN_JOB_TASK, make_celery
 from core.storage import get_storage
-from core.tables import Job, JobStatus, utcnow
+from core.tables import Job, JobStatus
 from migrations.run import upgrade
 from tests.conftest import PG_SERVER, TEST_DB, TEST_OWNER
 from tests.utils.jobs import text2img_spec
-from tests.utils.services import ROOT, WorkerProcess, wait_for
+from tests.utils.services import ROOT, WorkerProcess, start_redis, wait_for
 
 QUEUE = "diffq-test-reliability"
 MAX_ATTEMPTS = 2
@@ -38,13 +37,13 @@ SETTINGS = {
     "DIFFQ_QUEUE": QUEUE,
     "DIFFQ_LEASE_S": "3",
     "DIFFQ_RECONCILE_INTERVAL_S": "1",
-    "DIFFQ_RESEND_AFTER_S": "2",
     "DIFFQ_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+    "DIFFQ_IDLE_POLL_S": "0.5",
 }
 # Worker settings of their own. "a" holds its leases longer than any test, so that its jobs come
 # back through its own main process when its pool process dies; "b"'s jobs come back through
 # lease expiry and the reconciler when the whole of "b" is killed.
-WORKERS = {"a": {"DIFFQ_LEASE_S": "120"}, "b": {}}
+WORKERS: dict[str, dict[str, str]] = {"a": {"DIFFQ_LEASE_S": "120"}, "b": {}}
 FINISH_TIMEOUT_S = 240
 
 
@@ -98,11 +97,17 @@ class Cluster:
         os.kill(int(child), signal.SIGKILL)
 
     def submit(self, count: int, send: bool = True, **params: object) -> list[uuid.UUID]:
-        """Commit `count` text2img jobs, then send them and record it, as the API does."""
+        """Commit `count` text2img jobs in the cluster's queue, then send a wake-up naming each."""
         spec = text2img_spec(**params)
         with self.sessions.begin() as session:
             jobs = [
-                Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
+                Job(
+                    type=spec["type"],
+                    model=spec["model"],
+                    params=spec["params"],
+                    queue=QUEUE,
+                    owner=TEST_OWNER,
+                )
                 for _ in range(count)
             ]
             session.add_all(jobs)
@@ -110,12 +115,6 @@ class Cluster:
         if send:
             for job_id in job_ids:
                 self.celery.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=QUEUE)
-            with self.sessions.begin() as session:
-                session.execute(
-                    update(Job)
-                    .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
-                    .values(enqueued_at=utcnow())
-                )
         return job_ids
 
     def jobs(self, job_ids: list[uuid.UUID]) -> list[Job]:
@@ -168,32 +167,30 @@ def assert_one_set_of_outputs(job: Job, num_images: int) -> None:
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory) -> Iterator[str]:
     """A redis-server of this module's own, so that flushing it touches nothing shared."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("redis") / "redis.log").open("ab")
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    client = redis.Redis(port=port)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(up, 30, "the private redis-server")
-    yield f"redis://127.0.0.1:{port}/0"
+    url, server = start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
+    yield url
     server.terminate()
     server.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")
 def private_database() -> Iterator[str]:
     name = f"{TEST_DB}_reliability"
+    admin = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = f"{PG_SERVER}/{name}"
+    upgrade(database_url=url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def stray_database() -> Iterator[str]:
+    """Another deployment's database, migrated and empty."""
+    name = f"{TEST_DB}_stray"
     admin = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -238,11 +235,11 @@ def cluster(models_dir, s3, private_redis, private_database, tmp_path_factory) -
 
 
 def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:
-    cluster.stop_workers()  # nothing consumes: the jobs wait in the broker
+    cluster.stop_workers()  # nothing consumes: the wake-ups wait in the broker
     job_ids = cluster.submit(4, num_inference_steps=10, num_images=1)
     assert cluster.broker.llen(QUEUE) == 4
     assert cluster.broker.flushdb()
-    # And one committed job whose send failed: it never reached the broker.
+    # And one committed job whose wake-up was never sent.
     job_ids += cluster.submit(1, send=False, num_inference_steps=10, num_images=1)
 
     cluster.start_workers("a", "b")
@@ -251,7 +248,30 @@ def test_flushed_broker_and_every_queued_job_still_completes(cluster) -> None:
     for job in jobs:
         assert cluster.successes(job.id) == 1
         assert_one_set_of_outputs(job, 1)
-    assert "the broker lost its messages" in cluster.log("beat")
+    # No message named them: the idle workers found them in the jobs table.
+    assert "the jobs table holds work for this worker" in cluster.log("a") + cluster.log("b")
+
+
+def test_a_stray_consumer_on_another_database_loses_no_job(cluster, stray_database) -> None:
+    """A worker on the same broker but another database takes the wake-ups: it says it is misconfigured,
+    gives them back and stops consuming, and the cluster's workers run every job."""
+    cluster.stop_workers()
+    WORKERS["stray"] = {"DIFFQ_DATABASE_URL": stray_database}
+    try:
+        cluster.start_workers("stray")
+        job_ids = cluster.submit(10, num_inference_steps=2, num_images=1)
+        wait_for(lambda: "MISCONFIGURED" in cluster.log("stray"), 60, "the stray to take a wake-up")
+        cluster.start_workers("a", "b")
+        jobs = cluster.wait_finished(job_ids)
+    finally:
+        cluster.stop_workers("stray")
+        del WORKERS["stray"]
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * len(jobs)
+    assert {worker_name(job) for job in jobs} <= {"a", "b"}
+    for job in jobs:
+        assert cluster.successes(job.id) == 1
+    log = cluster.log("stray")
+    assert "which this worker's database" in log and f"no longer consuming '{QUEUE}'" in log
 
 
 def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:
@@ -261,7 +281,8 @@ def test_duplicate_delivery_of_a_running_job_is_skipped(cluster) -> None:
     idle = "b" if worker_name(job) == "a" else "a"
 
     cluster.celery.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=QUEUE)
-    wait_for(lambda: f"job {job_id} is not queued" in cluster.log(idle), 60, "the duplicate to be skipped")
+    skipped = f"woken for job {job_id}, but no queued job is this worker's to run"
+    wait_for(lambda: skipped in cluster.log(idle), 60, "the duplicate to be skipped")
     assert cluster.jobs([job_id])[0].status == JobStatus.RUNNING  # skipped while the job ran
 
     [done] = cluster.wait_finished([job_id])

@@ -9,6 +9,9 @@ from PIL import Image
 
 from cli.client import FINISHED, Client
 
+# A queue no test worker serves: a job written there waits until the test moves it, or runs it in-process.
+UNSERVED_QUEUE = "diffq-test-unserved"
+
 
 def wait_finished(client: Client, job_id: str, timeout: float = 120, poll_s: float = 0.05) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -92,16 +95,22 @@ def train_spec(output_model: str, **params: Any) -> dict[str, Any]:
     }
 
 
-def submit_to_queue(queue: str, spec: dict[str, Any]) -> str:
-    """Write a job for `spec` as the API would and send it to `queue` (one the test's own worker reads)."""
+def submit_to_queue(queue: str, spec: dict[str, Any], wake: bool = True, **values: Any) -> str:
+    """Write a job for `spec` as the API would, in `queue` (one the test's own worker serves), with any
+    other column `values` (an `owner`, say), and wake a worker of that queue for it."""
     from core.db import db_session
-    from core.queue import RUN_JOB_TASK, get_celery
+    from core.queue import send_wakeup
+    from core.scheduling import Waiting
     from core.specs import JOB_SPEC
     from core.submit import job_from_spec
     from tests.conftest import TEST_OWNER
 
     with db_session() as session:
         job = job_from_spec(JOB_SPEC.validate_python(spec), TEST_OWNER)
+        job.queue = queue
+        for name, value in values.items():
+            setattr(job, name, value)
         session.add(job)
-    get_celery().send_task(RUN_JOB_TASK, args=[str(job.id)], queue=queue)
+    if wake:
+        send_wakeup(queue, Waiting(job.id, queue, job.type, job.model))
     return str(job.id)

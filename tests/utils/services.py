@@ -1,8 +1,11 @@
 """Starting and stopping the real processes the tests talk to."""
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +73,31 @@ class WorkerProcess:
         self.log.close()
 
 
+def start_redis(log_path: Path) -> tuple[str, subprocess.Popen]:
+    """A redis-server of a test's own on a spare port, without persistence; its URL and process."""
+    import redis
+
+    from cli.quickstart import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = redis.Redis(port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, 30, "the private redis-server")
+    return f"redis://127.0.0.1:{port}/0", server
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     def up() -> bool:
         try:
@@ -90,3 +118,48 @@ def use_new_api_key(owner: str, **limits: int | str) -> str:
         key = create_key(session, owner, limits=dict(limits))[1]
     os.environ["DIFFQ_API_KEY"] = key
     return key
+
+
+class PrivatePostgres:
+    """A Postgres server of a test's own, on a spare port, in a temporary folder of its own: the test may
+    stop and start it at will. Made with the machine's `initdb`/`pg_ctl` (the newest under
+    /usr/lib/postgresql), run as the `postgres` user when the tests run as root (initdb refuses root; the
+    folder is outside pytest's, which only root may enter)."""
+
+    def __init__(self) -> None:
+        from cli.quickstart import free_port
+
+        [self.bin, *_] = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+        root = Path(tempfile.mkdtemp(prefix="diffq-test-postgres-"))
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "postgres.log"
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        root.mkdir(parents=True, exist_ok=True)
+        if self.as_user:
+            subprocess.run(["chown", "postgres", str(root)], check=True)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / program), *args], check=True, capture_output=True, timeout=120
+        )
+
+    @property
+    def server_url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop at once, dropping every connection (`-m fast`), as a crash or a failover would."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop if running, and delete its folder."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

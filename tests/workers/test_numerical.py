@@ -15,11 +15,12 @@ import pytest
 from core.db import db_session
 from core.storage import get_storage
 from core.tables import Job, JobStatus
+from tests.utils.jobs import UNSERVED_QUEUE
 
 
 def write_queued_job(type_: str, model: str, params: dict) -> str:
     with db_session() as session:
-        job = Job(type=type_, model=model, params=params)
+        job = Job(type=type_, model=model, params=params, queue=UNSERVED_QUEUE)
         session.add(job)
     return str(job.id)
 

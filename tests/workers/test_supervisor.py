@@ -91,7 +91,9 @@ def supervisor(stack):
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli", "worker", "--gpus", "all", "--serve", "generation"],
-        env=os.environ | {"DIFFQ_QUEUE": SUPERVISED_QUEUE, "CUDA_VISIBLE_DEVICES": ""},
+        # A lease longer than the test: a job of a killed worker can come back only by its hand-back.
+        env=os.environ
+        | {"DIFFQ_QUEUE": SUPERVISED_QUEUE, "CUDA_VISIBLE_DEVICES": "", "DIFFQ_LEASE_S": "3600"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -108,7 +110,6 @@ def supervisor(stack):
 def test_supervisor_runs_restarts_and_stops_a_cpu_worker(supervisor, client) -> None:
     import socket
 
-    from core.routing import direct_queue
     from tests.utils.jobs import submit_to_queue, text2img_spec, wait_finished
     from tests.utils.services import wait_for
 
@@ -122,22 +123,25 @@ def test_supervisor_runs_restarts_and_stops_a_cpu_worker(supervisor, client) -> 
         return check
 
     node = f"cpu@{socket.gethostname()}"
-    own_queue = direct_queue(SUPERVISED_QUEUE, node)
     wait_for(ready_count(1), 120, "the supervised worker to be ready", interval=0.2)
-    job_id = submit_to_queue(own_queue, text2img_spec(num_inference_steps=2, num_images=1))
+    job_id = submit_to_queue(SUPERVISED_QUEUE, text2img_spec(num_inference_steps=2, num_images=1))
     done = wait_finished(client, str(job_id))
     assert done["status"] == "succeeded", done["error"]
     assert (done["worker"], done["device"]) == (node, "cpu")
 
-    # A worker that dies is restarted under the same name and serves its own queue again.
+    # A worker killed mid-job is restarted under the same name, and at start hands back the job it held
+    # (its lease outlasts the test), which it then runs again.
+    job_id = submit_to_queue(SUPERVISED_QUEUE, text2img_spec(num_inference_steps=400, num_images=1))
+    wait_for(lambda: (client.job(job_id)["progress"] or {}).get("step", 0) >= 1, 120, "the long job to run")
     first_pid = int(STARTED.findall(log_path.read_text())[0])
     os.killpg(first_pid, signal.SIGKILL)
     wait_for(ready_count(2), 120, "the restarted worker to be ready", interval=0.2)
     pids = [int(pid) for pid in STARTED.findall(log_path.read_text())]
     assert len(pids) == 2 and pids[1] != first_pid
     assert "exited with status -9; restarting it" in log_path.read_text()
-    job_id = submit_to_queue(own_queue, text2img_spec(num_inference_steps=2, num_images=1))
-    assert wait_finished(client, str(job_id))["worker"] == node
+    done = wait_finished(client, job_id, timeout=300)
+    assert (done["status"], done["attempts"], done["worker"]) == ("succeeded", 2, node)
+    assert f"{node} starts again: job {job_id} that it held is queued" in log_path.read_text()
 
     # SIGTERM reaches the worker through the supervisor; both end cleanly.
     process.send_signal(signal.SIGTERM)

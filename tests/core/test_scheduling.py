@@ -1,0 +1,238 @@
+"""The claim's order (core/scheduling.py) on the real Postgres: priority, fair share between owners, the
+affinity bound, training apart, the per-owner running limit, and claims racing from many threads."""
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from core.config import Settings, get_settings
+from core.db import db_session
+from core.jobs import claim, claim_partners, finish_job
+from core.scheduling import Claimer, priority_problem, serves_training, work_for, worker_queues
+from core.tables import Job, JobStatus, utcnow
+from tests.utils.db import in_session
+
+
+@pytest.fixture
+def queue(database: str) -> Iterator[str]:
+    """A queue of this test's own: only its claimers see its jobs."""
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    yield name
+    with db_session() as session:
+        session.execute(delete(Job).where(Job.queue == name))
+
+
+@pytest.fixture
+def settings(monkeypatch) -> Settings:
+    settings = get_settings()
+    for name, value in {
+        "fair_share": True,
+        "affinity": True,
+        "affinity_max_wait_s": 30.0,
+        "max_running_jobs": 0,
+    }.items():
+        monkeypatch.setattr(settings, name, value)
+    return settings
+
+
+def add_jobs(queue: str, count: int, *, age_s: float = 0, **values) -> list[uuid.UUID]:
+    """`count` queued jobs in `queue`, created `age_s` ago, a millisecond apart in submission order."""
+    start = utcnow() - timedelta(seconds=age_s)
+    values = {"type": "text2img", "model": "m", "owner": "a"} | values
+    with db_session() as session:
+        jobs = [
+            Job(params={}, queue=queue, created_at=start + timedelta(milliseconds=index), **values)
+            for index in range(count)
+        ]
+        session.add_all(jobs)
+    return [job.id for job in jobs]
+
+
+def claimer(queue: str, name: str = "w", **fields) -> Claimer:
+    return Claimer(worker=name, queues=(queue,), **fields)
+
+
+def claim_one(who: Claimer) -> Job | None:
+    jobs = in_session(claim, who)
+    assert len(jobs) <= 1
+    return jobs[0] if jobs else None
+
+
+def finish(job: Job) -> None:
+    assert in_session(finish_job, job.id, job.attempts, JobStatus.SUCCEEDED, outputs=[])
+
+
+def run_in_order(who: Claimer, count: int, finish_each: bool = True) -> list[Job]:
+    """Claim `count` jobs one after another, as one worker does (finishing each before the next)."""
+    claimed = []
+    for _ in range(count):
+        job = claim_one(who)
+        assert job is not None
+        claimed.append(job)
+        if finish_each:
+            finish(job)
+    return claimed
+
+
+def test_higher_priority_runs_first_then_oldest(queue, settings) -> None:
+    low = add_jobs(queue, 2, priority=0)
+    high = add_jobs(queue, 2, priority=5)
+    negative = add_jobs(queue, 1, priority=-3)
+    order = [job.id for job in run_in_order(claimer(queue), 5)]
+    assert order == high + low + negative
+    assert claim_one(claimer(queue)) is None
+
+
+def test_a_single_job_of_another_owner_goes_before_a_backlog(queue, settings) -> None:
+    """One worker, owner a's 50 jobs, then owner b's 3: b's run at once, alternating with a's."""
+    add_jobs(queue, 50, owner="a", age_s=60)
+    b_jobs = add_jobs(queue, 3, owner="b")
+    order = run_in_order(claimer(queue), 8)
+    # a ran one first (older, and neither owner ran), then they take turns while b has jobs.
+    assert [job.owner for job in order] == ["a", "b", "a", "b", "a", "b", "a", "a"]
+    assert [job.id for job in order if job.owner == "b"] == b_jobs
+
+
+def test_the_owner_with_fewer_running_jobs_goes_first(queue, settings) -> None:
+    add_jobs(queue, 10, owner="a", age_s=60)
+    add_jobs(queue, 10, owner="b")
+    # Four workers start one job each, finishing none: two per owner, not four of a's.
+    owners = [job.owner for job in run_in_order(claimer(queue), 4, finish_each=False)]
+    assert sorted(owners) == ["a", "a", "b", "b"]
+
+
+def test_without_fair_share_the_backlog_runs_first(queue, settings, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "fair_share", False)
+    add_jobs(queue, 5, owner="a", age_s=60)
+    add_jobs(queue, 2, owner="b")
+    assert [job.owner for job in run_in_order(claimer(queue), 7)] == ["a"] * 5 + ["b"] * 2
+
+
+def test_priority_goes_before_fair_share(queue, settings) -> None:
+    add_jobs(queue, 3, owner="a", priority=1, age_s=10)
+    add_jobs(queue, 3, owner="b")
+    assert [job.owner for job in run_in_order(claimer(queue), 6)] == ["a"] * 3 + ["b"] * 3
+
+
+def test_affinity_prefers_a_loaded_model_but_never_past_a_starved_job(queue, settings) -> None:
+    [cold] = add_jobs(queue, 1, model="cold", age_s=10)
+    [warm] = add_jobs(queue, 1, model="warm")
+    who = claimer(queue, models=("warm",))
+    assert claim_one(who).id == warm  # younger, but its model is loaded here
+    assert claim_one(who).id == cold
+
+    [starved] = add_jobs(queue, 1, model="cold", age_s=settings.affinity_max_wait_s + 5)
+    [warm] = add_jobs(queue, 1, model="warm")
+    assert claim_one(who).id == starved  # waited past the bound: affinity can't pass it over
+    assert claim_one(who).id == warm
+
+
+def test_affinity_off_is_oldest_first(queue, settings, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "affinity", False)
+    [cold] = add_jobs(queue, 1, model="cold", age_s=10)
+    add_jobs(queue, 1, model="warm")
+    assert claim_one(claimer(queue, models=("warm",))).id == cold
+
+
+def test_a_generation_only_worker_never_claims_training(queue, settings) -> None:
+    [training] = add_jobs(queue, 1, type="train_unconditional", model=None, age_s=60)
+    [generation] = add_jobs(queue, 1)
+    generation_only = claimer(queue, trains=False)
+    assert claim_one(generation_only).id == generation
+    assert claim_one(generation_only) is None
+    with db_session() as session:
+        assert work_for(session, generation_only) is None
+    # A worker that serves both takes generation first, then training.
+    assert claim_one(claimer(queue)).id == training
+
+
+def test_what_a_worker_serves(settings) -> None:
+    node = "gpu0@host.example"
+    direct = f"{settings.queue}.gpu0-host.example"
+    assert worker_queues("generation", node, settings) == [direct, settings.queue]
+    assert worker_queues("both", node, settings) == [direct, settings.queue, settings.train_queue]
+    assert worker_queues("training", node, settings) == [direct, settings.train_queue]
+    assert worker_queues("both", node, settings, ["custom"]) == [direct, "custom"]
+    assert not serves_training([direct, settings.queue], node, settings)
+    assert serves_training([direct, settings.queue, settings.train_queue], node, settings)
+    assert serves_training([direct, "custom"], node, settings)  # a named queue may hold either
+    with pytest.raises(ValueError, match="'generation', 'training' or 'both'"):
+        worker_queues("everything", node, settings)
+
+
+def test_an_owner_never_runs_more_than_max_running_jobs(queue, settings, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "max_running_jobs", 2)
+    add_jobs(queue, 5, owner="a", age_s=60)
+    [b_job] = add_jobs(queue, 1, owner="b")
+    first = run_in_order(claimer(queue), 3, finish_each=False)
+    assert sorted(job.owner for job in first) == ["a", "a", "b"]
+    assert claim_one(claimer(queue)) is None  # a is at its limit, b has nothing left
+    with db_session() as session:
+        assert work_for(session, claimer(queue)) is None
+    finish(first[0] if first[0].owner == "a" else first[1])
+    assert claim_one(claimer(queue)).owner == "a"
+
+
+def test_racing_claims_take_each_job_once_and_keep_the_owner_limit(queue, settings, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "max_running_jobs", 3)
+    add_jobs(queue, 40, owner="a")
+    add_jobs(queue, 40, owner="b")
+    claimed: list[uuid.UUID] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        try:
+            while (job := claim_one(claimer(queue, name))) is not None:
+                with lock:
+                    claimed.append(job.id)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(claimed) == len(set(claimed)) == 6  # three per owner, none twice
+    with db_session() as session:
+        running = session.execute(
+            select(Job.owner, func.count())
+            .where(Job.queue == queue, Job.status == "running")
+            .group_by(Job.owner)
+        ).all()
+    assert sorted(running) == [("a", 3), ("b", 3)]
+
+
+def test_priority_problem_names_the_limit() -> None:
+    assert priority_problem(10, 10) is None
+    assert priority_problem(-5, 0) is None
+    problem = priority_problem(11, 10)
+    assert problem is not None and "11" in problem and "at most 10" in problem
+
+
+def test_fusion_partners_share_the_key_and_keep_the_owner_limit(queue, settings, monkeypatch) -> None:
+    same = add_jobs(queue, 5, fuse_key="k", age_s=10)
+    add_jobs(queue, 2, fuse_key="other", age_s=20)
+    add_jobs(queue, 2, fuse_key="k", owner="b", priority=-1, age_s=5)
+    who = claimer(queue)
+    with db_session() as session:
+        [lead] = claim(session, who)  # the oldest: the "other" key
+        assert lead.fuse_key == "other"
+        assert [job.fuse_key for job in claim_partners(session, lead, who, 8)] == ["other"]
+        [lead] = claim(session, who)
+        partners = claim_partners(session, lead, who, 3)
+        assert lead.id == same[0] and [job.id for job in partners] == same[1:4]  # by age, up to the limit
+        assert claim_partners(session, Job(fuse_key=None), who, 3) == []
+
+    monkeypatch.setattr(settings, "max_running_jobs", 5)
+    with db_session() as session:  # a has 6 running: none of its jobs; b has room for its two
+        [lead] = claim(session, who)
+        assert lead.owner == "b"
+        partners = claim_partners(session, lead, who, 8)
+        assert [job.owner for job in partners] == ["b"]
