@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 
 from cli.client import CliError
 from cli.main import app
-from core.jobs import claim_job
 from tests.conftest import TEST_OWNER
 from tests.utils.db import in_session
+from tests.utils.jobs import claim_job
 from tests.utils.webhooks import fast_retries, forget_deliveries, new_job, receiving
 
 runner = CliRunner()

@@ -6,18 +6,11 @@ import pytest
 from sqlalchemy import delete, update
 
 from core.db import db_session
-from core.jobs import claim, finish_job, hand_back, record_progress, renew_lease
+from core.jobs import finish_job, hand_back, record_progress, renew_lease
 from core.reconcile import requeue_expired
-from core.scheduling import Claimer
 from core.tables import Job, utcnow
 from tests.utils.db import in_session
-from tests.utils.jobs import UNSERVED_QUEUE
-
-
-def claim_job(session, job_id, worker: str) -> Job | None:
-    """Claim this one job for `worker`, as a task run in-process does."""
-    jobs = claim(session, Claimer(worker=worker, queues=(), only=job_id))
-    return jobs[0] if jobs else None
+from tests.utils.jobs import UNSERVED_QUEUE, claim_job
 
 
 def requeue(job_id) -> None:

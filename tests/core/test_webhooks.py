@@ -12,14 +12,14 @@ from sqlalchemy import func, select
 from core.auth import webhook_secret
 from core.batches import insert_batch
 from core.db import db_session
-from core.jobs import cancel_jobs, claim_job, finish_job
+from core.jobs import cancel_jobs, finish_job
 from core.specs import JOB_SPEC, BatchWebhook
 from core.submit import job_fields
 from core.tables import Job, WebhookAttempt, WebhookDelivery
 from core.webhooks import BATCH_COMPLETED, Dispatcher, claim_due
 from tests.conftest import TEST_OWNER
 from tests.utils.db import in_session
-from tests.utils.jobs import text2img_spec
+from tests.utils.jobs import UNSERVED_QUEUE, claim_job, text2img_spec
 from tests.utils.webhooks import (
     Receiver,
     attempt_codes,
@@ -226,7 +226,10 @@ def test_two_dispatchers_send_each_delivery_once(secret) -> None:
 
 
 def new_batch(url: str, size: int, events: list[str]) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    jobs = [job_fields(JOB_SPEC.validate_python(text2img_spec(seed=i))) for i in range(size)]
+    jobs = [
+        job_fields(JOB_SPEC.validate_python(text2img_spec(seed=i))) | {"queue": UNSERVED_QUEUE}
+        for i in range(size)
+    ]
     with db_session() as session:
         return insert_batch(
             session, "hooks", {"source": "jobs"}, jobs, TEST_OWNER, BatchWebhook(url=url, events=events)

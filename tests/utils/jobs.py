@@ -114,3 +114,12 @@ def submit_to_queue(queue: str, spec: dict[str, Any], wake: bool = True, **value
     if wake:
         send_wakeup(queue, Waiting(job.id, queue, job.type, job.model))
     return str(job.id)
+
+
+def claim_job(session: Any, job_id: Any, worker: str) -> Any:
+    """Claim this one job for `worker`, as a task run in-process does; the Job, or None."""
+    from core.jobs import claim
+    from core.scheduling import Claimer
+
+    jobs = claim(session, Claimer(worker=worker, queues=(), only=job_id))
+    return jobs[0] if jobs else None

@@ -21,7 +21,7 @@ from core.submit import job_from_spec
 from core.tables import WebhookAttempt, WebhookDelivery
 from core.webhooks import Dispatcher
 from tests.conftest import TEST_OWNER
-from tests.utils.jobs import text2img_spec
+from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec
 
 
 @dataclass
@@ -117,6 +117,7 @@ def new_job(url: str, events: list[str] | None = None) -> uuid.UUID:
     webhook = {"url": url} | ({"events": events} if events else {})
     with db_session() as session:
         job = job_from_spec(JOB_SPEC.validate_python(text2img_spec() | {"webhook": webhook}), TEST_OWNER)
+        job.queue = UNSERVED_QUEUE  # run in-process by the tests, never by a worker
         session.add(job)
     return job.id
 

@@ -13,7 +13,7 @@ from core.db import db_session, get_engine
 from core.events import get_event_store, job_stream
 from core.tables import Job, JobStatus
 from tests.conftest import TEST_OWNER
-from tests.utils.jobs import text2img_spec
+from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec
 
 
 @pytest.fixture
@@ -32,7 +32,13 @@ def statements(models_dir, database, broker, s3) -> Iterator[list[str]]:
 def queued_job(**params) -> uuid.UUID:
     spec = text2img_spec(num_images=1, **params)
     with db_session() as session:
-        job = Job(type=spec["type"], model=spec["model"], params=spec["params"], owner=TEST_OWNER)
+        job = Job(
+            type=spec["type"],
+            model=spec["model"],
+            params=spec["params"],
+            owner=TEST_OWNER,
+            queue=UNSERVED_QUEUE,
+        )
         session.add(job)
     return job.id
 
@@ -42,7 +48,7 @@ def test_a_run_publishes_every_step_and_reads_no_status(statements: list[str]) -
 
     job_id = queued_job(num_inference_steps=20)
     statements.clear()
-    assert run_job(str(job_id)) == JobStatus.SUCCEEDED
+    assert run_job(str(job_id)) == f"job {job_id}: succeeded"
 
     store = get_event_store()
     events = asyncio.run(store.read(job_stream(job_id), store.start, 0))
@@ -81,7 +87,7 @@ def test_a_cancel_stops_the_run_at_the_next_step_through_the_stream(statements: 
 
     hook = pipe.unet.register_forward_pre_hook(on_unet, with_kwargs=True)
     try:
-        assert run_job(str(job_id)) == JobStatus.CANCELED
+        assert run_job(str(job_id)) == f"job {job_id}: canceled"
     finally:
         hook.remove()
     assert calls["unet"] == 4  # the step the cancel came in finished; no other began

@@ -69,7 +69,7 @@ def test_a_run_publishes_a_preview_every_n_steps_and_none_when_off(models_dir, d
     with_previews = queued_job(num_inference_steps=20, preview_every=5)
     without = queued_job(num_inference_steps=20)
     for job_id in (with_previews, without):
-        assert run_job(str(job_id)) == "succeeded"
+        assert run_job(str(job_id)) == f"job {job_id}: succeeded"
 
     events = asyncio.run(store.read(job_stream(with_previews), store.start, 0))
     previews = [e.data["step"] for e in events if e.kind == "preview"]

@@ -129,6 +129,9 @@ def _on_step_end(members: list[Member]):
                 # Schedulers may run more or fewer steps than asked (PNDM adds one): the pipeline knows.
                 member.reporter.total = getattr(pipe, "num_timesteps", None) or member.reporter.total
                 member.reporter.update(step_index + 1)
+                # This job's own images (with classifier-free guidance the pipeline's latents are the
+                # images themselves, not the doubled model input).
+                member.job.maybe_preview(step_index + 1, latents[member.images], pipe)
             except (JobCanceled, JobError) as ended:
                 member.ended = ended
         _stop_if_all_ended(members)

@@ -16,6 +16,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from tests.conftest import bearer, cancel_queued_jobs, new_key
+from tests.utils.jobs import UNSERVED_QUEUE
 
 
 def text2img(prompt: str = "a fox") -> dict:
@@ -233,13 +234,18 @@ def test_auth_off_is_explicit_and_loud(api: TestClient, caplog: pytest.LogCaptur
         settings.auth = True
 
 
-def test_queued_quota_holds_under_concurrent_submitters(api: TestClient) -> None:
+def test_queued_quota_holds_under_concurrent_submitters(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """20 threads submit at once over HTTP with a key that may have 5 queued jobs: exactly 5 are accepted."""
     from cli.quickstart import free_port, start_api
+    from core.config import get_settings
     from core.db import db_session
     from core.tables import Job, JobStatus
 
     owner = Owner(api, max_queued_jobs=5)
+    # Into a queue no worker serves: an end-to-end worker of this session would otherwise run them.
+    monkeypatch.setattr(get_settings(), "queue", UNSERVED_QUEUE)
     port = free_port()
     start_api(port)
     url = f"http://127.0.0.1:{port}/v1/jobs"
