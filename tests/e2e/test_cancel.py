@@ -13,8 +13,8 @@ from core.config import get_settings
 from core.db import db_session
 from core.queue import RUN_JOB_TASK, get_celery
 from core.tables import Job, JobStatus
-from tests.conftest import BUCKET, TEST_OWNER
-from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec, wait_finished
+from tests.conftest import BUCKET
+from tests.utils.jobs import text2img_spec, wait_finished, write_queued_job
 
 
 def stored_keys(s3_endpoint: str, job_id: str) -> list[str]:
@@ -22,20 +22,6 @@ def stored_keys(s3_endpoint: str, job_id: str) -> list[str]:
         Bucket=BUCKET, Prefix=f"outputs/jobs/{job_id}/"
     )
     return [item["Key"] for item in listed.get("Contents", [])]
-
-
-def write_queued_job(spec: dict) -> uuid.UUID:
-    """A queued job row in a queue no worker serves, so that only the test decides when it may run."""
-    with db_session() as session:
-        job = Job(
-            type=spec["type"],
-            model=spec["model"],
-            params=spec["params"],
-            queue=UNSERVED_QUEUE,
-            owner=TEST_OWNER,
-        )
-        session.add(job)
-    return job.id
 
 
 def test_canceled_queued_job_never_runs(client) -> None:

@@ -123,3 +123,22 @@ def claim_job(session: Any, job_id: Any, worker: str) -> Any:
 
     jobs = claim(session, Claimer(worker=worker, queues=(), only=job_id))
     return jobs[0] if jobs else None
+
+
+def write_queued_job(spec: dict[str, Any]) -> Any:
+    """A queued job row of the tests' owner in a queue no worker serves, so that only the test decides
+    when it runs (in-process, or moved to a served queue); returns its id."""
+    from core.db import db_session
+    from core.tables import Job
+    from tests.conftest import TEST_OWNER
+
+    with db_session() as session:
+        job = Job(
+            type=spec["type"],
+            model=spec["model"],
+            params=spec["params"],
+            queue=UNSERVED_QUEUE,
+            owner=TEST_OWNER,
+        )
+        session.add(job)
+    return job.id

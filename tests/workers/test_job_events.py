@@ -12,8 +12,7 @@ from sqlalchemy import event
 from core.db import db_session, get_engine
 from core.events import get_event_store, job_stream
 from core.tables import Job, JobStatus
-from tests.conftest import TEST_OWNER
-from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec
+from tests.utils.jobs import text2img_spec, write_queued_job
 
 
 @pytest.fixture
@@ -30,17 +29,7 @@ def statements(models_dir, database, broker, s3) -> Iterator[list[str]]:
 
 
 def queued_job(**params) -> uuid.UUID:
-    spec = text2img_spec(num_images=1, **params)
-    with db_session() as session:
-        job = Job(
-            type=spec["type"],
-            model=spec["model"],
-            params=spec["params"],
-            owner=TEST_OWNER,
-            queue=UNSERVED_QUEUE,
-        )
-        session.add(job)
-    return job.id
+    return write_queued_job(text2img_spec(num_images=1, **params))
 
 
 def test_a_run_publishes_every_step_and_reads_no_status(statements: list[str]) -> None:
