@@ -178,6 +178,8 @@ class Client:
                         if sse.id:
                             last_id = sse.id
                         failures = 0
+                        if not sse.data.strip():  # a keep-alive ping: nothing to read
+                            continue
                         yield sse.event, json.loads(sse.data)
                 return
             except (httpx.TransportError, SSEError) as error:

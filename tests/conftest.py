@@ -173,6 +173,14 @@ def client(stack: Stack):
     return Client(stack.api_url)
 
 
+@pytest.fixture
+def admin_client(stack: Stack, admin_key: str):
+    """`client` with an admin key: every owner's jobs, and /metrics."""
+    from cli.client import Client
+
+    return Client(stack.api_url, api_key=admin_key)
+
+
 @pytest.fixture(scope="session")
 def api_client(models_dir: Path, database: str, broker: str, s3: str) -> Iterator["TestClient"]:
     """The API in-process (FastAPI's TestClient) on the real Postgres, Redis and S3, without uvicorn

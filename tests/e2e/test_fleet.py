@@ -63,7 +63,7 @@ def one_model_worker(stack, models_dir, second_model):
 
 
 def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
-    client, one_model_worker, second_model
+    client, admin_client, one_model_worker, second_model
 ) -> None:
     _worker, budget = one_model_worker
     for model in ["tiny-sd", "tiny-sd", second_model, "tiny-sd", second_model]:
@@ -72,7 +72,7 @@ def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
         assert done["status"] == "succeeded", done["error"]
         assert done["worker"] == f"onemodel@{HOST}"
 
-    samples = scrape(client)
+    samples = scrape(admin_client)
     worker = {"worker": f"onemodel@{HOST}", "device": "cpu"}
     # Five jobs: one hit (the second tiny-sd), four loads, and every switch of model evicted the other.
     assert value(samples, "diffq_cache_hits_total", **worker) == 1
@@ -85,8 +85,8 @@ def test_alternating_models_on_a_one_model_budget_evicts_and_reloads(
     assert value(samples, "diffq_cache_budget_bytes", **worker) == budget
 
 
-def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:
-    before = scrape(client)
+def test_metrics_count_jobs_histograms_queues_and_steps(client, admin_client) -> None:
+    before = scrape(admin_client)
     # Guidance apart, so that they are two calls even if both wait (not fused: core/fusion.py).
     specs = [
         text2img_spec(num_inference_steps=3, num_images=1, seed=s, guidance_scale=g)
@@ -98,7 +98,7 @@ def test_metrics_count_jobs_histograms_queues_and_steps(client) -> None:
         assert done["status"] == "succeeded", done["error"]
         assert done["device"] == "cpu"
         assert done["progress"]["steps_per_s"] > 0
-    after = scrape(client)
+    after = scrape(admin_client)
 
     def grew(name: str, **labels: str) -> float:
         return value(after, name, **labels) - (
@@ -138,7 +138,7 @@ def test_diffq_workers_lists_the_live_workers(one_model_worker) -> None:
     assert missing.returncode == 1 and "not live: gpu7@nowhere" in missing.stderr
 
 
-def test_a_worker_claims_by_priority_then_fair_share_between_owners(client, stack) -> None:
+def test_a_worker_claims_by_priority_then_fair_share_between_owners(admin_client, stack) -> None:
     """Jobs waiting before a worker starts run in the claim's order (core/scheduling.py), not the order
     their messages were sent in: the priority job first, then owner b's two interleaved with owner a's
     older backlog, then the rest of a's."""
@@ -152,7 +152,7 @@ def test_a_worker_claims_by_priority_then_fair_share_between_owners(client, stac
     worker = WorkerProcess(stack.tmp / "order-worker.log", env=env, name="order@%h", queues=queue)
     try:
         worker.wait_ready()
-        done = [(label, wait_finished(client, job_id)) for label, job_id in sent]
+        done = [(label, wait_finished(admin_client, job_id)) for label, job_id in sent]
     finally:
         worker.stop()
     assert all(job["status"] == "succeeded" for _, job in done)

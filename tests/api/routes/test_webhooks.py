@@ -8,7 +8,7 @@ import pytest
 
 from core.config import get_settings
 from tests.conftest import TEST_OWNER
-from tests.utils.jobs import text2img_spec
+from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec
 from tests.utils.webhooks import forget_deliveries
 
 
@@ -89,6 +89,8 @@ def test_allowed_with_the_setting_and_shown_on_the_job(api, monkeypatch) -> None
 
 def test_a_canceled_job_lists_its_pending_delivery(api, monkeypatch) -> None:
     monkeypatch.setattr(get_settings(), "webhook_allow_private", True)
+    # Where no worker of this session can start it before the cancel.
+    monkeypatch.setattr(get_settings(), "queue", UNSERVED_QUEUE)
     job = submit(api, "http://127.0.0.1:9/hooks").json()
     assert job["webhook"]["events"] == ["started", "succeeded", "failed", "canceled"]
     assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
