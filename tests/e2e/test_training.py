@@ -180,8 +180,8 @@ def test_canceled_training_stops_and_keeps_its_checkpoint(client, trainer) -> No
     # What a cancel does: the job is no longer running, so its next progress write fails.
     with db_session() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="canceled"))
-    # The task's end, after the stopped run recorded the step it reached (its "was canceled" line comes
-    # before that write).
+    # The task's result, logged after the stopped run recorded the step it reached (its "was canceled"
+    # line comes before that write).
     wait_for(lambda: f"job {job_id}: canceled" in trainer.log_path.read_text(), 60, "the run to stop")
     assert "was canceled or taken over" in trainer.log_path.read_text()
     stopped_at = client.job(job_id)["progress"]["step"]

@@ -15,6 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from tests.conftest import bearer, cancel_queued_jobs
+from tests.utils.jobs import UNSERVED_QUEUE
 
 EXAMPLES = int(os.environ.get("DIFFQ_FUZZ_EXAMPLES", "10"))
 
@@ -30,9 +31,15 @@ schema = load_schema()
 
 @pytest.fixture(scope="module")
 def fuzzed_api(api_client) -> Iterator[None]:
-    """The API on its services; afterwards the jobs the fuzzer got accepted are canceled, so that they
-    don't keep the end-to-end tests' worker busy."""
-    yield
+    """The API on its services, sending jobs to queues that no worker reads; afterwards the jobs the
+    fuzzer got accepted are canceled. The end-to-end tests' worker would otherwise run them while later
+    tests wait (its boundary cases include 999 steps: 20 s)."""
+    from core.config import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        for queue in ("queue", "train_queue"):
+            patch.setattr(get_settings(), queue, UNSERVED_QUEUE)
+        yield
     cancel_queued_jobs()
 
 
