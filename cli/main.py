@@ -285,7 +285,10 @@ def submit(
         spec = _read_json(file)
     else:
         if not model:
-            raise CliError("pass --model (a model name, `diffq models list`, or a Hub id) or --file")
+            raise CliError(
+                "pass --model (a folder in DIFFQ_MODELS_DIR such as tiny-sd, a registered model from "
+                "GET /v1/models, or a Hub id) or --file"
+            )
         params = _parse_params(param or [])
         if prompt is not None:
             params["prompt"] = prompt
@@ -447,6 +450,10 @@ def download(
     client = Client(api_url or get_settings().public_url)
     kind, item = client.job_or_batch(item_id)
     folder = dir or Path(item["id"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"can't use {folder} as the download folder: {error.strerror or error}") from None
     if kind == "batch":
         paths = download_batch(client, item["id"], folder)
         typer.echo(f"{len(paths)} images and the manifests of batch {item['id']} in {folder}")

@@ -172,11 +172,15 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
             typer.echo(f"the worker's log: {log_path}")
             return 1
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        log.close()
         with db_session() as session:
             revoke_key(session, key_row.id)
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # mid-job after a failure: don't leave it running
+            worker.kill()
+            worker.wait()
+        log.close()
 
     storage = get_storage()
     images = [Image.open(io.BytesIO(storage.get(output["key"]))) for output in generation["outputs"]]

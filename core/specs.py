@@ -51,7 +51,9 @@ def _check_seed_range(seed: int | None, num_images: int) -> None:
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in any number: JSON has neither, and a huge literal such as 1e999 parses as inf
+    # (it made guidance_scale inf and every latent NaN at the first step).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Fields holding an `ImageRef`, and those of them that must have the same size as `image`.
     image_fields: ClassVar[tuple[str, ...]] = ()

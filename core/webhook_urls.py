@@ -80,7 +80,8 @@ def address_problem(host: str, address: IPAddress, allow_private: bool) -> str |
     if kind is None or allow_private:
         return None
     return (
-        f"webhook host {host} resolves to {address}, a {kind} address; webhooks are not sent to loopback, "
+        f"webhook host {host} resolves to {address}, {'an' if kind[0] in 'aeiou' else 'a'} {kind} address; "
+        "webhooks are not sent to loopback, "
         "private, link-local, multicast or reserved addresses (SSRF protection) unless the server sets "
         f"{ALLOW_SETTING}"
     )

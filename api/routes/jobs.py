@@ -128,6 +128,11 @@ def list_jobs(
     """The jobs of the key's owner, newest first (an admin key sees every owner's)."""
     query = select(Job).limit(limit).offset(offset)
     if not principal.is_admin:
+        if owner is not None and owner != principal.owner:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail="?owner= is for admin keys; without it you see your own jobs",
+            )
         query = query.where(Job.owner == principal.owner)
     elif owner is not None:
         query = query.where(Job.owner == owner)

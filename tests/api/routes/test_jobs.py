@@ -115,3 +115,13 @@ def test_list_rejects_unknown_type(api) -> None:
     response = api.get("/v1/jobs", params={"type": "text2video"})
     assert response.status_code == 422 and "text2img" in response.text
     assert api.get("/v1/jobs", params={"type": "text2img"}).status_code == 200
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "Infinity", "NaN"])
+def test_infinite_or_nan_numbers_are_422(api, number: str) -> None:
+    """A literal too large for a float parses as inf; it made every latent NaN at the first step."""
+    params = '{"prompt": "x", "guidance_scale": ' + number + "}"
+    body = '{"type": "text2img", "model": "tiny-sd", "params": ' + params + "}"
+    response = api.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == "guidance_scale"

@@ -112,6 +112,7 @@ def test_owners_see_and_touch_only_their_own(owners: tuple[Owner, Owner], admin_
 
     # An admin sees every owner's, and can list one owner's.
     assert admin_api.get(f"/v1/jobs/{job_id}").status_code == 200
+    assert bob.get("/v1/jobs", params={"owner": alice.name}).status_code == 403  # ?owner= is for admins
     listed = admin_api.get("/v1/jobs", params={"owner": alice.name}).json()["data"]
     assert listed and {j["id"] for j in listed} >= {job_id}
     # The schedule stays Alice's: Bob's 404s did not touch it.

@@ -49,7 +49,7 @@ def error_at(response: httpx.Response, loc: list) -> str:
 )
 def test_private_addresses_are_refused_naming_the_setting(api, url, kind) -> None:
     message = error_at(submit(api, url), ["webhook", "url"])
-    assert f"a {kind} address" in message and "DIFFQ_WEBHOOK_ALLOW_PRIVATE=true" in message
+    assert f"{kind} address" in message and "DIFFQ_WEBHOOK_ALLOW_PRIVATE=true" in message
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/"])
