@@ -18,7 +18,7 @@ from cli.quickstart import free_port
 from core.db import db_session
 from core.specs import JOB_SPEC
 from core.submit import job_from_spec
-from core.tables import WebhookAttempt, WebhookDelivery
+from core.tables import Job, JobStatus, WebhookAttempt, WebhookDelivery
 from core.webhooks import Dispatcher
 from tests.conftest import TEST_OWNER
 from tests.utils.jobs import UNSERVED_QUEUE, text2img_spec
@@ -135,10 +135,16 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def forget_deliveries() -> None:
-    """Delete every delivery, so that no test's leftovers are sent during another."""
+    """Delete every delivery, so that no test's leftovers are sent during another, and the jobs these
+    tests claimed in-process and left running (they would count as running in later tests' metrics)."""
     with db_session() as session:
         session.execute(delete(WebhookAttempt))
         session.execute(delete(WebhookDelivery))
+        session.execute(
+            delete(Job).where(
+                Job.queue == UNSERVED_QUEUE, Job.status == JobStatus.RUNNING, Job.webhook.is_not(None)
+            )
+        )
 
 
 def dispatch_until(dispatcher: Dispatcher, done: Callable[[], bool], timeout: float = 30) -> None:
