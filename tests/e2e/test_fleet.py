@@ -106,7 +106,8 @@ def test_metrics_count_jobs_histograms_queues_and_steps(client, admin_client) ->
         )
 
     assert grew("diffq_jobs", type="text2img", status="succeeded") == 2
-    assert value(after, "diffq_jobs", type="text2img", status="running") == 0
+    # A change, not a count: jobs that fast-tier tests claimed in this database stay running.
+    assert grew("diffq_jobs", type="text2img", status="running") == 0
     for histogram in ("diffq_job_duration_seconds", "diffq_job_queue_seconds"):
         assert grew(f"{histogram}_count", type="text2img") == 2
         count = value(after, f"{histogram}_count", type="text2img")
