@@ -72,6 +72,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast tier (`-m "not e2e"`) does not even import tests/e2e/ and tests/fuzz/, all of whose tests
+    it would deselect: schemathesis and hypothesis alone take seconds to import."""
+    fast_tier = " ".join(str(config.getoption("markexpr") or "").split()) == "not e2e"
+    in_tests = collection_path.parent == Path(__file__).parent
+    return True if fast_tier and in_tests and collection_path.name in ("e2e", "fuzz") else None
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(TMP, ignore_errors=True)
 
