@@ -50,12 +50,14 @@ def current_principal(
     if principal is None:
         raise unauthorized(f"the API key is unknown or was revoked; {HOW_TO_GET_A_KEY}")
     hit_rate_limit(principal)
-    if principal.key_id is not None:
-        # Coarse (once a minute at most per key) so that reads don't write on every request.
+    stale = utcnow() - timedelta(minutes=1)
+    if principal.key_id is not None and (principal.last_used_at is None or principal.last_used_at < stale):
+        # Coarse (once a minute at most per key), decided from the row just read, so that requests
+        # don't write on every call; the WHERE keeps concurrent requests from writing it twice.
         session.execute(
             update(ApiKey)
             .where(ApiKey.id == principal.key_id)
-            .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < utcnow() - timedelta(minutes=1)))
+            .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < stale))
             .values(last_used_at=utcnow())
         )
         session.commit()

@@ -18,6 +18,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum, nonmember
 from typing import Any
 
@@ -46,6 +47,8 @@ class Principal:
     scopes: frozenset[str]
     key_id: uuid.UUID | None = None
     limits: dict[str, Any] = field(default_factory=dict)
+    # When the key was last recorded as used (coarse: see api/auth.py).
+    last_used_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -126,7 +129,13 @@ def authenticate(session: Session, key: str) -> Principal | None:
     stored = row.key_hash if row is not None else "0" * 64
     if not hmac.compare_digest(stored, hash_key(key)) or row is None or row.revoked_at is not None:
         return None
-    return Principal(owner=row.owner, scopes=frozenset(row.scopes), key_id=row.id, limits=dict(row.limits))
+    return Principal(
+        owner=row.owner,
+        scopes=frozenset(row.scopes),
+        key_id=row.id,
+        limits=dict(row.limits),
+        last_used_at=row.last_used_at,
+    )
 
 
 def revoke_key(session: Session, key_id: uuid.UUID | str) -> bool:
