@@ -123,8 +123,10 @@ def test_cron_schedule_fires_a_missed_time_once_then_moves_on(client) -> None:
     schedule = post(client, {"job": GENERATION, "cron": "*/5 * * * *"}).json()
     first_due = datetime.fromisoformat(schedule["next_run_at"])
     three_hours_late = first_due + timedelta(hours=3, seconds=1)
-    assert in_session(fire_due_schedules, now=three_hours_late) == {"fired": 1}
-    assert in_session(fire_due_schedules, now=three_hours_late) == {}
+    # Other tests' schedules may be due at that time too: count this schedule's jobs, not all fired.
+    assert in_session(fire_due_schedules, now=three_hours_late).get("fired", 0) >= 1
+    assert len(jobs_of(client, schedule["id"])) == 1
+    in_session(fire_due_schedules, now=three_hours_late)
     after = client.http.get(f"/v1/schedules/{schedule['id']}").json()
     assert datetime.fromisoformat(after["next_run_at"]) == first_due + timedelta(hours=3, minutes=5)
     [job] = jobs_of(client, schedule["id"])

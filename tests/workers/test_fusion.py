@@ -20,6 +20,7 @@ from core.scheduling import Claimer
 from core.storage import get_storage
 from core.tables import Job, JobStatus
 from tests.utils.db import in_session
+from tests.utils.jobs import UNSERVED_QUEUE
 from workers.fusion import group_size, run_jobs
 from workers.job_run import JobRun
 
@@ -52,7 +53,11 @@ def running_jobs(session, specs: list[dict]) -> list[JobRun]:
     for spec in specs:
         with db_session() as own:
             job = Job(
-                type="text2img", model="tiny-sd", params=spec, fuse_key=fuse_key("text2img", "tiny-sd", spec)
+                type="text2img",
+                model="tiny-sd",
+                params=spec,
+                fuse_key=fuse_key("text2img", "tiny-sd", spec),
+                queue=UNSERVED_QUEUE,  # not the shared test worker's: this test claims it
             )
             own.add(job)
         [claimed] = in_session(claim, Claimer(worker="fusion-test", queues=(), only=job.id))

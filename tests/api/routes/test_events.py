@@ -15,6 +15,7 @@ from core.db import db_session
 from core.events import JobEvents, get_event_store
 from core.tables import Batch, Job, JobStatus
 from tests.conftest import TEST_OWNER, bearer, new_key
+from tests.utils.jobs import UNSERVED_QUEUE
 
 OUTPUT = {"key": "jobs/x/0.png", "content_type": "image/png", "width": 64, "height": 64, "seed": 1}
 
@@ -183,6 +184,7 @@ def make_batch(size: int) -> tuple[Batch, list[Job]]:
                 model="tiny-sd",
                 params={},
                 status=JobStatus.QUEUED,
+                queue=UNSERVED_QUEUE,
                 owner=TEST_OWNER,
                 batch_id=batch.id,
                 batch_index=index,
