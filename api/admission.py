@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from core.auth import Principal
 from core.config import get_settings
-from core.model_configs import steps_problem
+from core.model_configs import size_problem, steps_problem
 from core.ownership import reference_problems
 from core.quotas import QuotaExceeded, limit_for
 from core.scheduling import priority_problem
@@ -55,6 +55,10 @@ class Admission:
             elif problem := steps_problem(spec.model, spec.params, self.models_dir):
                 where = [*loc, "params", "num_inference_steps"]
                 errors.append({"loc": where, "msg": problem, "type": "too_many_steps"})
+            elif spec.type == "text2img" and (
+                problem := size_problem(spec.model, spec.params, self.models_dir)
+            ):
+                errors.append({"loc": [*loc, "params", "width"], "msg": problem, "type": "too_small"})
         # Another owner's upload is reported as missing, and nothing more is read from it.
         if not_yours := reference_problems(self.session, self.principal, spec):
             return errors + [

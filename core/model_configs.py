@@ -175,3 +175,65 @@ def kind_problem(ref: str, task: str, models_dir: Path) -> str | None:
     kind = pipeline_kind(ref, models_dir)
     problem = task_problem(kind, task) if kind is not None else None
     return f"model '{ref}' can't run {task} jobs: {problem}" if problem else None
+
+
+def norm_problem(
+    unet: Mapping[str, Any], vae_scale_factor: int, width: int, height: int, batch_size: int
+) -> str | None:
+    """Why a UNet with config `unet` can't denoise a `width`×`height` px image (latents `vae_scale_factor`
+    times smaller) in a batch of `batch_size` latents; None when it can, or when its config doesn't tell.
+
+    torch's `group_norm` refuses a group that holds a single value ("Expected more than 1 value per
+    channel"). In a diffusers UNet, down block i works at the latent size halved i times (rounded up, as a
+    stride-2 convolution pads) on `block_out_channels[i - 1]` channels, then `block_out_channels[i]`, in
+    `norm_num_groups` groups, so a group holds `batch_size × channels / groups × h × w` values there.
+    Real models have many channels per group; a small one (one channel per group) at a size whose deepest
+    feature map is 1×1 fails with a batch of one: one image without classifier-free guidance (which
+    doubles the batch when guidance_scale > 1).
+    """
+    channels, groups = unet.get("block_out_channels"), unet.get("norm_num_groups")
+    if not isinstance(channels, list | tuple) or not isinstance(groups, int) or groups < 1 or not channels:
+        return None
+    if not all(isinstance(c, int) for c in channels):
+        return None
+    latent_w, latent_h = max(1, width // vae_scale_factor), max(1, height // vae_scale_factor)
+    for level, count in enumerate(channels):
+        scale = 2**level
+        h, w = -(-latent_h // scale), -(-latent_w // scale)
+        # A level's first ResNet normalizes what the level above handed down, before its own width.
+        count = min(count, channels[level - 1]) if level else count
+        if batch_size * (count // groups) * h * w <= 1:
+            return (
+                f"at {width}×{height} its UNet's level {level} is {w}×{h} with one channel per norm group, "
+                f"which can't be normalized in a batch of {batch_size}; make the image larger (its "
+                f"default size works), or make more than one image per call (num_images > 1 or "
+                "guidance_scale > 1)"
+            )
+    return None
+
+
+def vae_scale_factor(vae: Mapping[str, Any] | None) -> int:
+    """How many times smaller than the image a VAE's latents are: 2 ** (its blocks - 1), as diffusers'
+    pipelines compute it; 8 (Stable Diffusion's) when the config doesn't tell."""
+    blocks = vae.get("block_out_channels") if vae is not None else None
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list | tuple) and blocks else 8
+
+
+def size_problem(ref: str, params: Any, models_dir: Path) -> str | None:
+    """Why the local model `ref` can't make the images of a text-to-image job's `params` (`width`,
+    `height`, `num_images`, `guidance_scale`) — see `norm_problem`; None when it can, or when its configs
+    aren't here to read."""
+    folder = model_folder(ref, models_dir)
+    unet = read_config(folder / "unet" / "config.json") if folder is not None else None
+    if folder is None or unet is None:
+        return None
+    scale = vae_scale_factor(read_config(folder / "vae" / "config.json"))
+    sample_size = unet.get("sample_size")
+    native = sample_size * scale if isinstance(sample_size, int) else None
+    width, height = getattr(params, "width", None) or native, getattr(params, "height", None) or native
+    if width is None or height is None:
+        return None
+    guided = getattr(params, "guidance_scale", 0) > 1
+    batch_size = getattr(params, "num_images", 1) * (2 if guided else 1)
+    problem = norm_problem(unet, scale, width, height, batch_size)
+    return f"model '{ref}' can't make this image: {problem}" if problem else None

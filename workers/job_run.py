@@ -15,12 +15,21 @@ from core.errors import BadInput, NumericalError
 from core.events import JobEvents
 from core.images import Role, encode_png
 from core.job_types import parse_params
+from core.model_configs import norm_problem
 from core.progress import ProgressReporter, TrainingReporter
 from core.specs import ImageRef, Params
 from core.storage import Storage, get_storage
 from core.tables import Job
 from core.uploads import load_input_image
 from workers.previews import NoCheapPreview, preview_image
+
+
+def check_fits(pipe: Any, width: int, height: int, batch_size: int) -> None:
+    """Fail the job with `bad_input` if `pipe`'s UNet can't denoise `width`×`height` px images in a batch of
+    `batch_size` latents (core/model_configs.py `norm_problem`, the rule the API applies to a local model's
+    configs before it queues a text-to-image job), instead of an `internal` error from torch mid-call."""
+    if problem := norm_problem(pipe.unet.config, pipe.vae_scale_factor, width, height, batch_size):
+        raise BadInput(f"this model can't make the image: {problem}")
 
 
 def check_finite(values: torch.Tensor | np.ndarray, what: str) -> None:

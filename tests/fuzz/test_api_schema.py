@@ -2,8 +2,9 @@
 every route, sent to the API in-process on the real Postgres, Redis and S3.
 
 Properties: no response is a 5xx, and every 4xx says what to fix (a non-empty message, and for a
-422 each error names its location). `DIFFQ_FUZZ_EXAMPLES` raises the number of cases per route (the
-suite runs a few dozen); `bench/fuzz.py api` runs a large number outside the suite.
+422 each error names its location). `DIFFQ_FUZZ_EXAMPLES` sets the number of cases per route and phase
+(10 in the suite: some thousands of requests over every route, about 40 s); `bench/fuzz.py api` runs a
+large number outside the suite.
 """
 
 import os

@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.images import fit_image
 from core.specs import Depth2ImgParams, new_seed
-from workers.job_run import JobRun
+from workers.job_run import JobRun, check_fits
 from workers.pipelines import get_pipeline
 
 
@@ -32,6 +32,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
         job.model, "depth2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength
     )
     image = fit_image(job.load_image(params.image))
+    check_fits(pipe, *image.size, params.num_images * (2 if params.guidance_scale > 1 else 1))
     depth_map = depth_tensor(job.load_image(params.depth_map, "depth")) if params.depth_map else None
     seed = params.seed if params.seed is not None else new_seed(params.num_images)
     seeds = [seed + index for index in range(params.num_images)]

@@ -12,7 +12,7 @@ import torch
 
 from core.images import fit_image
 from core.specs import Img2ImgParams, new_seed
-from workers.job_run import JobRun
+from workers.job_run import JobRun, check_fits
 from workers.pipelines import get_pipeline
 
 
@@ -24,6 +24,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
         job.model, "img2img", params.scheduler, steps=params.num_inference_steps, strength=params.strength
     )
     image = fit_image(job.load_image(params.image))
+    check_fits(pipe, *image.size, params.num_images * (2 if params.guidance_scale > 1 else 1))
     seed = params.seed if params.seed is not None else new_seed(params.num_images)
     seeds = [seed + index for index in range(params.num_images)]
 

@@ -14,7 +14,7 @@ import torch
 
 from core.images import round_size
 from core.specs import InpaintParams, new_seed
-from workers.job_run import JobRun
+from workers.job_run import JobRun, check_fits
 from workers.pipelines import get_pipeline
 
 
@@ -28,6 +28,7 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     image = job.load_image(params.image)
     mask = job.load_image(params.mask_image, "mask")
     width, height = round_size(*params.output_size(image.size))
+    check_fits(pipe, width, height, params.num_images * (2 if params.guidance_scale > 1 else 1))
     seed = params.seed if params.seed is not None else new_seed(params.num_images)
     seeds = [seed + index for index in range(params.num_images)]
 

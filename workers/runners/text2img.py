@@ -19,7 +19,7 @@ import torch
 from core.errors import JobError
 from core.progress import JobCanceled, ProgressReporter
 from core.specs import Text2ImgParams, new_seed
-from workers.job_run import JobRun, check_finite
+from workers.job_run import JobRun, check_finite, check_fits
 from workers.lora import lora_applied
 from workers.pipelines import get_pipeline
 
@@ -77,6 +77,7 @@ def run_group(jobs: list[JobRun]) -> list[Outcome]:
             member.ended = canceled
     _stop_if_all_ended(members)
 
+    check_fits(pipe, width, height, members[-1].images.stop * (2 if params.guidance_scale > 1 else 1))
     prompts = [m.params.prompt for m in members for _ in m.seeds]
     negative = [m.params.negative_prompt for m in members for _ in m.seeds]
     with lora_applied(pipe, params.lora):

@@ -240,3 +240,26 @@ def test_validation_steps_within_the_base_models_scheduler(api: TestClient) -> N
     # Without a validation prompt no validation image is made: the steps don't matter.
     body = _train_lora(validation_inference_steps=1000, validation_prompt=None)
     assert api.post("/v1/jobs", json=body).status_code in (200, 201, 202)
+
+
+@pytest.mark.parametrize(
+    ("size", "guidance_scale", "num_images", "accepted"),
+    [
+        (16, 1.0, 1, False),  # tiny-sd's deepest level 1×1, one channel per group, a batch of one
+        (16, 7.5, 1, True),  # guidance doubles the batch
+        (16, 1.0, 2, True),
+        (24, 1.0, 1, True),  # the deepest level is 2×2
+    ],
+)
+def test_text2img_too_small_for_the_models_norm_groups(
+    api: TestClient, size: int, guidance_scale: float, num_images: int, accepted: bool
+) -> None:
+    # Accepted, this job used to fail `internal` in the worker ("Expected more than 1 value per channel").
+    params = {"prompt": "a cat", "width": size, "height": size, "guidance_scale": guidance_scale}
+    body = {"type": "text2img", "model": "tiny-sd", "params": params | {"num_images": num_images}}
+    code, text = _submit(api, body)
+    if accepted:
+        assert code == 201, text
+    else:
+        assert code == 422, text
+        assert "model 'tiny-sd' can't make this image" in text and "make the image larger" in text
