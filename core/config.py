@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # A dispatcher looks for due deliveries this often, and sends up to webhook_threads at once.
     webhook_poll_s: float = Field(default=1.0, gt=0)
     webhook_threads: int = Field(default=8, ge=1)
+    # Ended deliveries (and their attempts) are deleted this long after they ended; 0 keeps them for good.
+    webhook_keep_s: float = Field(default=7 * 24 * 3600, ge=0)
 
     # Flower's basic auth (`diffq flower` refuses to start without it, unless told `--no-auth`).
     flower_user: str = ""

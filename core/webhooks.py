@@ -23,6 +23,9 @@ A delivery is retried until it is answered 2xx, answered 410 Gone (the receiver 
 attempt is recorded in `webhook_attempts`. A receiver that is down or slow delays nothing else: every
 attempt has a timeout (`webhook_timeout_s`), and at most `MAX_IN_FLIGHT_PER_URL` attempts go to one URL at
 a time, so a hanging receiver holds that many threads and the others keep sending to everyone else.
+
+A running dispatcher deletes deliveries (and their attempts) `webhook_keep_s` after they ended, so the
+outbox does not grow for good; pending ones are never deleted.
 """
 
 import logging
@@ -41,7 +44,7 @@ from functools import cache
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -57,6 +60,8 @@ from core.webhook_urls import WebhookUrlRefused, checked_addresses, pinned_reque
 logger = logging.getLogger(__name__)
 
 BATCH_COMPLETED = "batch.completed"
+# How often a running dispatcher deletes the deliveries kept for over `webhook_keep_s`.
+PURGE_EVERY_S = 600
 # Two at a time to one URL: a slow receiver still gets its deliveries in parallel, a hanging one can't
 # take the whole pool.
 MAX_IN_FLIGHT_PER_URL = 2
@@ -356,6 +361,22 @@ def deliveries(session: Session, *conditions: Any) -> list[tuple[WebhookDelivery
     return [(delivery, attempts[delivery.id]) for delivery in found]
 
 
+def purge_ended(session: Session, keep_s: float, now: datetime | None = None, limit: int = 1000) -> int:
+    """Delete up to `limit` deliveries that ended (delivered, gone or given up) over `keep_s` seconds
+    before `now`, with their attempts; returns how many. The caller commits. Pending ones are kept."""
+    cutoff = (now or utcnow()) - timedelta(seconds=keep_s)
+    ids = session.scalars(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.finished_at.is_not(None), WebhookDelivery.finished_at < cutoff)
+        .limit(limit)
+    ).all()
+    if ids:
+        # Attempts first: SQLite enforces the foreign key's ON DELETE CASCADE only when asked to.
+        session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+    return len(ids)
+
+
 class Dispatcher:
     """Sends due deliveries from a pool of `threads` threads until stopped (see the module's docstring).
 
@@ -422,10 +443,31 @@ class Dispatcher:
             pending = set(self._futures)
         return not wait(pending, timeout=timeout).not_done
 
+    def purge(self) -> int:
+        """Delete the deliveries that ended over `webhook_keep_s` ago (none when it is 0); how many."""
+        keep_s = get_settings().webhook_keep_s
+        if not keep_s:
+            return 0
+        purged = 0
+        while True:
+            with db_session() as session:
+                count = purge_ended(session, keep_s)
+            purged += count
+            if count < 1000:
+                return purged
+
     def run(self) -> None:
-        """Dispatch until `stop()` is called."""
+        """Dispatch until `stop()` is called; every `PURGE_EVERY_S`, purge what has been kept long enough."""
         poll_s = get_settings().webhook_poll_s
+        purged_at = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() - purged_at >= PURGE_EVERY_S:
+                purged_at = time.monotonic()
+                try:
+                    if purged := self.purge():
+                        logger.info("deleted %s ended webhook deliveries (DIFFQ_WEBHOOK_KEEP_S)", purged)
+                except Exception:
+                    logger.exception("could not delete old webhook deliveries")
             try:
                 started = self.dispatch_once()
             except Exception:

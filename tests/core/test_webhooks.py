@@ -288,3 +288,28 @@ def test_canceling_the_rest_of_a_batch_completes_it(secret) -> None:
     (completed,) = delivery_rows(WebhookDelivery.batch_id == batch_id)
     assert completed.event == BATCH_COMPLETED and '"status":"failed"' in completed.payload
     assert delivery_rows(WebhookDelivery.job_id.in_(job_ids)) == []  # the batch asked for no job events
+
+
+def test_ended_deliveries_are_deleted_after_they_were_kept_long_enough(secret, dispatcher) -> None:
+    from datetime import timedelta
+
+    from core.tables import utcnow
+    from core.webhooks import purge_ended
+
+    with receiving(secret) as receiver:
+        delivered = new_job(receiver.url, events=["started"])
+        in_session(claim_job, delivered, "w1")
+        dispatch_until(
+            dispatcher, lambda: delivery_rows(WebhookDelivery.job_id == delivered)[0].status == "delivered"
+        )
+    pending = new_job(Receiver(secret).url, events=["started"])  # nobody listens: it stays pending
+    in_session(claim_job, pending, "w1")
+    [sent] = delivery_rows(WebhookDelivery.job_id == delivered)
+    later = sent.finished_at + timedelta(hours=1)
+
+    assert in_session(purge_ended, 2 * 3600, now=later) == 0  # kept for two hours: not yet
+    assert in_session(purge_ended, 1800, now=later) == 1
+    assert delivery_rows(WebhookDelivery.job_id == delivered) == []
+    assert attempt_codes(sent.id) == []
+    assert [row.status for row in delivery_rows(WebhookDelivery.job_id == pending)] == ["pending"]
+    assert in_session(purge_ended, 0, now=utcnow() + timedelta(days=365)) == 0  # pending: never deleted
