@@ -269,6 +269,14 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+Priority = Annotated[
+    int | None, typer.Option(help="Higher runs first (0 by default; your key may limit how high).")
+]
+Webhook = Annotated[
+    str | None, typer.Option(help="A URL to POST the job's (or batch's) signed events to (see Webhooks).")
+]
+
+
 @app.command()
 def submit(
     file: Annotated[Path | None, typer.Option(help="A JSON job spec.")] = None,
@@ -276,9 +284,11 @@ def submit(
     model: str | None = None,
     prompt: str | None = None,
     param: Annotated[list[str] | None, typer.Option(help="key=value, repeatable.")] = None,
+    priority: Priority = None,
+    webhook: Webhook = None,
     api_url: ApiUrl = None,
 ) -> None:
-    """Submit a job and print its id."""
+    """Submit a job and print its id. --priority and --webhook override those of a --file spec."""
     from cli.client import Client, CliError
 
     if file:
@@ -293,6 +303,10 @@ def submit(
         if prompt is not None:
             params["prompt"] = prompt
         spec = {"type": type, "model": model, "params": params}
+    if priority is not None:
+        spec["priority"] = priority
+    if webhook is not None:
+        spec["webhook"] = {"url": webhook}
     job = Client(api_url or get_settings().public_url).submit(spec)
     typer.echo(job["id"])
 
@@ -508,6 +522,8 @@ def batch(
     download: Annotated[
         Path | None, typer.Option(help="When done, write the outputs and manifests into this folder.")
     ] = None,
+    priority: Priority = None,
+    webhook: Webhook = None,
     api_url: ApiUrl = None,
 ) -> None:
     """Submit a batch from a JSON Lines file and print its id.
@@ -521,7 +537,14 @@ def batch(
     from cli.progress import watch_batch
 
     client = Client(api_url or get_settings().public_url)
-    submitted = client.submit_batch_jsonl(file, type=type, model=model, name=name)
+    submitted = client.submit_batch_jsonl(
+        file,
+        type=type,
+        model=model,
+        name=name,
+        priority=None if priority is None else str(priority),
+        webhook=None if webhook is None else json.dumps({"url": webhook}),
+    )
     batch_id = submitted["id"]
     typer.echo(batch_id)
     if not (watch or download):

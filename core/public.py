@@ -71,6 +71,7 @@ class JobPublic(BaseModel):
     schedule_id: uuid.UUID | None = None
     scheduled_for: datetime | None = None
     owner: str
+    priority: int = Field(default=0, description="Higher runs first (core/scheduling.py).")
     webhook: JobWebhook | None = None
 
     @field_validator("outputs", mode="before")
@@ -130,6 +131,7 @@ class BatchPublic(BaseModel):
     created_at: datetime
     canceled_at: datetime | None
     owner: str
+    priority: int = Field(default=0, description="Its jobs' priority unless a job names its own.")
     webhook: BatchWebhook | None = None
 
     @model_validator(mode="before")
@@ -146,6 +148,7 @@ class BatchPublic(BaseModel):
             "created_at": batch.created_at,
             "canceled_at": batch.canceled_at,
             "owner": batch.owner,
+            "priority": batch.priority,
             "webhook": batch.webhook,
             "status": state.status,
             "done": state.done,

@@ -115,6 +115,8 @@ def test_cli_batch_watches_and_downloads(client, stack, tmp_path) -> None:
             "--watch",
             "--download",
             str(out),
+            "--priority",
+            "2",
         ],
         cwd=ROOT,
         env=os.environ | {"DIFFQ_PUBLIC_URL": stack.api_url},
@@ -125,6 +127,9 @@ def test_cli_batch_watches_and_downloads(client, stack, tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     batch_id = result.stdout.splitlines()[0].strip()
     assert f"batch {batch_id} succeeded: 3 succeeded" in result.stdout
+    assert {
+        job["priority"] for job in client.http.get("/v1/jobs", params={"batch_id": batch_id}).json()["data"]
+    } == {2}
     assert sorted(p.name for p in out.iterdir()) == [
         "0_0.png",
         "1_0.png",

@@ -52,11 +52,12 @@ def test_submit_then_watch(stack, client, tmp_path) -> None:
     submitted = diffq(
         stack, "submit", "--model", "tiny-sd", "--prompt", "a red cube",
         "--param", "width=64", "--param", "height=64", "--param", "num_inference_steps=3",
-        "--param", "seed=99",
+        "--param", "seed=99", "--priority", "3",
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert client.job(job_id)["params"]["seed"] == 99
+    assert client.job(job_id)["priority"] == 3
 
     watched = diffq(stack, "watch", job_id)
     assert watched.returncode == 0, watched.stderr
@@ -77,6 +78,10 @@ def test_submit_file_and_bad_spec(stack, tmp_path) -> None:
     assert "Traceback" not in result.stderr
     # Per field, not the raw JSON body.
     assert '"detail"' not in result.stderr and "params.width" in result.stderr, result.stderr
+    # --webhook reaches the API, which checks the URL (a loopback address is refused by default).
+    spec.write_text(json.dumps({"type": "text2img", "model": "tiny-sd", "params": {"prompt": "x"}}))
+    result = diffq(stack, "submit", "--file", str(spec), "--webhook", "http://127.0.0.1:9/hook")
+    assert_short_error(result, "422", "webhook.url", "loopback")
 
 
 def test_no_api_is_one_line() -> None:

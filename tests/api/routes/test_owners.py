@@ -316,3 +316,27 @@ def test_storage_keys_belong_to_the_owner_of_their_job_or_upload(owners: tuple[O
             assert may_read_key(session, ANONYMOUS_ADMIN, key), key
         for key in ("notes/readme.txt", f"jobs/{uuid.uuid4()}/0.png", "jobs/not-a-uuid/0.png"):
             assert not may_read_key(session, as_alice, key), key
+
+
+def test_priority_is_shown_and_limited_by_the_key(owners: tuple[Owner, Owner]) -> None:
+    alice, _ = owners
+    job = alice.post("/v1/jobs", json=text2img() | {"priority": 5})
+    assert job.status_code == 201, job.text
+    assert job.json()["priority"] == 5 and alice.get(f"/v1/jobs/{job.json()['id']}").json()["priority"] == 5
+
+    body = {"priority": 4, "jobs": [text2img("a"), text2img("b") | {"priority": 7}]}
+    batch = alice.post("/v1/batches", json=body)
+    assert batch.status_code == 201, batch.text
+    assert batch.json()["priority"] == 4
+    jobs = alice.get("/v1/jobs", params={"batch_id": batch.json()["id"]}).json()["data"]
+    assert [job["priority"] for job in jobs] == [4, 7]  # a job's own priority wins over its batch's
+
+    capped = Owner(alice.api, max_priority=2)
+    refused = capped.post("/v1/jobs", json=text2img() | {"priority": 3})
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "priority"] and error["type"] == "priority_too_high"
+    assert "2" in error["msg"], error["msg"]
+    refused = capped.post("/v1/batches", json={"priority": 3, "jobs": [text2img()]})
+    assert refused.status_code == 422, refused.text
+    assert capped.post("/v1/jobs", json=text2img() | {"priority": 2}).status_code == 201
