@@ -176,7 +176,7 @@ def test_the_batch_grid_fills_in_with_counts_by_status(stack, browser, client: C
     # Three short jobs and a longer one: the page opens while some still run.
     jobs = [
         text2img_spec(num_inference_steps=steps, num_images=1, seed=i)
-        for i, steps in enumerate([30, 30, 30, 300])
+        for i, steps in enumerate([20, 20, 20, 100])
     ]
     batch = client.submit_batch({"name": "dashboard", "jobs": jobs})
     driver.get(f"{stack.api_url}/ui/#/batches/{batch['id']}")
