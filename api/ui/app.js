@@ -95,6 +95,13 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+function svgEl(tag, attributes = {}, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  node.append(...children);
+  return node;
+}
+
 function statusBadge(status) { return el("span", { class: `status ${status}`, "data-status": status }, status); }
 
 function progressText(progress) {
@@ -141,21 +148,32 @@ async function jobsView(view) {
   }
 }
 
+// A training job's loss by step, as SVG: a line through every point, and a dot (with its step and
+// loss on hover) for each of at most MAX_DOTS points spread over the run.
+const MAX_DOTS = 200;
 function lossCurve(points) {
-  const width = 480, height = 160, pad = 24;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "loss"); svg.setAttribute("width", width); svg.setAttribute("height", height);
-  if (points.length < 2) return svg;
+  const width = 560, height = 200, left = 56, right = 12, top = 22, bottom = 24;
+  const svg = svgEl("svg", { class: "loss", width, height, "data-points": points.length });
+  if (!points.length) { svg.append(svgEl("text", { x: left, y: top + 20 }, "no loss yet")); return svg; }
   const xs = points.map((p) => p.step), ys = points.map((p) => p.loss);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  const line = points.map((p) => `${pad + (p.step - x0) / (x1 - x0 || 1) * (width - 2 * pad)},${height - pad - (p.loss - y0) / (y1 - y0 || 1) * (height - 2 * pad)}`);
-  const path = document.createElementNS(svg.namespaceURI, "polyline");
-  path.setAttribute("points", line.join(" ")); path.setAttribute("fill", "none"); path.setAttribute("stroke", "#1c5fc4");
-  svg.append(path);
-  const label = document.createElementNS(svg.namespaceURI, "text");
-  label.setAttribute("x", pad); label.setAttribute("y", 14); label.setAttribute("font-size", 11);
-  label.textContent = `loss ${y1.toFixed(3)} → ${ys[ys.length - 1].toFixed(3)} over ${x1} steps`;
-  svg.append(label);
+  const x = (step) => left + (step - x0) / (x1 - x0 || 1) * (width - left - right);
+  const y = (loss) => height - bottom - (loss - y0) / (y1 - y0 || 1) * (height - top - bottom);
+  svg.append(
+    svgEl("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" }),
+    svgEl("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" }),
+    svgEl("text", { x: left - 4, y: top + 4, "text-anchor": "end" }, y1.toPrecision(3)),
+    svgEl("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, y0.toPrecision(3)),
+    svgEl("text", { x: left, y: height - 6 }, `step ${x0}`),
+    svgEl("text", { x: width - right, y: height - 6, "text-anchor": "end" }, `step ${x1}`),
+    svgEl("text", { x: left, y: 14 }, `loss ${ys[0].toFixed(4)} → ${ys[ys.length - 1].toFixed(4)}`),
+    svgEl("polyline", { points: points.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), class: "line" }));
+  const every = Math.ceil(points.length / MAX_DOTS);
+  points.forEach((p, i) => {
+    if (i % every && i !== points.length - 1) return;
+    svg.append(svgEl("circle", { cx: x(p.step), cy: y(p.loss), r: 3, "data-step": p.step },
+      svgEl("title", {}, `step ${p.step}: loss ${p.loss.toFixed(4)}`)));
+  });
   return svg;
 }
 
@@ -173,12 +191,18 @@ async function jobView(view, jobId) {
   const again = el("button", { id: "run-again", type: "button" }, "Run again");
   const actionError = el("div", { class: "error" });
   const loss = el("div", { id: "loss" });
+  const lossPoints = new Map(); // step -> loss, from the metrics history and then the live steps
+  let lossDrawn = 0;
   const grids = el("div", { id: "sample-grids", class: "panel" });
 
   const showOutputs = (list) => {
     outputs.replaceChildren(); grids.replaceChildren();
     for (const output of list || []) {
-      if (!output.content_type?.startsWith("image/")) continue;
+      if (!output.content_type?.startsWith("image/")) {
+        const what = [output.kind || output.content_type, output.name, output.step != null ? `step ${output.step}` : null];
+        outputs.append(el("div", { class: "card file", "data-key": output.key }, what.filter(Boolean).join(", "), el("br"), el("code", {}, output.key)));
+        continue;
+      }
       const img = el("img", { alt: output.key, "data-key": output.key });
       showImage(img, output.url);
       const caption = output.kind ? `${output.kind}${output.epoch != null ? ` epoch ${output.epoch + 1}` : ""}` : `seed ${output.seed}`;
@@ -186,10 +210,15 @@ async function jobView(view, jobId) {
     }
   };
   const showError = (error) => { errorBox.textContent = error ? `${error.code}: ${error.message}` : ""; };
+  const drawLoss = () => {
+    lossDrawn = Date.now();
+    const points = [...lossPoints].sort((a, b) => a[0] - b[0]).map(([step, value]) => ({ step, loss: value }));
+    loss.replaceChildren(lossCurve(points));
+  };
   const refreshLoss = async () => {
     if (!training) return;
-    const metrics = await api(`/v1/jobs/${jobId}/metrics`);
-    loss.replaceChildren(lossCurve(metrics.data));
+    for (const metric of (await api(`/v1/jobs/${jobId}/metrics`)).data) lossPoints.set(metric.step, metric.loss);
+    drawLoss();
   };
   const ended = (status) => { cancel.disabled = FINISHED.includes(status); };
 
@@ -212,16 +241,16 @@ async function jobView(view, jobId) {
     el("div", { class: "panel" },
       el("div", { class: "card wide", style: "flex:1; min-width: 300px" },
         el("div", {}, "Status: ", status, job.worker ? el("span", { class: "muted" }, ` on ${job.worker}`) : null),
+        job.batch_id ? el("div", {}, "Batch: ", el("a", { id: "batch-link", href: `#/batches/${job.batch_id}` }, job.batch_id.slice(0, 8)), ` #${job.batch_index}`) : null,
         el("p", {}, bar, text), el("p", {}, cancel, " ", again), actionError, errorBox,
         el("h2", {}, "Parameters"), el("pre", { id: "params" }, JSON.stringify(shown, null, 2))),
-      el("div", { class: "card" }, el("h2", {}, "Preview"), preview, previewNote)),
+      training ? null : el("div", { class: "card" }, el("h2", {}, "Preview"), preview, previewNote)),
     el("h2", {}, "Outputs"), outputs,
     training ? el("h2", {}, "Loss") : null, training ? loss : null,
     training ? el("h2", {}, "Sample grids") : null, training ? grids : null,
   ].filter(Boolean));
   showOutputs(job.outputs); showError(job.error); ended(job.status); refreshLoss();
 
-  let lossAt = 0;
   follow(`/v1/jobs/${jobId}/events`, (kind, event) => {
     if (kind === "status") {
       status.replaceChildren(statusBadge(event.status)); ended(event.status);
@@ -232,7 +261,10 @@ async function jobView(view, jobId) {
     } else if (kind === "progress") {
       status.replaceChildren(statusBadge("running"));
       bar.max = event.total; bar.value = event.step; text.textContent = progressText(event);
-      if (training && Date.now() - lossAt > 2000) { lossAt = Date.now(); refreshLoss(); }
+      if (training && event.loss != null) {
+        lossPoints.set(event.step, event.loss);
+        if (Date.now() - lossDrawn > 250 || event.step === event.total) drawLoss();
+      }
     } else if (kind === "preview") {
       if (event.url) { preview.hidden = false; preview.dataset.step = event.step; showImage(preview, event.url); previewNote.textContent = `step ${event.step}`; }
       else previewNote.textContent = event.unavailable;
@@ -240,37 +272,64 @@ async function jobView(view, jobId) {
   });
 }
 
+// A batch: a grid cell per job that fills in with its first image as the job ends, and the counts by
+// status, tallied from the cells. The cells start from the job list and follow the batch's stream
+// (which replays from its first event, so a replayed older event must not take a cell back: a finished
+// job stays finished). When the stream says the batch is done, the list is read again: the database
+// has the last word.
 async function batchView(view, batchId) {
   const batch = await api(`/v1/batches/${batchId}`);
-  const bar = el("progress", { id: "batch-progress", max: 1, value: batch.progress.fraction });
+  const bar = el("progress", { id: "batch-progress", max: batch.total, value: 0 });
   const counts = el("div", { id: "counts", class: "counts" });
   const status = el("span", { id: "batch-status" }, statusBadge(batch.status));
   const grid = el("div", { id: "grid", class: "grid" });
-  const showCounts = (data) => {
-    counts.replaceChildren(...Object.entries(data).map(([name, count]) => el("span", { "data-count": name }, `${name}: ${count}`)));
-  };
   view.append(el("h1", {}, `Batch ${batch.name || ""} `, el("code", {}, batch.id)),
     el("div", { class: "card wide" }, el("div", {}, "Status: ", status), el("p", {}, bar), counts), el("h2", {}, "Images"), grid);
-  showCounts(batch.counts);
   const cells = new Map();
+  const showCounts = () => {
+    const tally = Object.fromEntries(Object.keys(batch.counts).map((name) => [name, 0]));
+    for (const cell of cells.values()) tally[cell.dataset.status] = (tally[cell.dataset.status] || 0) + 1;
+    counts.replaceChildren(...Object.entries(tally).map(([name, count]) =>
+      el("span", { class: `status ${count ? name : ""}`, "data-count": name, "data-n": count }, `${name}: ${count}`)));
+    bar.value = FINISHED.reduce((sum, name) => sum + (tally[name] || 0), 0);
+  };
   const fill = (jobId, job) => {
     const cell = cells.get(jobId);
-    if (!cell) return;
+    const was = cell?.dataset.status;
+    if (!cell || FINISHED.includes(was) && (!FINISHED.includes(job.status) || was === job.status)) return;
+    cell.dataset.status = job.status;
     const first = (job.outputs || []).find((o) => o.content_type?.startsWith("image/"));
     if (first) { const img = el("img", { alt: jobId }); showImage(img, first.url); cell.replaceChildren(img); }
-    else cell.textContent = job.status;
-    cell.dataset.status = job.status;
+    else if (job.status === "running" && job.progress?.total) step({ job_id: jobId, ...job.progress });
+    else cell.replaceChildren(job.status);
   };
-  for (let offset = 0; offset < batch.total; offset += 1000) {
-    const { data } = await api(`/v1/jobs?batch_id=${batchId}&limit=1000&offset=${offset}`);
-    for (const job of data) {
-      const cell = el("a", { class: "cell", href: `#/jobs/${job.id}`, title: `#${job.batch_index}` }, job.status);
-      cells.set(job.id, cell); grid.append(cell); fill(job.id, job);
+  // A running job's cell shows its progress (the batch stream carries a step every half second per job).
+  const step = (event) => {
+    const cell = cells.get(event.job_id);
+    if (!cell || FINISHED.includes(cell.dataset.status) || !event.total) return;
+    cell.dataset.status = "running";
+    cell.replaceChildren(el("progress", { max: event.total, value: event.step }), `${event.step}/${event.total}`);
+  };
+  const load = async () => {
+    for (let offset = 0; offset < batch.total; offset += 1000) {
+      const { data } = await api(`/v1/jobs?batch_id=${batchId}&limit=1000&offset=${offset}`);
+      for (const job of data) {
+        if (!cells.has(job.id)) {
+          const cell = el("a", { class: "cell", href: `#/jobs/${job.id}`, title: `#${job.batch_index}` });
+          cells.set(job.id, cell); grid.append(cell);
+        }
+        fill(job.id, job);
+      }
     }
-  }
-  follow(`/v1/batches/${batchId}/events`, (kind, event) => {
-    if (kind === "counts") { showCounts(event.counts); bar.value = event.progress.fraction; status.replaceChildren(statusBadge(event.status)); }
-    else if (kind === "job") fill(event.job_id, event);
+    showCounts();
+  };
+  await load();
+  follow(`/v1/batches/${batchId}/events`, async (kind, event) => {
+    if (kind === "counts") {
+      status.replaceChildren(statusBadge(event.status));
+      if (event.done) await load();
+    } else if (kind === "job") { fill(event.job_id, event); showCounts(); }
+    else if (kind === "progress") { step(event); showCounts(); }
   });
 }
 

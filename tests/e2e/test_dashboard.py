@@ -1,12 +1,14 @@
 """The dashboard at /ui in a real headless browser (Debian's chromium, driven by Selenium through
 chromium-driver; scripts/test.sh installs both): log in, submit, watch the progress bar move and a
-preview appear, reload mid-run and see the stream resume, see the image, cancel another job.
+preview appear, reload mid-run and see the stream resume, see the image, cancel another job; watch a
+batch's grid fill in with its counts by status; see a training job's loss curve and sample grids.
 
 Screenshots go to $DIFFQ_TEST_SCREENSHOTS (default: the tests' temporary folder)."""
 
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from cli.client import Client
-from tests.utils.jobs import text2img_spec
+from tests.utils.jobs import text2img_spec, train_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -83,14 +85,20 @@ def status(driver: Any) -> str:
     return driver.execute_script("return document.querySelector('#status [data-status]').dataset.status;")
 
 
-def test_the_dashboard_follows_a_job_live(stack, browser, client: Client) -> None:
+def log_in(driver: Any, stack: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    driver = browser
     driver.get(f"{stack.api_url}/ui/")
     driver.find_element(By.ID, "key").send_keys(os.environ["DIFFQ_API_KEY"])
     driver.find_element(By.ID, "login").click()
     wait_for(lambda: driver.find_element(By.ID, "jobs"), what="the job list")
+
+
+def test_the_dashboard_follows_a_job_live(stack, browser, client: Client) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    log_in(driver, stack)
 
     # Submit through the form: a long enough run to watch, a preview every 5 steps.
     driver.get(f"{stack.api_url}/ui/#/submit")
@@ -142,3 +150,92 @@ def test_the_dashboard_follows_a_job_live(stack, browser, client: Client) -> Non
     )
     assert rows[0].text == "succeeded"
     screenshot(driver, stack, "dashboard-jobs")
+
+
+def batch_state(driver: Any) -> dict[str, Any]:
+    """The batch page as one snapshot: its counts by status, and per grid cell its status and whether
+    it shows a loaded image."""
+    return driver.execute_script(
+        "const counts = {};"
+        "for (const span of document.querySelectorAll('#counts [data-count]'))"
+        "  counts[span.dataset.count] = Number(span.dataset.n);"
+        "const cells = [...document.querySelectorAll('#grid .cell')].map((cell) => {"
+        "  const img = cell.querySelector('img');"
+        "  return {status: cell.dataset.status, image: !!img && img.complete && img.naturalWidth > 0};"
+        "});"
+        "const badge = document.querySelector('#batch-status [data-status]');"
+        "return {counts, cells, status: badge && badge.dataset.status};"
+    )
+
+
+def test_the_batch_grid_fills_in_with_counts_by_status(stack, browser, client: Client) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    log_in(driver, stack)
+    # Three short jobs and a longer one: the page opens while some still run.
+    jobs = [
+        text2img_spec(num_inference_steps=steps, num_images=1, seed=i)
+        for i, steps in enumerate([20, 20, 20, 100])
+    ]
+    batch = client.submit_batch({"name": "dashboard", "jobs": jobs})
+    driver.get(f"{stack.api_url}/ui/#/batches/{batch['id']}")
+
+    seen: list[dict[str, Any]] = []
+    shots: list[Path] = []
+
+    def done() -> bool:
+        state = batch_state(driver)
+        if not state["cells"]:
+            return False  # the page is still loading
+        seen.append(state)
+        images = sum(cell["image"] for cell in state["cells"])
+        if 0 < images < 4 and not shots:
+            shots.append(screenshot(driver, stack, "dashboard-batch-filling"))
+        return state["counts"].get("succeeded") == 4 and images == 4
+
+    wait_for(done, timeout=120, what="the grid filling in")
+    screenshot(driver, stack, "dashboard-batch-done")
+
+    first, last = seen[0], seen[-1]
+    assert len(first["cells"]) == 4 and sum(first["counts"].values()) == 4
+    assert first["counts"]["succeeded"] < 4, "the batch was done before the page opened: nothing to watch"
+    assert last["status"] == "succeeded"
+    assert last["counts"] == {**dict.fromkeys(last["counts"], 0), "succeeded": 4}
+    assert [cell["status"] for cell in last["cells"]] == ["succeeded"] * 4
+    # The grid filled in as the jobs finished, without a reload: the page showed some images, not all.
+    assert shots, [sum(cell["image"] for cell in state["cells"]) for state in seen]
+    assert client.batch(batch["id"])["counts"]["succeeded"] == 4
+
+    # A cell opens its job, whose page links back to the batch.
+    driver.execute_script("document.querySelector('#grid .cell').click()")
+    link = wait_for(lambda: driver.find_element(By.ID, "batch-link"), what="the job page of a cell")
+    assert link.get_attribute("href").endswith(f"#/batches/{batch['id']}")
+
+
+def test_a_training_job_shows_its_loss_curve_and_sample_grids(stack, browser, client: Client) -> None:
+    driver = browser
+    log_in(driver, stack)
+    job = client.submit(train_spec(f"dash-glyphs-{uuid.uuid4().hex[:8]}"))
+    driver.get(f"{stack.api_url}/ui/#/jobs/{job['id']}")
+
+    wait_for(lambda: status(driver) == "succeeded", timeout=240, what="the training job succeeding")
+    # 8 optimizer steps (2 epochs of 4): a dot for each, on one line; a grid per epoch.
+    wait_for(
+        lambda: driver.execute_script("return document.querySelectorAll('#loss svg circle').length") == 8,
+        timeout=30,
+        what="8 points on the loss curve",
+    )
+    drawn = driver.execute_script(
+        "const svg = document.querySelector('#loss svg');"
+        "return {steps: [...svg.querySelectorAll('circle')].map((c) => Number(c.dataset.step)),"
+        "        line: svg.querySelector('polyline').getAttribute('points').trim().split(' ').length};"
+    )
+    assert drawn == {"steps": list(range(1, 9)), "line": 8}
+    wait_for(lambda: shown(driver, "#sample-grids figure:nth-of-type(2) img"), what="the sample grids")
+    captions = driver.execute_script(
+        "return [...document.querySelectorAll('#sample-grids figcaption')].map((c) => c.textContent);"
+    )
+    assert captions == ["sample_grid epoch 1", "sample_grid epoch 2"]
+    driver.execute_script("document.querySelector('#loss').scrollIntoView()")
+    screenshot(driver, stack, "dashboard-training")
