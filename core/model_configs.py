@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.memo import Memo
+from core.specs import Params, field_value
+
 
 def read_config(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`, or None if it is missing or not a readable JSON object."""
@@ -33,23 +36,35 @@ def scheduler_config(ref: str, models_dir: Path) -> dict[str, Any] | None:
     return config
 
 
-def steps_problem(model: str, params: Any, models_dir: Path) -> str | None:
+def steps_problem(model: str, params: Params, models_dir: Path, memo: Memo | None = None) -> str | None:
     """Why `params` (a job's params: `num_inference_steps`, `scheduler`, maybe `strength`) can't run on
-    the local model `model`; None when they can, or when the model's scheduler config isn't here to read."""
+    the local model `model`; None when they can, or when the model's scheduler config isn't here to read.
+    `memo` (one per request) answers each (model, steps, scheduler, strength) once for a batch's jobs."""
+    steps = field_value(params, "num_inference_steps")
+    if steps is None:
+        return None
+    name = field_value(params, "scheduler")
+    strength = field_value(params, "strength")
+    if memo is None:
+        return _steps_problem(model, steps, name, strength, models_dir)
+    return memo.get(
+        ("steps_problem", model, steps, name, strength),
+        lambda: _steps_problem(model, steps, name, strength, models_dir),
+    )
+
+
+def _steps_problem(
+    model: str, steps: int, name: str | None, strength: float | None, models_dir: Path
+) -> str | None:
     from core.scheduler_limits import steps_problem as limits_problem
     from core.schedulers import SCHEDULERS
 
-    steps = getattr(params, "num_inference_steps", None)
-    if steps is None:
-        return None
     config = scheduler_config(model, models_dir)
     if config is None:
         return None
-    name = getattr(params, "scheduler", None)
     choice = SCHEDULERS.get(name) if name is not None else None
     class_name = choice.class_name if choice is not None else config["_class_name"]
     overrides = choice.overrides if choice is not None else {}
-    strength = getattr(params, "strength", None)
     return limits_problem(model, name, class_name, config, overrides, steps, strength)
 
 
