@@ -7,17 +7,18 @@ import httpx
 import jsonschema
 import pytest
 import redis
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 
 from api.routes.batches import EXAMPLE
 from core.config import get_settings
-from core.db import db_session
+from core.db import db_session, get_engine
 from core.scheduling import direct_queue
 from core.tables import Batch, Job, WorkerNode
 from core.worker_nodes import register_worker
 from tests.conftest import bearer, new_key
 from tests.utils.db import in_session
-from tests.utils.jobs import text2img_spec
+from tests.utils.images import noise_image
+from tests.utils.jobs import text2img_spec, upload_image
 
 
 def post(api, body: dict) -> httpx.Response:
@@ -218,3 +219,28 @@ def test_every_invalid_job_of_a_big_batch_is_named(api) -> None:
         ("body", "jobs", 1999, "params", "num_images"): "num_images must be at most 16, got 17",
     }
     assert "not found in the models dir" in locs[("body", "jobs", 7, "model")]
+
+
+def test_a_batch_looks_each_distinct_reference_up_once(api) -> None:
+    """A batch of img2img jobs that all name one upload, one model and one scheduler runs as many SQL
+    statements when it has 200 jobs as when it has 10: each is looked up once, not once per job."""
+    image = upload_image(api, noise_image())
+
+    def statements_for(count: int) -> int:
+        params = {"prompt": "x", "image": image, "num_inference_steps": 4, "strength": 0.5}
+        jobs = [{"type": "img2img", "model": "tiny-sd", "params": params | {"seed": i}} for i in range(count)]
+        statements: list[str] = []
+
+        def count_statement(conn, cursor, statement: str, *args) -> None:
+            statements.append(statement)
+
+        event.listen(get_engine(), "before_cursor_execute", count_statement)
+        try:
+            response = post(api, {"jobs": jobs})
+        finally:
+            event.remove(get_engine(), "before_cursor_execute", count_statement)
+        assert response.status_code == 201, response.text[:500]
+        assert response.json()["total"] == count
+        return len(statements)
+
+    assert statements_for(200) == statements_for(10)
