@@ -1,6 +1,8 @@
 """What a job spec must pass beyond its schema before it is written: the deployment's limits, a model
 that exists, input images that exist and fit, a webhook URL that leads to a public address. Shared by
-single jobs, batches and schedules; a batch checks each model, image and webhook URL once."""
+single jobs, batches and schedules. One `Admission` per request: a batch asks each question of its jobs
+(a model, its scheduler's step limit, an upload's owner, a LoRA, an image, a webhook URL) once per
+distinct value (core/memo.py), so 10,000 jobs that differ only in prompt and seed cost one look-up each."""
 
 from typing import Any
 
@@ -9,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from core.auth import Principal
 from core.config import get_settings
+from core.memo import Memo
 from core.model_configs import size_problem, steps_problem
 from core.ownership import reference_problems
 from core.quotas import QuotaExceeded, limit_for
@@ -33,9 +36,8 @@ class Admission:
         self.owner = None if principal.is_admin else principal.owner
         self.settings = get_settings()
         self.models_dir = self.settings.models_dir
-        self._models: dict[tuple[str, str], tuple[str, str] | None] = {}
+        self.memo = Memo()
         self._images: dict[str, ImageInfo | str] = {}
-        self._webhook_urls: dict[str, str | None] = {}
 
     def problems(self, spec: JobSpec, loc: Loc) -> list[dict[str, Any]]:
         """FastAPI-style error details for `spec`, located under `loc`; empty when it may be queued."""
@@ -43,29 +45,28 @@ class Admission:
         if limits := limit_problems(spec.params, self.settings):
             return [{"loc": [*loc, *where], "msg": message, "type": kind} for where, message, kind in limits]
         errors = self.priority_problems(spec.priority, [*loc, "priority"])
-        if spec.model is not None:
-            key = (spec.model, spec.type)
-            if key not in self._models:
-                self._models[key] = model_problem(
-                    self.session, spec.model, spec.type, self.models_dir, self.owner
-                )
-            if found := self._models[key]:
+        if (model := spec.model) is not None:
+            job_type = spec.type
+            if found := self.memo.get(
+                ("model_problem", model, job_type),
+                lambda: model_problem(self.session, model, job_type, self.models_dir, self.owner),
+            ):
                 problem, kind = found
                 errors.append({"loc": [*loc, "model"], "msg": problem, "type": kind})
-            elif problem := steps_problem(spec.model, spec.params, self.models_dir):
+            elif problem := steps_problem(model, spec.params, self.models_dir, self.memo):
                 where = [*loc, "params", "num_inference_steps"]
                 errors.append({"loc": where, "msg": problem, "type": "too_many_steps"})
-            elif spec.type == "text2img" and (
-                problem := size_problem(spec.model, spec.params, self.models_dir)
+            elif job_type == "text2img" and (
+                problem := size_problem(model, spec.params, self.models_dir, self.memo)
             ):
                 errors.append({"loc": [*loc, "params", "width"], "msg": problem, "type": "too_small"})
         # Another owner's upload is reported as missing, and nothing more is read from it.
-        if not_yours := reference_problems(self.session, self.principal, spec):
+        if not_yours := reference_problems(self.session, self.principal, spec, self.memo):
             return errors + [
                 {"loc": [*loc, *where], "msg": message, "type": kind} for where, message, kind in not_yours
             ]
         for where, message, kind in training_problems(
-            self.session, spec, self.models_dir, self.storage, self.owner
+            self.session, spec, self.models_dir, self.storage, self.owner, self.memo
         ):
             errors.append({"loc": [*loc, *where], "msg": message, "type": kind})
         for field, message in input_image_problems(spec.params, self.storage, self._images):
@@ -83,16 +84,16 @@ class Admission:
 
     def webhook_problems(self, url: str, loc: Loc) -> list[dict[str, Any]]:
         """The error detail for a webhook URL that may not be sent to (SSRF, see core/webhook_urls.py)."""
-        if url not in self._webhook_urls:
-            self._webhook_urls[url] = url_problem(url, self.settings.webhook_allow_private)
-        problem = self._webhook_urls[url]
+        problem = self.memo.get(
+            ("url_problem", url), lambda: url_problem(url, self.settings.webhook_allow_private)
+        )
         return [{"loc": loc, "msg": problem, "type": "webhook_url_refused"}] if problem else []
 
 
-def job_values(spec: JobSpec, owner: str, priority: int = 0) -> dict[str, Any]:
+def job_values(spec: JobSpec, owner: str, priority: int = 0, memo: Memo | None = None) -> dict[str, Any]:
     """The columns to store for `owner`'s `spec`, with a seed picked if it names none; a spec without a
-    priority takes `priority` (its batch's)."""
-    return job_fields(spec, priority) | {"owner": owner}
+    priority takes `priority` (its batch's). A batch passes its admission's `memo`."""
+    return job_fields(spec, priority, memo) | {"owner": owner}
 
 
 def too_many(error: QuotaExceeded) -> HTTPException:

@@ -1,5 +1,6 @@
 """The submission API. Start it with `diffq api`."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,11 @@ logger = logging.getLogger("diffq.api")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # What the app has made by now (its modules, routes and schemas, ~150,000 objects) lives as long as
+    # the process: moved out of the collector's sight, it is no longer scanned by every full collection.
+    # A 10,000-job batch sets off a few of those; each scanned it all (0.1-0.4 s a batch on 2 cores).
+    gc.collect()
+    gc.freeze()
     if not get_settings().auth:
         logger.warning(
             "AUTH IS OFF (DIFFQ_AUTH=false): every request acts as the 'default' owner with admin rights; "

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.memo import Memo
+from core.specs import Params, field_value
+
 
 def read_config(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`, or None if it is missing or not a readable JSON object."""
@@ -33,23 +36,35 @@ def scheduler_config(ref: str, models_dir: Path) -> dict[str, Any] | None:
     return config
 
 
-def steps_problem(model: str, params: Any, models_dir: Path) -> str | None:
+def steps_problem(model: str, params: Params, models_dir: Path, memo: Memo | None = None) -> str | None:
     """Why `params` (a job's params: `num_inference_steps`, `scheduler`, maybe `strength`) can't run on
-    the local model `model`; None when they can, or when the model's scheduler config isn't here to read."""
+    the local model `model`; None when they can, or when the model's scheduler config isn't here to read.
+    `memo` (one per request) answers each (model, steps, scheduler, strength) once for a batch's jobs."""
+    steps = field_value(params, "num_inference_steps")
+    if steps is None:
+        return None
+    name = field_value(params, "scheduler")
+    strength = field_value(params, "strength")
+    if memo is None:
+        return _steps_problem(model, steps, name, strength, models_dir)
+    return memo.get(
+        ("steps_problem", model, steps, name, strength),
+        lambda: _steps_problem(model, steps, name, strength, models_dir),
+    )
+
+
+def _steps_problem(
+    model: str, steps: int, name: str | None, strength: float | None, models_dir: Path
+) -> str | None:
     from core.scheduler_limits import steps_problem as limits_problem
     from core.schedulers import SCHEDULERS
 
-    steps = getattr(params, "num_inference_steps", None)
-    if steps is None:
-        return None
     config = scheduler_config(model, models_dir)
     if config is None:
         return None
-    name = getattr(params, "scheduler", None)
     choice = SCHEDULERS.get(name) if name is not None else None
     class_name = choice.class_name if choice is not None else config["_class_name"]
     overrides = choice.overrides if choice is not None else {}
-    strength = getattr(params, "strength", None)
     return limits_problem(model, name, class_name, config, overrides, steps, strength)
 
 
@@ -219,10 +234,24 @@ def vae_scale_factor(vae: Mapping[str, Any] | None) -> int:
     return 2 ** (len(blocks) - 1) if isinstance(blocks, list | tuple) and blocks else 8
 
 
-def size_problem(ref: str, params: Any, models_dir: Path) -> str | None:
+def size_problem(ref: str, params: Params, models_dir: Path, memo: Memo | None = None) -> str | None:
     """Why the local model `ref` can't make the images of a text-to-image job's `params` (`width`,
     `height`, `num_images`, `guidance_scale`) — see `norm_problem`; None when it can, or when its configs
-    aren't here to read."""
+    aren't here to read. `memo` (one per request) answers each distinct question once for a batch."""
+    width, height = field_value(params, "width"), field_value(params, "height")
+    guidance_scale = field_value(params, "guidance_scale")
+    batch_size = (field_value(params, "num_images") or 1) * (2 if (guidance_scale or 0) > 1 else 1)
+    if memo is None:
+        return _size_problem(ref, width, height, batch_size, models_dir)
+    return memo.get(
+        ("size_problem", ref, width, height, batch_size),
+        lambda: _size_problem(ref, width, height, batch_size, models_dir),
+    )
+
+
+def _size_problem(
+    ref: str, width: int | None, height: int | None, batch_size: int, models_dir: Path
+) -> str | None:
     folder = model_folder(ref, models_dir)
     unet = read_config(folder / "unet" / "config.json") if folder is not None else None
     if folder is None or unet is None:
@@ -230,10 +259,8 @@ def size_problem(ref: str, params: Any, models_dir: Path) -> str | None:
     scale = vae_scale_factor(read_config(folder / "vae" / "config.json"))
     sample_size = unet.get("sample_size")
     native = sample_size * scale if isinstance(sample_size, int) else None
-    width, height = getattr(params, "width", None) or native, getattr(params, "height", None) or native
+    width, height = width or native, height or native
     if width is None or height is None:
         return None
-    guided = getattr(params, "guidance_scale", 0) > 1
-    batch_size = getattr(params, "num_images", 1) * (2 if guided else 1)
     problem = norm_problem(unet, scale, width, height, batch_size)
     return f"model '{ref}' can't make this image: {problem}" if problem else None

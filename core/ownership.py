@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from core.auth import Principal
 from core.dataset_refs import parse_dataset
-from core.specs import ImageRef, JobSpec
+from core.memo import Memo
+from core.specs import ImageRef, JobSpec, field_value
 from core.tables import DEFAULT_OWNER, Job, RegisteredModel, Upload
 
 # (location in the body, message, error type), as core/submit.py reports problems.
@@ -59,31 +60,42 @@ def may_read_key(session: Session, principal: Principal, key: str) -> bool:
     return owner is not None and owner == principal.owner
 
 
-def reference_problems(session: Session, principal: Principal, spec: JobSpec) -> list[Problem]:
-    """A problem for each input image or dataset of `spec` that is not the principal's to name."""
+def reference_problems(
+    session: Session, principal: Principal, spec: JobSpec, memo: Memo | None = None
+) -> list[Problem]:
+    """A problem for each input image or dataset of `spec` that is not the principal's to name. `memo`
+    (one per request) looks each upload and key up once for all the jobs of a batch."""
     if principal.is_admin:
         return []
+    memo = memo if memo is not None else Memo()
+
+    def others_upload(upload_id: str) -> bool:
+        return memo.get(("others_upload", upload_id), lambda: _others_upload(session, principal, upload_id))
+
+    def may_read(key: str) -> bool:
+        return memo.get(("may_read_key", key), lambda: may_read_key(session, principal, key))
+
     problems: list[Problem] = []
     for field in spec.params.image_fields:
         ref: ImageRef | None = getattr(spec.params, field)
         if ref is None:
             continue
-        if ref.upload is not None and _others_upload(session, principal, ref.upload):
+        if ref.upload is not None and others_upload(ref.upload):
             message = f"upload {ref.upload!r} does not exist; upload the image with POST /v1/uploads first"
             problems.append((("params", field), message, "bad_image"))
-        elif ref.key is not None and not may_read_key(session, principal, ref.key):
+        elif ref.key is not None and not may_read(ref.key):
             message = (
                 f"storage key {ref.key!r} is not yours to read; name your own uploads "
                 '({"upload": id}) or your own jobs\' outputs (jobs/<job id>/…)'
             )
             problems.append((("params", field), message, "bad_image"))
-    dataset = getattr(spec.params, "dataset", None)
+    dataset = field_value(spec.params, "dataset")
     if dataset is not None:
         ref = parse_dataset(dataset)
-        if ref.kind == "upload" and _others_upload(session, principal, ref.name):
+        if ref.kind == "upload" and others_upload(ref.name):
             message = f"no upload with id {ref.name}; upload the dataset zip with POST /v1/uploads first"
             problems.append((("params", "dataset"), message, "bad_dataset"))
-        elif ref.kind == "prefix" and not may_read_key(session, principal, ref.name + "/"):
+        elif ref.kind == "prefix" and not may_read(ref.name + "/"):
             message = (
                 f"storage prefix {ref.name!r} is not yours to read; name a builtin dataset, your own "
                 "upload, or a prefix of your own job's outputs (an admin key may name any prefix)"

@@ -35,6 +35,13 @@ MAX_SEED = 2**32 - 1
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
+def field_value(model: BaseModel, name: str) -> Any:
+    """`model`'s field `name`, or None if its class has no such field (a spec or params of another job
+    type). The same as `getattr(model, name, None)` without pydantic's `__getattr__` for a missing name,
+    which raises inside and costs ~5 µs: admitting a 10,000-job batch asked it 60,000 times."""
+    return model.__dict__.get(name)
+
+
 def new_seed(num_images: int = 1) -> int:
     """A random first seed whose `num_images` seeds (seed + i) all fit in 32 bits."""
     return secrets.randbelow(MAX_SEED + 2 - num_images)

@@ -18,11 +18,12 @@ from core.config import Settings
 from core.dataset_refs import dataset_problem, parse_dataset
 from core.fusion import fuse_key
 from core.job_types import queue_for
+from core.memo import Memo
 from core.model_configs import kind_problem, scheduler_config
 from core.model_refs import reference_problem
 from core.model_registry import find_model
 from core.scheduler_limits import steps_problem as scheduler_steps_problem
-from core.specs import JobSpec, Params, TrainLoraParams, TrainUnconditionalParams, new_seed
+from core.specs import JobSpec, Params, TrainLoraParams, TrainUnconditionalParams, field_value, new_seed
 from core.storage import Storage
 from core.tables import Job, JobStatus, ModelKind
 
@@ -37,11 +38,11 @@ def limit_problems(params: Params, settings: Settings) -> list[Problem]:
     whatever its own settings say, so a worker whose limits differ from the API's still runs it.
     """
     problems: list[Problem] = []
-    num_images = getattr(params, "num_images", None)
+    num_images = field_value(params, "num_images")
     if num_images is not None and num_images > settings.max_num_images:
         message = f"num_images must be at most {settings.max_num_images}, got {num_images}"
         problems.append((("params", "num_images"), message, "value_error"))
-    width, height = getattr(params, "width", None), getattr(params, "height", None)
+    width, height = field_value(params, "width"), field_value(params, "height")
     if width and height and width * height > settings.max_pixels:
         message = f"width*height is {width * height} pixels; the limit is {settings.max_pixels}"
         problems.append((("params",), message, "value_error"))
@@ -49,32 +50,46 @@ def limit_problems(params: Params, settings: Settings) -> list[Problem]:
 
 
 def training_problems(
-    session: Session, spec: JobSpec, models_dir: Path, storage: Storage, owner: str | None = None
+    session: Session,
+    spec: JobSpec,
+    models_dir: Path,
+    storage: Storage,
+    owner: str | None = None,
+    memo: Memo | None = None,
 ) -> list[Problem]:
     """The checks beyond the model: a LoRA to apply, the name a training job registers, its dataset, and
     the sampling steps a training job's scheduler can't run. `owner` sees its own and published
-    registered models (None: every model)."""
+    registered models (None: every model). `memo` (one per request) answers each LoRA, name, dataset and
+    scheduler config once for all the jobs of a batch."""
+    memo = memo if memo is not None else Memo()
     problems: list[Problem] = []
-    lora = getattr(spec.params, "lora", None)
+    lora = field_value(spec.params, "lora")
     model = spec.model
-    if lora is not None and model is not None and (problem := lora_problem(session, lora.name, model, owner)):
-        problems.append((("params", "lora", "name"), *problem))
-    output_model = getattr(spec, "output_model", None)
-    if output_model is not None and (
-        problem := output_model_problem(session, output_model, spec.overwrite_output_model, models_dir, owner)
+    if lora is not None and model is not None:
+        name = lora.name
+        if problem := memo.get(("lora", name, model), lambda: lora_problem(session, name, model, owner)):
+            problems.append((("params", "lora", "name"), *problem))
+    output_model = field_value(spec, "output_model")
+    if output_model is not None:
+        overwrite = spec.overwrite_output_model
+        if problem := memo.get(
+            ("output_model", output_model, overwrite),
+            lambda: output_model_problem(session, output_model, overwrite, models_dir, owner),
+        ):
+            problems.append((("output_model",), problem, "model_exists"))
+    dataset = field_value(spec.params, "dataset")
+    if dataset is not None and (
+        problem := memo.get(("dataset", dataset), lambda: dataset_problem(parse_dataset(dataset), storage))
     ):
-        problems.append((("output_model",), problem, "model_exists"))
-    dataset = getattr(spec.params, "dataset", None)
-    if dataset is not None and (problem := dataset_problem(parse_dataset(dataset), storage)):
         problems.append((("params", "dataset"), problem, "bad_dataset"))
-    problems.extend(training_steps_problems(spec, models_dir))
+    problems.extend(training_steps_problems(spec, models_dir, memo))
     return problems
 
 
-def training_steps_problems(spec: JobSpec, models_dir: Path) -> list[Problem]:
+def training_steps_problems(spec: JobSpec, models_dir: Path, memo: Memo | None = None) -> list[Problem]:
     """Sampling steps a training job's scheduler can't run: `train_unconditional`'s sample grids (a
     `DDPMScheduler` of the job's own `num_train_timesteps`), `train_lora`'s validation images (the base
-    model's scheduler, when its config is here to read)."""
+    model's scheduler, when its config is here to read; read once per model with `memo`)."""
     params = spec.params
     if isinstance(params, TrainUnconditionalParams):
         config = {"num_train_timesteps": params.num_train_timesteps, "beta_schedule": params.beta_schedule}
@@ -86,10 +101,12 @@ def training_steps_problems(spec: JobSpec, models_dir: Path) -> list[Problem]:
             )
             return [(("params", "sample_inference_steps"), message, "too_many_steps")]
     if isinstance(params, TrainLoraParams) and params.validation_prompt and spec.model is not None:
-        config = scheduler_config(spec.model, models_dir)
+        model = spec.model
+        memo = memo if memo is not None else Memo()
+        config = memo.get(("scheduler_config", model), lambda: scheduler_config(model, models_dir))
         steps = params.validation_inference_steps
         if config is not None and (
-            problem := scheduler_steps_problem(spec.model, None, config["_class_name"], config, {}, steps)
+            problem := scheduler_steps_problem(model, None, config["_class_name"], config, {}, steps)
         ):
             message = problem.replace("num_inference_steps", "validation_inference_steps")
             return [(("params", "validation_inference_steps"), message, "too_many_steps")]
@@ -178,9 +195,10 @@ def output_model_problem(
     return None
 
 
-def job_fields(spec: JobSpec, priority: int = 0) -> dict[str, Any]:
+def job_fields(spec: JobSpec, priority: int = 0, memo: Memo | None = None) -> dict[str, Any]:
     """The columns to store for `spec`; a seed left unset is picked here and recorded, so the job
-    can be remade. A spec without a priority takes `priority` (its batch's)."""
+    can be remade. A spec without a priority takes `priority` (its batch's). `memo` (one per request)
+    digests each fusion key once for a batch's jobs."""
     params: dict[str, Any] = spec.params.model_dump(mode="json")
     if "seed" in params and params["seed"] is None:
         params["seed"] = new_seed(params.get("num_images", 1))
@@ -188,9 +206,9 @@ def job_fields(spec: JobSpec, priority: int = 0) -> dict[str, Any]:
         "type": spec.type,
         "model": spec.model,
         "params": params,
-        "fuse_key": fuse_key(spec.type, spec.model, params),
-        "output_model": getattr(spec, "output_model", None),
-        "overwrite_output_model": getattr(spec, "overwrite_output_model", False),
+        "fuse_key": fuse_key(spec.type, spec.model, params, memo),
+        "output_model": field_value(spec, "output_model"),
+        "overwrite_output_model": field_value(spec, "overwrite_output_model") or False,
         "webhook": spec.webhook.model_dump(mode="json") if spec.webhook is not None else None,
         "queue": queue_for(spec.type),
         "priority": spec.priority if spec.priority is not None else priority,

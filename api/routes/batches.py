@@ -88,7 +88,7 @@ def write_batch(
         check_queued_jobs(session, principal, len(batch.specs))
     except QuotaExceeded as error:
         raise too_many(error) from None
-    values = [job_values(spec, principal.owner, priority) for spec in batch.specs]
+    values = [job_values(spec, principal.owner, priority, admission.memo) for spec in batch.specs]
     batch_id, job_ids = insert_batch(session, name, batch.source, values, principal.owner, webhook, priority)
     session.commit()
     # A few wake-ups (one per live worker at most), sent after the response so that a broker that is

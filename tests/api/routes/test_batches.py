@@ -1,15 +1,24 @@
 """Batch validation at the door: every job is checked before any is written, and errors say where."""
 
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import jsonschema
 import pytest
+import redis
+from sqlalchemy import delete, event, func, select
 
 from api.routes.batches import EXAMPLE
-from core.db import db_session
-from core.tables import Batch
-from tests.utils.jobs import text2img_spec
+from core.config import get_settings
+from core.db import db_session, get_engine
+from core.scheduling import direct_queue
+from core.tables import Batch, Job, WorkerNode
+from core.worker_nodes import register_worker
+from tests.conftest import bearer, new_key
+from tests.utils.db import in_session
+from tests.utils.images import noise_image
+from tests.utils.jobs import text2img_spec, upload_image
 
 
 def post(api, body: dict) -> httpx.Response:
@@ -150,3 +159,88 @@ def test_jsonl_form_type_is_the_default_job_type(api) -> None:
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "file", "line", 1, "img2img", "params", "image"]
+
+
+@pytest.fixture
+def own_queue(monkeypatch: pytest.MonkeyPatch, broker: str) -> Iterator[str]:
+    """A queue of this test's own for generation jobs, which no worker consumes, with three live idle
+    worker rows that serve it; the messages in it can be counted."""
+    queue = f"diffq-test-batch-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(get_settings(), "queue", queue)
+    names = [f"batch-{uuid.uuid4().hex[:6]}@test" for _ in range(3)]
+    for name in names:
+        in_session(register_worker, name, "cpu", [direct_queue(name), queue], 1, None)
+    yield queue
+    with db_session() as session:
+        session.execute(delete(WorkerNode).where(WorkerNode.name.in_(names)))
+    redis.Redis.from_url(broker).delete(queue, *[direct_queue(name) for name in names])
+
+
+def test_a_10000_job_batch_wakes_each_serving_worker_once(api, own_queue: str, broker: str) -> None:
+    key = new_key(f"batch-{uuid.uuid4().hex[:8]}", max_queued_jobs=0)
+    template = {"model": "tiny-sd", "params": {"num_inference_steps": 2, "width": 64, "height": 64}}
+    sweep = {"prompt": [f"a squirrel, take {i}" for i in range(100)], "seed": list(range(100))}
+    response = api.post("/v1/batches", json={"template": template, "sweep": sweep}, headers=bearer(key))
+    assert response.status_code == 201, response.text[:500]
+    assert response.json()["total"] == 10_000
+    with db_session() as session:
+        queued = session.scalar(
+            select(func.count()).select_from(Job).where(Job.batch_id == uuid.UUID(response.json()["id"]))
+        )
+    assert queued == 10_000
+    # The wake-ups went out after the response (TestClient runs background tasks before returning):
+    # one per live worker serving the queue, not one per job.
+    assert redis.Redis.from_url(broker).llen(own_queue) == 3
+
+
+def test_every_invalid_job_of_a_big_batch_is_named(api) -> None:
+    """Admission answers each distinct question once (core/memo.py), yet still names every job that
+    fails it, and only those."""
+    jobs = [text2img_spec(seed=i) for i in range(2000)]
+    jobs[7] = text2img_spec(model="no-such-model")
+    jobs[1500] = text2img_spec(num_inference_steps=1000, scheduler="ddim")  # tiny-sd runs at most 999
+    jobs[1501] = text2img_spec(num_inference_steps=1000)
+    jobs[1502] = text2img_spec(num_inference_steps=999, scheduler="ddim")
+    jobs[1999] = text2img_spec(num_images=17)  # over DIFFQ_MAX_NUM_IMAGES
+    response = post(api, {"jobs": jobs})
+    assert response.status_code == 422
+    locs = {tuple(error["loc"]): error["msg"] for error in response.json()["detail"]}
+    steps = ("params", "num_inference_steps")
+    assert locs == {
+        ("body", "jobs", 7, "model"): locs[("body", "jobs", 7, "model")],
+        ("body", "jobs", 1500, *steps): "scheduler 'ddim' on tiny-sd allows at most 999 steps, "
+        "got num_inference_steps=1000",
+        (
+            "body",
+            "jobs",
+            1501,
+            *steps,
+        ): "tiny-sd's scheduler allows at most 999 steps, got num_inference_steps=1000",
+        ("body", "jobs", 1999, "params", "num_images"): "num_images must be at most 16, got 17",
+    }
+    assert "not found in the models dir" in locs[("body", "jobs", 7, "model")]
+
+
+def test_a_batch_looks_each_distinct_reference_up_once(api) -> None:
+    """A batch of img2img jobs that all name one upload, one model and one scheduler runs as many SQL
+    statements when it has 200 jobs as when it has 10: each is looked up once, not once per job."""
+    image = upload_image(api, noise_image())
+
+    def statements_for(count: int) -> int:
+        params = {"prompt": "x", "image": image, "num_inference_steps": 4, "strength": 0.5}
+        jobs = [{"type": "img2img", "model": "tiny-sd", "params": params | {"seed": i}} for i in range(count)]
+        statements: list[str] = []
+
+        def count_statement(conn, cursor, statement: str, *args) -> None:
+            statements.append(statement)
+
+        event.listen(get_engine(), "before_cursor_execute", count_statement)
+        try:
+            response = post(api, {"jobs": jobs})
+        finally:
+            event.remove(get_engine(), "before_cursor_execute", count_statement)
+        assert response.status_code == 201, response.text[:500]
+        assert response.json()["total"] == count
+        return len(statements)
+
+    assert statements_for(200) == statements_for(10)
