@@ -8,7 +8,7 @@ is declared in OpenAPI, so `/docs` has an Authorize button.
 import hmac
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -108,3 +108,16 @@ def scrape_access(
             status.HTTP_403_FORBIDDEN,
             detail="/metrics needs an admin key or the scrape token set in DIFFQ_METRICS_TOKEN",
         )
+
+
+def owner_filter(principal: Principal, owner: str | None, column: Any, what: str) -> list[Any]:
+    """The WHERE conditions on `column` (an owner column) for a list of `what` ("jobs", "batches"): the
+    principal's own rows, or with an admin key every owner's, or `owner`'s. 403 for `?owner=` another
+    owner than one's own without an admin key."""
+    if principal.is_admin:
+        return [column == owner] if owner is not None else []
+    if owner is not None and owner != principal.owner:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail=f"?owner= is for admin keys; without it you see your own {what}"
+        )
+    return [column == principal.owner]

@@ -48,6 +48,11 @@ class JobsPublic(BaseModel):
     count: int
 
 
+class BatchesPublic(BaseModel):
+    data: list[BatchPublic]
+    count: int
+
+
 class MetricPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -4,17 +4,17 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Query, Request, Response, status
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.admission import Admission, job_values, too_many, unprocessable
-from api.auth import READ, SUBMIT, Submitter
+from api.auth import READ, SUBMIT, Reader, Submitter, owner_filter
 from api.deps import BatchDep, SessionDep
 from api.routes.uploads import REQUIRED_BODY, FileField, read_upload
-from api.schemas import BatchCreate, BatchPublic, WebhookDeliveriesPublic
+from api.schemas import BatchCreate, BatchesPublic, BatchPublic, WebhookDeliveriesPublic
 from core.auth import Principal
 from core.batch_specs import (
     BatchInvalid,
@@ -212,6 +212,37 @@ def _jsonl_batch(
         raise unprocessable(error.errors) from None
     with get_sessionmaker()() as session:
         return write_batch(session, name, batch, background, base_url, principal, webhook, priority)
+
+
+@router.get("", response_model=BatchesPublic)
+def list_batches(
+    session: SessionDep,
+    request: Request,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    owner: Annotated[
+        str | None,
+        Query(
+            max_length=100, description="Only this owner's batches (admin keys; others see only their own)."
+        ),
+    ] = None,
+) -> BatchesPublic:
+    """The batches of the key's owner, newest first (an admin key sees every owner's), each with its
+    counts by status and progress, as `GET /v1/batches/{id}` shows it without its running jobs."""
+    query = (
+        select(Batch)
+        .where(*owner_filter(principal, owner, Batch.owner, "batches"))
+        .order_by(Batch.created_at.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    base_url = str(request.base_url)
+    batches = [
+        public(batch, batch_state(session, batch, running_limit=0), base_url)
+        for batch in session.scalars(query)
+    ]
+    return BatchesPublic(data=batches, count=len(batches))
 
 
 @router.get("/{batch_id}", response_model=BatchPublic, dependencies=READ)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from sqlalchemy import select
 
 from api.admission import Admission, job_values, too_many, unprocessable
-from api.auth import READ, SUBMIT, Reader, Submitter
+from api.auth import READ, SUBMIT, Reader, Submitter, owner_filter
 from api.deps import JobDep, SessionDep
 from api.schemas import JobPublic, JobsPublic, MetricPublic, MetricsPublic, WebhookDeliveriesPublic
 from core.events import publish_canceled
@@ -126,16 +126,7 @@ def list_jobs(
     ] = None,
 ) -> JobsPublic:
     """The jobs of the key's owner, newest first (an admin key sees every owner's)."""
-    query = select(Job).limit(limit).offset(offset)
-    if not principal.is_admin:
-        if owner is not None and owner != principal.owner:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail="?owner= is for admin keys; without it you see your own jobs",
-            )
-        query = query.where(Job.owner == principal.owner)
-    elif owner is not None:
-        query = query.where(Job.owner == owner)
+    query = select(Job).limit(limit).offset(offset).where(*owner_filter(principal, owner, Job.owner, "jobs"))
     if status_:
         query = query.where(Job.status == status_)
     if type_:

@@ -340,3 +340,28 @@ def test_priority_is_shown_and_limited_by_the_key(owners: tuple[Owner, Owner]) -
     refused = capped.post("/v1/batches", json={"priority": 3, "jobs": [text2img()]})
     assert refused.status_code == 422, refused.text
     assert capped.post("/v1/jobs", json=text2img() | {"priority": 2}).status_code == 201
+
+
+def test_batches_list_shows_the_owners_own_newest_first(
+    owners: tuple[Owner, Owner], admin_api: TestClient
+) -> None:
+    alice, bob = owners
+    made = []
+    for prompts in (["a"], ["b", "c"]):
+        created = alice.post("/v1/batches", json={"name": prompts[0], "jobs": [text2img(p) for p in prompts]})
+        assert created.status_code == 201, created.text
+        made.append(created.json()["id"])
+    assert bob.post("/v1/batches", json={"jobs": [text2img()]}).status_code == 201
+
+    listed = alice.get("/v1/batches").json()
+    assert [batch["id"] for batch in listed["data"]] == made[::-1] and listed["count"] == 2
+    assert [batch["total"] for batch in listed["data"]] == [2, 1]
+    assert listed["data"][0]["counts"]["queued"] == 2 and listed["data"][0]["running"] == []
+    assert [b["id"] for b in alice.get("/v1/batches", params={"limit": 1, "offset": 1}).json()["data"]] == [
+        made[0]
+    ]
+    refused = bob.get("/v1/batches", params={"owner": alice.name})
+    assert refused.status_code == 403 and "admin keys" in refused.json()["detail"]
+    as_admin = admin_api.get("/v1/batches", params={"owner": alice.name}).json()
+    assert [batch["id"] for batch in as_admin["data"]] == made[::-1]
+    assert alice.get("/v1/batches", params={"limit": 0}).status_code == 422
