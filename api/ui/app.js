@@ -148,6 +148,23 @@ async function jobsView(view) {
   }
 }
 
+async function batchesView(view) {
+  view.append(el("h1", {}, "Batches"));
+  const table = el("table", { id: "batches" },
+    el("tr", {}, ...["batch", "name", "status", "progress", "counts", "created"].map((h) => el("th", {}, h))));
+  view.append(table);
+  const { data } = await api("/v1/batches?limit=50");
+  if (!data.length) view.append(el("p", { class: "muted" }, "No batches yet: POST /v1/batches or diffq batch."));
+  for (const batch of data) {
+    const counts = Object.entries(batch.counts).filter(([, n]) => n).map(([s, n]) => `${n} ${s}`).join(", ");
+    table.append(el("tr", { "data-batch": batch.id },
+      el("td", {}, el("a", { href: `#/batches/${batch.id}` }, batch.id.slice(0, 8))),
+      el("td", {}, batch.name || ""), el("td", {}, statusBadge(batch.status)),
+      el("td", {}, el("progress", { max: batch.progress.total || 1, value: batch.progress.finished })),
+      el("td", { class: "muted" }, counts), el("td", { class: "muted" }, new Date(batch.created_at).toLocaleString())));
+  }
+}
+
 // A training job's loss by step, as SVG: a line through every point, and a dot (with its step and
 // loss on hover) for each of at most MAX_DOTS points spread over the run.
 const MAX_DOTS = 200;
@@ -379,6 +396,7 @@ async function route() {
   try {
     if (page === "jobs" && id) await jobView(view, id);
     else if (page === "batches" && id) await batchView(view, id);
+    else if (page === "batches") await batchesView(view);
     else if (page === "submit") submitView(view);
     else await jobsView(view);
   } catch (error) {

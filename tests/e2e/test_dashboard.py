@@ -212,6 +212,18 @@ def test_the_batch_grid_fills_in_with_counts_by_status(stack, browser, client: C
     link = wait_for(lambda: driver.find_element(By.ID, "batch-link"), what="the job page of a cell")
     assert link.get_attribute("href").endswith(f"#/batches/{batch['id']}")
 
+    # The batches page lists it, done, with its counts, and opens it.
+    driver.get(f"{stack.api_url}/ui/#/batches")
+    row = wait_for(
+        lambda: driver.find_element(By.CSS_SELECTOR, f"#batches tr[data-batch='{batch['id']}']"),
+        what="the batch in the batches list",
+    )
+    assert "succeeded" in row.text and "4 succeeded" in row.text and "dashboard" in row.text
+    row.find_element(By.TAG_NAME, "a").click()
+    wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "#grid .cell"), what="the batch page, from the list"
+    )
+
 
 def test_a_training_job_shows_its_loss_curve_and_sample_grids(stack, browser, client: Client) -> None:
     driver = browser
