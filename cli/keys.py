@@ -73,10 +73,12 @@ def list_(owner: Annotated[str | None, typer.Option(help="Only this owner's keys
 
     with db_session() as session:
         rows = list_keys(session, owner)
+        if rows:
+            typer.echo("id  prefix  owner  scopes  state  limits (name)")
         for row in rows:
             state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
             used = f"used {row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never used"
-            limits = f" limits {json.dumps(row.limits)}" if row.limits else ""
+            limits = f" limits {json.dumps(row.limits)}" if row.limits else " default limits (DIFFQ_MAX_*)"
             note = f" ({row.name})" if row.name else ""
             typer.echo(
                 f"{row.id}  {row.prefix}  {row.owner}  {','.join(row.scopes)}  {state}, {used}{limits}{note}"
