@@ -1,7 +1,7 @@
 """Live events: how fast a step reaches an SSE client, what 200 clients cost the API, and how many
 Postgres queries a running job makes per second with and without the event stream.
 
-    .venv/bin/python bench/events.py [--jobs 20] [--clients 200] [--seconds 10] [--rate 20]
+    .venv/bin/python bench/events.py [--jobs 20] [--clients 200] [--seconds 10] [--rate 20] [--baseline main]
 
 Needs the machine's Postgres and Redis; uses its own database (diffq_bench_events) and Redis db 15
 (DIFFQ_BENCH_REDIS_DB to change it). The API runs as its own process (uvicorn, one worker) so that
@@ -9,12 +9,16 @@ its CPU time can be read from /proc. The "workers" are threads of this process r
 progress path (core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis
 publish and cancel check per step, the coalesced Postgres write) at `--rate` steps a second each; no
 model runs, so the numbers are the event path's alone. Latency is the client's receive time minus the
-`ts` the worker stamped on the step (one clock: same machine).
+`ts` the worker stamped on the step (one clock: same machine). A failed connection is one that got an
+error, a status other than 200, or an end of stream while its job still ran. `--baseline REF` serves
+the API from git REF too (extracted to a temporary folder; the workers' side is this checkout's) and
+runs each scenario on both, one API process at a time, so that a change is measured side by side.
 """
 
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -22,6 +26,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,12 +136,15 @@ def queries_per_job_second(rate: float, seconds: float, with_events: bool) -> fl
 
 async def clients(
     api_url: str, key: str, job_ids: list[uuid.UUID], count: int, seconds: float
-) -> list[float]:
-    """`count` SSE clients spread over the jobs' streams for `seconds`; each progress event's latency."""
+) -> tuple[list[float], Counter[str]]:
+    """`count` SSE clients spread over the jobs' streams for `seconds`: each progress event's latency,
+    and why connections failed (an error, a status other than 200, or a stream that the server ended
+    while its job still ran), counted by reason."""
     import httpx
     from httpx_sse import aconnect_sse
 
     latencies: list[float] = []
+    failed: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=count + 10)
     async with httpx.AsyncClient(
         base_url=api_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=None
@@ -143,20 +153,29 @@ async def clients(
         async def one(job_id: uuid.UUID) -> None:
             import json
 
-            async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as source:
-                connected = time.time()
-                async for sse in source.aiter_sse():
-                    if sse.event == "progress":
-                        published = json.loads(sse.data)["ts"]
-                        if published >= connected:  # not the replay of what came before it connected
-                            latencies.append(time.time() - published)
+            try:
+                async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as source:
+                    if source.response.status_code != 200:
+                        failed[f"HTTP {source.response.status_code}"] += 1
+                        return
+                    connected = time.time()
+                    async for sse in source.aiter_sse():
+                        if sse.event == "progress":
+                            published = json.loads(sse.data)["ts"]
+                            if published >= connected:  # not the replay of what came before it connected
+                                latencies.append(time.time() - published)
+                failed["ended early"] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failed[type(error).__name__] += 1
 
         tasks = [asyncio.create_task(one(job_ids[i % len(job_ids)])) for i in range(count)]
         await asyncio.sleep(seconds)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return latencies
+    return latencies, failed
 
 
 def cpu_seconds(pid: int) -> float:
@@ -169,7 +188,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def scenario(
-    api_url: str, key: str, api_pid: int, jobs: int, client_count: int, seconds: float, rate: float
+    label: str,
+    api_url: str,
+    key: str,
+    api_pid: int,
+    jobs: int,
+    client_count: int,
+    seconds: float,
+    rate: float,
 ) -> None:
     job_ids = running_jobs(jobs)
     stop = threading.Event()
@@ -180,18 +206,60 @@ def scenario(
     cpu_before, wall_before = cpu_seconds(api_pid), time.monotonic()
     for thread in threads:
         thread.start()
-    latencies = asyncio.run(clients(api_url, key, job_ids, client_count, seconds))
+    latencies, failed = asyncio.run(clients(api_url, key, job_ids, client_count, seconds))
     cpu = (cpu_seconds(api_pid) - cpu_before) / (time.monotonic() - wall_before)
     stop.set()
     for thread in threads:
         thread.join()
-    latencies_ms = [latency * 1000 for latency in latencies]
+    latencies_ms = [latency * 1000 for latency in latencies] or [float("nan")]
     print(
-        f"{jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
+        f"{label}: {jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
         f"{len(latencies)} events received, step → client p50 {percentile(latencies_ms, 50):.1f} ms, "
         f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
-        f"API CPU {cpu * 100:.0f} % of one core"
+        f"API CPU {cpu * 100:.0f} % of one core; failed connections "
+        f"{sum(failed.values())}{' ' + str(dict(failed)) if failed else ''}",
+        flush=True,
     )
+
+
+@contextmanager
+def api_process(root: Path) -> Iterator[tuple[str, int]]:
+    """The API served from the checkout `root` (uvicorn, one worker): (its URL, its pid)."""
+    import httpx
+
+    from cli.quickstart import free_port
+
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    api_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api_url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API in {root} did not start")
+            time.sleep(0.2)
+        yield api_url, api.pid
+    finally:
+        api.terminate()
+        api.wait(10)
+
+
+def checkout(ref: str) -> Path:
+    """The tree of git `ref` of this repository, extracted into a temporary folder."""
+    folder = TMP / f"baseline-{re.sub(r'[^A-Za-z0-9._-]', '_', ref)}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def main() -> None:
@@ -202,45 +270,31 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=20, help="steps a second per job")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also serve the API from git REF (e.g. main) and run each scenario on it, side by side",
+    )
     args = parser.parse_args()
 
     key = setup()
     bigger_pool(args.jobs + 5)
-    from cli.quickstart import free_port
+    roots = {"this checkout": ROOT}
+    if args.baseline:
+        roots = {args.baseline: checkout(args.baseline), **roots}
 
-    port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    before = queries_per_job_second(args.rate, 5, with_events=False)
+    after = queries_per_job_second(args.rate, 5, with_events=True)
+    print(
+        f"Postgres statements per running job per second at {args.rate:g} steps/s (progress path; "
+        f"the lease renewal adds 1 per 20 s): before (status reads every 0.1 s) {before:.1f}, "
+        f"after (Redis) {after:.1f}",
+        flush=True,
     )
-    api_url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{api_url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.2)
-
-        before = queries_per_job_second(args.rate, 5, with_events=False)
-        after = queries_per_job_second(args.rate, 5, with_events=True)
-        print(
-            f"Postgres statements per running job per second at {args.rate:g} steps/s (progress path; "
-            f"the lease renewal adds 1 per 20 s): before (status reads every 0.1 s) {before:.1f}, "
-            f"after (Redis) {after:.1f}"
-        )
-        scenario(api_url, key, api.pid, 1, 1, args.seconds, args.rate)
-        scenario(api_url, key, api.pid, args.jobs, args.clients, args.seconds, args.rate)
-    finally:
-        api.terminate()
-        api.wait(10)
+    for clients_count, jobs in ((1, 1), (args.clients, args.jobs)):
+        for label, root in roots.items():
+            with api_process(root) as (api_url, pid):
+                scenario(label, api_url, key, pid, jobs, clients_count, args.seconds, args.rate)
 
 
 if __name__ == "__main__":
