@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 import redis
@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
 from core.db import get_engine
+from core.event_fanout import LiveSubscription, StreamReader
 from core.tables import Job, JobEvent, JobPreview, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,49 @@ class BadEventId(ValueError):
     """A Last-Event-ID this store did not make."""
 
 
+class Subscription(Protocol):
+    """A reader's place in one stream (`EventStore.subscribe`): `next` returns the events after the last
+    it returned, waiting up to `wait_s` seconds for one (0: returns at once). Use it as a context manager
+    (or call `close`), so that the stream stops being followed."""
+
+    after: str
+
+    def __enter__(self) -> "Subscription": ...
+
+    def __exit__(self, *_: object) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def next(self, wait_s: float) -> list["Event"]: ...
+
+
+class PolledSubscription:
+    """A subscription that polls `EventStore.read` (the database store's; the Redis store's live
+    subscriptions share one read instead, core/event_fanout.py)."""
+
+    def __init__(self, store: "EventStore", stream: str, after: str) -> None:
+        self.store = store
+        self.stream = stream
+        self.after = after
+
+    def __enter__(self) -> "PolledSubscription":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: each `next` reads on its own."""
+
+    async def next(self, wait_s: float) -> list["Event"]:
+        """The events after the last returned (at first, after the start id), oldest first; waits up to
+        `wait_s` seconds for one when there are none yet (0: returns at once)."""
+        events = await self.store.read(self.stream, self.after, wait_s)
+        if events:
+            self.after = events[-1].id
+        return events
+
+
 class EventStore(ABC):
     """Where streams live. Publishing is synchronous (workers, sync API routes); reading is async (SSE)."""
 
@@ -132,6 +176,10 @@ class EventStore(ABC):
         """The events after id `after`, oldest first; waits up to `wait_s` for one when there are none
         yet (0: returns at once)."""
 
+    def subscribe(self, stream: str, after: str) -> Subscription:
+        """Follow `stream` from after id `after` (what an SSE connection does)."""
+        return PolledSubscription(self, stream, after)
+
     @abstractmethod
     def check_id(self, event_id: str) -> str:
         """`event_id` if this store could have made it, else BadEventId."""
@@ -155,10 +203,12 @@ class RedisEventStore(EventStore):
         super().__init__(settings)
         self.url = url
         self.client = redis.Redis.from_url(url)
-        # One asyncio client per event loop: a connection belongs to the loop that opened it.
+        # One asyncio client and one stream reader per event loop: a connection belongs to the loop
+        # that opened it.
         self._async_clients: WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             WeakKeyDictionary()
         )
+        self._readers: WeakKeyDictionary[asyncio.AbstractEventLoop, StreamReader] = WeakKeyDictionary()
 
     @staticmethod
     def key(stream: str) -> str:
@@ -230,7 +280,12 @@ class RedisEventStore(EventStore):
             client = self._async_clients[loop] = redis.asyncio.Redis.from_url(self.url)
         return client
 
+    @staticmethod
+    def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+        return Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(fields[b"data"]))
+
     async def read(self, stream: str, after: str, wait_s: float) -> list[Event]:
+        """One stream's own read (a blocking XREAD when it waits); SSE connections `subscribe` instead."""
         client = self._async_client()
         key = self.key(stream)
         if wait_s > 0:
@@ -239,10 +294,19 @@ class RedisEventStore(EventStore):
         else:
             # XRANGE with an exclusive start: every event after `after`, no waiting.
             entries = await client.xrange(key, min=f"({after}", count=10_000)
-        return [
-            Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(fields[b"data"]))
-            for entry_id, fields in entries
-        ]
+        return [self.decode(entry_id, fields) for entry_id, fields in entries]
+
+    def reader(self) -> StreamReader:
+        """This event loop's shared stream reader (core/event_fanout.py)."""
+        loop = asyncio.get_running_loop()
+        reader = self._readers.get(loop)
+        if reader is None:
+            reader = self._readers[loop] = StreamReader(self._async_client(), self.decode)
+        return reader
+
+    def subscribe(self, stream: str, after: str) -> LiveSubscription:
+        """Follow `stream` through this loop's shared reader: one XREAD for every open stream."""
+        return self.reader().subscribe(self.key(stream), after)
 
     def check_id(self, event_id: str) -> str:
         if not REDIS_ID.match(event_id):

@@ -23,7 +23,8 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response, Security, status
 from fastapi.security import HTTPAuthorizationCredentials
@@ -57,6 +58,11 @@ router = APIRouter(tags=["events"])
 
 PING_S = 15
 COUNTS_MIN_INTERVAL_S = 0.5
+# Rechecks and batch counts read the database on these threads only: however many streams recheck at
+# once, they take at most this many of the pool's connections (the rest wait their turn).
+RECHECK_THREADS = 4
+_RECHECKS = ThreadPoolExecutor(RECHECK_THREADS, thread_name_prefix="diffq-sse-recheck")
+T = TypeVar("T")
 LastEventId = Annotated[
     str | None,
     Header(description="The id of the last event received: the stream resumes after it."),
@@ -120,58 +126,63 @@ def _batch_counts(batch: Batch) -> tuple[BatchState, dict[str, Any]]:
     return state, counts
 
 
+async def _in_db(call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` on one of the `RECHECK_THREADS` threads (see the module docstring)."""
+    return await asyncio.get_running_loop().run_in_executor(_RECHECKS, call, *args)
+
+
 async def follow_job(
     store: EventStore, job: Job, after: str, urls: Urls, recheck_s: float
 ) -> AsyncIterator[ServerSentEvent]:
     """The job's events after `after`, live, until its final status (see the module docstring)."""
     stream, job_id = job_stream(job.id), str(job.id)
     ended: Job | None = job if job.status in JobStatus.FINISHED else None
-    while True:
-        events = await store.read(stream, after, 0 if ended else recheck_s)
-        for event in events:
-            after = event.id
-            yield sse(event.id, event.kind, urls.job_event(job_id, event.kind, event.data))
-            if event.is_final():
+    with store.subscribe(stream, after) as subscription:
+        while True:
+            events = await subscription.next(0 if ended else recheck_s)
+            for event in events:
+                yield sse(event.id, event.kind, urls.job_event(job_id, event.kind, event.data))
+                if event.is_final():
+                    return
+            if ended is not None:
+                # Replayed all the stream still has, and it ends without a final event: the database's.
+                data = {"status": ended.status, **final_state(ended), "ts": round(time.time(), 4)}
+                yield sse(subscription.after, STATUS, urls.job_event(job_id, STATUS, data))
                 return
-        if ended is not None:
-            # Replayed all the stream still has, and it ends without a final event: the database's.
-            data = {"status": ended.status, **final_state(ended), "ts": round(time.time(), 4)}
-            yield sse(after, STATUS, urls.job_event(job_id, STATUS, data))
-            return
-        if not events:
-            current = await asyncio.to_thread(_fresh, Job, job.id)
-            if current is None or current.status in JobStatus.FINISHED:
-                ended = current or job
-                if current is None:  # deleted meanwhile: say how it was last seen
-                    ended.status = JobStatus.CANCELED
+            if not events:
+                current = await _in_db(_fresh, Job, job.id)
+                if current is None or current.status in JobStatus.FINISHED:
+                    ended = current or job
+                    if current is None:  # deleted meanwhile: say how it was last seen
+                        ended.status = JobStatus.CANCELED
 
 
 async def follow_batch(
     store: EventStore, batch: Batch, after: str, urls: Urls, recheck_s: float
 ) -> AsyncIterator[ServerSentEvent]:
     """The batch's events after `after`, live, with `counts` events, until it is done."""
-    stream = batch_stream(batch.id)
     counted_at = 0.0
-    state, counts = await asyncio.to_thread(_batch_counts, batch)
-    while True:
-        events = await store.read(stream, after, 0 if state.done else recheck_s)
-        ended_jobs = False
-        for event in events:
-            after = event.id
-            data = event.data
-            if data.get("outputs"):
-                data = {**data, "outputs": urls.outputs(data["outputs"])}
-            yield sse(event.id, event.kind, data)
-            ended_jobs |= event.kind == BATCH or event.kind == JOB and data["status"] in JobStatus.FINISHED
-        if state.done:
-            yield sse(None, "counts", counts)
-            return
-        if not events or (ended_jobs and time.monotonic() - counted_at >= COUNTS_MIN_INTERVAL_S):
-            counted_at = time.monotonic()
-            state, counts = await asyncio.to_thread(_batch_counts, batch)
-            if not state.done:
+    state, counts = await _in_db(_batch_counts, batch)
+    with store.subscribe(batch_stream(batch.id), after) as subscription:
+        while True:
+            events = await subscription.next(0 if state.done else recheck_s)
+            ended_jobs = False
+            for event in events:
+                data = event.data
+                if data.get("outputs"):
+                    data = {**data, "outputs": urls.outputs(data["outputs"])}
+                yield sse(event.id, event.kind, data)
+                job_ended = event.kind == JOB and data["status"] in JobStatus.FINISHED
+                ended_jobs |= event.kind == BATCH or job_ended
+            if state.done:
                 yield sse(None, "counts", counts)
-            # A done batch loops once more, without waiting, to send what its stream has left.
+                return
+            if not events or (ended_jobs and time.monotonic() - counted_at >= COUNTS_MIN_INTERVAL_S):
+                counted_at = time.monotonic()
+                state, counts = await _in_db(_batch_counts, batch)
+                if not state.done:
+                    yield sse(None, "counts", counts)
+                # A done batch loops once more, without waiting, to send what its stream has left.
 
 
 def _authorized(
