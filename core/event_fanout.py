@@ -66,8 +66,8 @@ class StreamReader:
         self.decode = decode
         self.subscribers: dict[str, set[LiveSubscription]] = {}
         self.cursors: dict[str, str] = {}
-        # The keys of the XREAD in flight (or last issued), for tests and metrics.
-        self.reading_keys: frozenset[str] = frozenset()
+        # The streams (key -> id) of the XREAD in flight, and how many XREADs were issued: for tests.
+        self.reading: dict[str, str] = {}
         self.reads = 0
         self._task: asyncio.Task[None] | None = None
         self._read: asyncio.Future[Any] | None = None
@@ -107,12 +107,9 @@ class StreamReader:
         failing = False
         try:
             while self.subscribers:
-                streams = dict(self.cursors)
-                self.reading_keys = frozenset(streams)
+                self.reading = dict(self.cursors)
                 self.reads += 1
-                read = self._read = asyncio.ensure_future(
-                    self.client.xread(streams, block=BLOCK_MS, count=READ_COUNT)  # type: ignore[arg-type]
-                )
+                read = self._read = asyncio.ensure_future(self._xread(self.reading))
                 await asyncio.wait([read])
                 self._read = None
                 if read.cancelled():
@@ -132,7 +129,12 @@ class StreamReader:
             if self._read is not None:
                 self._read.cancel()
                 self._read = None
-            self.reading_keys = frozenset()
+            self.reading = {}
+
+    async def _xread(self, streams: dict[str, str]) -> list[Any]:
+        # A coroutine of its own: redis-py's xread() makes its command's coroutine when called, which
+        # a read cancelled before it starts would leave never awaited.
+        return await self.client.xread(streams, block=BLOCK_MS, count=READ_COUNT)  # type: ignore[arg-type]
 
     def _fan_out(self, found: list[Any]) -> None:
         """Synchronous: each stream's new entries to its subscriptions, and its cursor past them."""
