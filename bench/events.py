@@ -204,10 +204,12 @@ def scenario(
         threading.Thread(target=run_steps, args=(job_id, steps, rate, True, stop)) for job_id in job_ids
     ]
     cpu_before, wall_before = cpu_seconds(api_pid), time.monotonic()
+    own_before = cpu_seconds(os.getpid())
     for thread in threads:
         thread.start()
     latencies, failed = asyncio.run(clients(api_url, key, job_ids, client_count, seconds))
-    cpu = (cpu_seconds(api_pid) - cpu_before) / (time.monotonic() - wall_before)
+    wall = time.monotonic() - wall_before
+    cpu, own = (cpu_seconds(api_pid) - cpu_before) / wall, (cpu_seconds(os.getpid()) - own_before) / wall
     stop.set()
     for thread in threads:
         thread.join()
@@ -216,7 +218,8 @@ def scenario(
         f"{label}: {jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
         f"{len(latencies)} events received, step → client p50 {percentile(latencies_ms, 50):.1f} ms, "
         f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
-        f"API CPU {cpu * 100:.0f} % of one core; failed connections "
+        f"API CPU {cpu * 100:.0f} % of one core (the bench's clients and workers: {own * 100:.0f} %); "
+        f"failed connections "
         f"{sum(failed.values())}{' ' + str(dict(failed)) if failed else ''}",
         flush=True,
     )

@@ -32,7 +32,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
@@ -74,6 +74,9 @@ class Event:
     id: str
     kind: str
     data: dict[str, Any]
+    # What a reader made of it once for all its readers (the API: its SSE bytes, when every connection
+    # sends the same), since one event read from Redis is fanned out to each subscriber of its stream.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def is_final(self) -> bool:
         """A job's final status event: nothing follows it in the job's stream."""

@@ -45,6 +45,7 @@ from core.events import (
     PREVIEW,
     STATUS,
     BadEventId,
+    Event,
     EventStore,
     batch_stream,
     final_state,
@@ -104,8 +105,19 @@ class Urls:
         return data
 
 
-def sse(event_id: str | None, kind: str, data: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)
+def sse(event_id: str | None, kind: str, data: dict[str, Any]) -> bytes:
+    return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id).encode()
+
+
+def encoded(event: Event, data: dict[str, Any]) -> bytes:
+    """`event` as SSE bytes with `data`: made once for every connection when `data` is the event's own
+    (no URLs added), since one event is fanned out to all its stream's subscribers."""
+    if data is not event.data:
+        return sse(event.id, event.kind, data)
+    found = event.memo.get("sse")
+    if found is None:
+        found = event.memo["sse"] = sse(event.id, event.kind, data)
+    return found
 
 
 def _fresh(model: type[Job] | type[Batch], row_id: Any) -> Any:
@@ -133,23 +145,29 @@ async def _in_db(call: Callable[..., T], *args: Any) -> T:
 
 async def follow_job(
     store: EventStore, job: Job, after: str, urls: Urls, recheck_s: float
-) -> AsyncIterator[ServerSentEvent]:
-    """The job's events after `after`, live, until its final status (see the module docstring)."""
+) -> AsyncIterator[bytes]:
+    """The job's events after `after`, live, until its final status (see the module docstring); the
+    events read together go out as one chunk."""
     stream, job_id = job_stream(job.id), str(job.id)
     ended: Job | None = job if job.status in JobStatus.FINISHED else None
     with store.subscribe(stream, after) as subscription:
         while True:
             events = await subscription.next(0 if ended else recheck_s)
+            chunk = []
             for event in events:
-                yield sse(event.id, event.kind, urls.job_event(job_id, event.kind, event.data))
+                chunk.append(encoded(event, urls.job_event(job_id, event.kind, event.data)))
                 if event.is_final():
+                    yield b"".join(chunk)
                     return
             if ended is not None:
                 # Replayed all the stream still has, and it ends without a final event: the database's.
                 data = {"status": ended.status, **final_state(ended), "ts": round(time.time(), 4)}
-                yield sse(subscription.after, STATUS, urls.job_event(job_id, STATUS, data))
+                chunk.append(sse(subscription.after, STATUS, urls.job_event(job_id, STATUS, data)))
+                yield b"".join(chunk)
                 return
-            if not events:
+            if chunk:
+                yield b"".join(chunk)
+            else:
                 current = await _in_db(_fresh, Job, job.id)
                 if current is None or current.status in JobStatus.FINISHED:
                     ended = current or job
@@ -159,24 +177,28 @@ async def follow_job(
 
 async def follow_batch(
     store: EventStore, batch: Batch, after: str, urls: Urls, recheck_s: float
-) -> AsyncIterator[ServerSentEvent]:
-    """The batch's events after `after`, live, with `counts` events, until it is done."""
+) -> AsyncIterator[bytes]:
+    """The batch's events after `after`, live, with `counts` events, until it is done; the events read
+    together go out as one chunk."""
     counted_at = 0.0
     state, counts = await _in_db(_batch_counts, batch)
     with store.subscribe(batch_stream(batch.id), after) as subscription:
         while True:
             events = await subscription.next(0 if state.done else recheck_s)
             ended_jobs = False
+            chunk = []
             for event in events:
                 data = event.data
                 if data.get("outputs"):
                     data = {**data, "outputs": urls.outputs(data["outputs"])}
-                yield sse(event.id, event.kind, data)
+                chunk.append(encoded(event, data))
                 job_ended = event.kind == JOB and data["status"] in JobStatus.FINISHED
                 ended_jobs |= event.kind == BATCH or job_ended
             if state.done:
-                yield sse(None, "counts", counts)
+                yield b"".join([*chunk, sse(None, "counts", counts)])
                 return
+            if chunk:
+                yield b"".join(chunk)
             if not events or (ended_jobs and time.monotonic() - counted_at >= COUNTS_MIN_INTERVAL_S):
                 counted_at = time.monotonic()
                 state, counts = await _in_db(_batch_counts, batch)
@@ -204,7 +226,7 @@ async def event_response(
     find: Callable[[Any, Session, Principal], Any],
     row_id: uuid.UUID,
     last_event_id: str | None,
-    follow: Callable[..., AsyncIterator[ServerSentEvent]],
+    follow: Callable[..., AsyncIterator[bytes]],
 ) -> EventSourceResponse:
     # One thread call opens, uses and closes the session: with the usual per-request session a burst of
     # clients connecting at once can take every pool connection while their routes wait for a thread.
