@@ -5,11 +5,13 @@ Postgres queries a running job makes per second with and without the event strea
 
 Needs the machine's Postgres and Redis; uses its own database (diffq_bench_events) and Redis db 15
 (DIFFQ_BENCH_REDIS_DB to change it). The API runs as its own process (uvicorn, one worker) so that
-its CPU time can be read from /proc. The "workers" are threads of this process running the real
-progress path (core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis
-publish and cancel check per step, the coalesced Postgres write) at `--rate` steps a second each; no
-model runs, so the numbers are the event path's alone. Latency is the client's receive time minus the
-`ts` the worker stamped on the step (one clock: same machine). A failed connection is one that got an
+its CPU time can be read from /proc. The SSE clients (httpx, httpx-sse) are spread over
+`--client-processes` processes: 200 clients in one process are its bottleneck, and its GIL would
+delay the workers too. The "workers" are threads of this process running the real progress path
+(core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis publish and cancel
+check per step, the coalesced Postgres write) at `--rate` steps a second each; no model runs, so the
+numbers are the event path's alone. Latency is the client's receive time minus the `ts` the worker
+stamped on the step (one clock: same machine). A failed connection is one that got an
 error, a status other than 200, or an end of stream while its job still ran. `--baseline REF` serves
 the API from git REF too (extracted to a temporary folder; the workers' side is this checkout's) and
 runs each scenario on both, one API process at a time, so that a change is measured side by side.
@@ -17,6 +19,7 @@ runs each scenario on both, one API process at a time, so that a change is measu
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import re
 import statistics
@@ -28,6 +31,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -135,17 +139,17 @@ def queries_per_job_second(rate: float, seconds: float, with_events: bool) -> fl
 
 
 async def clients(
-    api_url: str, key: str, job_ids: list[uuid.UUID], count: int, seconds: float
+    api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
 ) -> tuple[list[float], Counter[str]]:
-    """`count` SSE clients spread over the jobs' streams for `seconds`: each progress event's latency,
-    and why connections failed (an error, a status other than 200, or a stream that the server ended
-    while its job still ran), counted by reason."""
+    """One SSE client per job id in `job_ids` (a job may come more than once), for `seconds`: each
+    progress event's latency, and why connections failed (an error, a status other than 200, or a
+    stream that the server ended while its job still ran), counted by reason."""
     import httpx
     from httpx_sse import aconnect_sse
 
     latencies: list[float] = []
     failed: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=count + 10)
+    limits = httpx.Limits(max_connections=len(job_ids) + 10)
     async with httpx.AsyncClient(
         base_url=api_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=None
     ) as http:
@@ -170,12 +174,21 @@ async def clients(
             except Exception as error:
                 failed[type(error).__name__] += 1
 
-        tasks = [asyncio.create_task(one(job_ids[i % len(job_ids)])) for i in range(count)]
+        tasks = [asyncio.create_task(one(job_id)) for job_id in job_ids]
         await asyncio.sleep(seconds)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return latencies, failed
+
+
+def client_process(
+    api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
+) -> tuple[list[float], Counter[str], float]:
+    """`clients` in a process of its own: its latencies, failures and CPU seconds."""
+    started = time.process_time()
+    latencies, failed = asyncio.run(clients(api_url, key, job_ids, seconds))
+    return latencies, failed, time.process_time() - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -196,6 +209,8 @@ def scenario(
     client_count: int,
     seconds: float,
     rate: float,
+    processes: ProcessPoolExecutor,
+    process_count: int,
 ) -> None:
     job_ids = running_jobs(jobs)
     stop = threading.Event()
@@ -207,20 +222,28 @@ def scenario(
     own_before = cpu_seconds(os.getpid())
     for thread in threads:
         thread.start()
-    latencies, failed = asyncio.run(clients(api_url, key, job_ids, client_count, seconds))
+    streams = [job_ids[i % jobs] for i in range(client_count)]
+    shares = [streams[p::process_count] for p in range(process_count) if streams[p::process_count]]
+    results = [
+        future.result()
+        for future in [processes.submit(client_process, api_url, key, share, seconds) for share in shares]
+    ]
     wall = time.monotonic() - wall_before
     cpu, own = (cpu_seconds(api_pid) - cpu_before) / wall, (cpu_seconds(os.getpid()) - own_before) / wall
+    clients_cpu = sum(result[2] for result in results) / wall
     stop.set()
     for thread in threads:
         thread.join()
+    latencies = [latency for result in results for latency in result[0]]
+    failed = sum((result[1] for result in results), Counter())
     latencies_ms = [latency * 1000 for latency in latencies] or [float("nan")]
     print(
         f"{label}: {jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
         f"{len(latencies)} events received, step → client p50 {percentile(latencies_ms, 50):.1f} ms, "
         f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
-        f"API CPU {cpu * 100:.0f} % of one core (the bench's clients and workers: {own * 100:.0f} %); "
-        f"failed connections "
-        f"{sum(failed.values())}{' ' + str(dict(failed)) if failed else ''}",
+        f"API CPU {cpu * 100:.0f} % of one core (the bench's workers {own * 100:.0f} %, its clients "
+        f"{clients_cpu * 100:.0f} %); failed connections {sum(failed.values())}"
+        f"{' ' + str(dict(failed)) if failed else ''}",
         flush=True,
     )
 
@@ -278,6 +301,12 @@ def main() -> None:
         metavar="REF",
         help="also serve the API from git REF (e.g. main) and run each scenario on it, side by side",
     )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=4,
+        help="processes the SSE clients are spread over (so that they don't measure their own GIL)",
+    )
     args = parser.parse_args()
 
     key = setup()
@@ -294,10 +323,23 @@ def main() -> None:
         f"after (Redis) {after:.1f}",
         flush=True,
     )
-    for clients_count, jobs in ((1, 1), (args.clients, args.jobs)):
-        for label, root in roots.items():
-            with api_process(root) as (api_url, pid):
-                scenario(label, api_url, key, pid, jobs, clients_count, args.seconds, args.rate)
+    with ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0.5] * args.client_processes))  # started before any scenario
+        for clients_count, jobs in ((1, 1), (args.clients, args.jobs)):
+            for label, root in roots.items():
+                with api_process(root) as (api_url, pid):
+                    scenario(
+                        label,
+                        api_url,
+                        key,
+                        pid,
+                        jobs,
+                        clients_count,
+                        args.seconds,
+                        args.rate,
+                        pool,
+                        args.client_processes,
+                    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,22 @@ from the database, at most every half second after jobs end and on every recheck
 counts by status, its progress and `done`. It ends after the `counts` event that says `done`.
 
 Each event's `data` is JSON with `ts`, when it was published (seconds since the epoch). Outputs come
-with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The key and the owner are
-checked on a session that is closed before the stream starts: an open stream holds no database
-connection.
+with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The events read together go
+out as one chunk.
+
+How a connection reads (the design, for many clients on one process). A connection follows its
+stream through `EventStore.subscribe`. With Redis, no connection reads Redis on its own: the event
+loop's one shared reader (core/event_fanout.py) runs a single blocking XREAD over every stream that
+has a subscriber, re-issued when that set changes, decodes each entry once and appends it to the
+queue of each subscription of its stream; a new subscription first replays, with XRANGE, what its
+stream had up to the reader's position, so that replay and live part meet without a gap or a
+duplicate. An event that every connection sends unchanged (no URL added) is encoded to SSE bytes
+once. The embedded defaults' table-backed store polls its table, per connection, every 0.1 s.
+
+Database use. The key and the owner are checked on a session that is closed before the stream starts:
+an open stream holds no database connection. Rechecks and batch counts run on `RECHECK_THREADS`
+threads of their own, so that however many streams recheck at once (clients that connected together
+recheck together), they hold at most that many of the pool's connections, and the rest wait.
 """
 
 import asyncio

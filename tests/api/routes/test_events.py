@@ -241,3 +241,36 @@ def test_canceling_a_batch_ends_its_stream(api, recheck_fast) -> None:
         (kind, data.get("batch_index"), data.get("status")) for _, kind, data in got
     ]
     assert got[-1][1] == "counts" and got[-1][2]["counts"]["canceled"] == 3 and got[-1][2]["done"]
+
+
+def test_the_table_backed_store_serves_the_same_streams(api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded defaults' store (no Redis): the same endpoint, its readers polling the table."""
+    from core.config import get_settings
+    from core.events import DatabaseEventStore
+
+    store = DatabaseEventStore(get_settings())
+    monkeypatch.setattr("api.routes.events.get_event_store", lambda: store)
+    job = make_job()
+
+    def worker() -> None:
+        time.sleep(0.3)
+        published = JobEvents(store, job.id)
+        published.status(JobStatus.RUNNING, worker="w", attempt=1)
+        for step in range(1, 4):
+            published.step({"step": step, "total": 3})
+        published.finished(finish(job))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    got = events(api, f"/v1/jobs/{job.id}/events")
+    thread.join()
+    assert [(kind, data.get("status") or data.get("step")) for _, kind, data in got] == [
+        ("status", "running"),
+        ("progress", 1),
+        ("progress", 2),
+        ("progress", 3),
+        ("status", "succeeded"),
+    ]
+    ids = [int(event_id) for event_id, _, _ in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert events(api, f"/v1/jobs/{job.id}/events", **{"Last-Event-ID": got[1][0]}) == got[2:]
