@@ -11,10 +11,11 @@ delay the workers too. The "workers" are threads of this process running the rea
 (core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis publish and cancel
 check per step, the coalesced Postgres write) at `--rate` steps a second each; no model runs, so the
 numbers are the event path's alone. Latency is the client's receive time minus the `ts` the worker
-stamped on the step (one clock: same machine). A failed connection is one that got an
-error, a status other than 200, or an end of stream while its job still ran. `--baseline REF` serves
-the API from git REF too (extracted to a temporary folder; the workers' side is this checkout's) and
-runs each scenario on both, one API process at a time, so that a change is measured side by side.
+stamped on the step (one clock: same machine); it is given for every live event and for those
+published once all the clients had connected (the connection burst aside). A failed connection is
+one that got an error, a status other than 200, or an end of stream while its job still ran.
+`--baseline REF` serves the API from git REF too (extracted to a temporary folder; the workers' side
+is this checkout's) and runs each scenario on both, one API process at a time, side by side.
 """
 
 import argparse
@@ -140,14 +141,16 @@ def queries_per_job_second(rate: float, seconds: float, with_events: bool) -> fl
 
 async def clients(
     api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
-) -> tuple[list[float], Counter[str]]:
+) -> tuple[list[tuple[float, float]], Counter[str], float]:
     """One SSE client per job id in `job_ids` (a job may come more than once), for `seconds`: each
-    progress event's latency, and why connections failed (an error, a status other than 200, or a
-    stream that the server ended while its job still ran), counted by reason."""
+    live progress event's (publish time, latency in seconds), why connections failed (an error, a
+    status other than 200, or a stream that the server ended while its job still ran) counted by
+    reason, and when the last of them connected."""
     import httpx
     from httpx_sse import aconnect_sse
 
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
+    connected_at = [0.0]
     failed: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=len(job_ids) + 10)
     async with httpx.AsyncClient(
@@ -163,11 +166,12 @@ async def clients(
                         failed[f"HTTP {source.response.status_code}"] += 1
                         return
                     connected = time.time()
+                    connected_at[0] = max(connected_at[0], connected)
                     async for sse in source.aiter_sse():
                         if sse.event == "progress":
                             published = json.loads(sse.data)["ts"]
                             if published >= connected:  # not the replay of what came before it connected
-                                latencies.append(time.time() - published)
+                                latencies.append((published, time.time() - published))
                 failed["ended early"] += 1
             except asyncio.CancelledError:
                 raise
@@ -179,16 +183,15 @@ async def clients(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return latencies, failed
+    return latencies, failed, connected_at[0]
 
 
 def client_process(
     api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
-) -> tuple[list[float], Counter[str], float]:
-    """`clients` in a process of its own: its latencies, failures and CPU seconds."""
+) -> tuple[list[tuple[float, float]], Counter[str], float, float]:
+    """`clients` in a process of its own, and its CPU seconds."""
     started = time.process_time()
-    latencies, failed = asyncio.run(clients(api_url, key, job_ids, seconds))
-    return latencies, failed, time.process_time() - started
+    return *asyncio.run(clients(api_url, key, job_ids, seconds)), time.process_time() - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -196,7 +199,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
+def summary(latencies: list[float]) -> str:
+    """p50, p99 and max of `latencies` (seconds), in ms."""
+    ms = [latency * 1000 for latency in latencies] or [float("nan")]
+    return f"p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms"
+
+
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
 
@@ -230,17 +239,18 @@ def scenario(
     ]
     wall = time.monotonic() - wall_before
     cpu, own = (cpu_seconds(api_pid) - cpu_before) / wall, (cpu_seconds(os.getpid()) - own_before) / wall
-    clients_cpu = sum(result[2] for result in results) / wall
+    clients_cpu = sum(result[3] for result in results) / wall
     stop.set()
     for thread in threads:
         thread.join()
-    latencies = [latency for result in results for latency in result[0]]
+    latencies = [pair for result in results for pair in result[0]]
     failed = sum((result[1] for result in results), Counter())
-    latencies_ms = [latency * 1000 for latency in latencies] or [float("nan")]
+    all_connected = max(result[2] for result in results)
+    steady = [latency for published, latency in latencies if published >= all_connected]
     print(
         f"{label}: {jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
-        f"{len(latencies)} events received, step → client p50 {percentile(latencies_ms, 50):.1f} ms, "
-        f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
+        f"{len(latencies)} events received, step → client {summary([lat for _, lat in latencies])}; "
+        f"once all were connected ({len(steady)} events) {summary(steady)}; "
         f"API CPU {cpu * 100:.0f} % of one core (the bench's workers {own * 100:.0f} %, its clients "
         f"{clients_cpu * 100:.0f} %); failed connections {sum(failed.values())}"
         f"{' ' + str(dict(failed)) if failed else ''}",
