@@ -3,9 +3,9 @@
 Every job has a stream, and so does every batch. Workers append to it (`JobEvents`): the job's status
 changes, every denoising or training step (`progress`: step, total, eta_s, steps_per_s, and a training
 step's epoch, loss and lr), a preview becoming available, outputs as they are stored, and the final
-status with the outputs or the error. A batch's stream gets its jobs' status changes. The API reads a
-stream from any event on (`EventStore.read`) and serves it as Server-Sent Events (api/routes/events.py),
-so a client that reconnects with the last id it saw gets exactly what it missed.
+status with the outputs or the error. A batch's stream gets its jobs' status changes. The API follows a
+stream from any event on (`EventStore.subscribe`) and serves it as Server-Sent Events
+(api/routes/events.py), so a client that reconnects with the last id it saw gets exactly what it missed.
 
 Postgres stays the source of truth for status and keeps the coalesced progress (core/progress.py); a
 stream is a live view that may be missing or expired, and readers fall back to the database then.
@@ -16,7 +16,9 @@ Two stores, one interface:
   `MAXLEN` entries and expiring `events_ttl_s` after its last event. A cancel is a key the API sets
   (`signal_cancel`) and the worker reads in the same round trip that publishes each step, so a running
   job learns of a cancel at its next step without reading Postgres. Previews are Redis strings next to
-  the stream, with the same expiry.
+  the stream, with the same expiry. Subscriptions share one reader per event loop: a single blocking
+  XREAD over every followed stream, fanned out to each subscription's queue (core/event_fanout.py), on
+  at most `ASYNC_CONNECTIONS` Redis connections per loop.
 - `DatabaseEventStore` (the embedded defaults, no Redis): the `job_events` and `job_previews` tables of
   the job database; readers poll them. Its cancel check reads the job's status (a local SQLite read).
 
@@ -197,6 +199,10 @@ def _stamped(data: dict[str, Any]) -> dict[str, Any]:
 
 
 REDIS_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Redis connections of one event loop's asyncio client, and how long a read waits for one of them
+# before it fails with redis' ConnectionError.
+ASYNC_CONNECTIONS = 16
+ASYNC_CONNECTION_WAIT_S = 30
 
 
 class RedisEventStore(EventStore):
@@ -277,10 +283,15 @@ class RedisEventStore(EventStore):
         return int(found[b"step"]), found[b"image"], found[b"content_type"].decode()
 
     def _async_client(self) -> redis.asyncio.Redis:
+        """This event loop's client: at most `ASYNC_CONNECTIONS` connections (the shared reader's, and
+        those of replays, which wait for one when a burst of clients connects), however many clients."""
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(self.url)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url, max_connections=ASYNC_CONNECTIONS, timeout=ASYNC_CONNECTION_WAIT_S
+            )
+            client = self._async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
         return client
 
     @staticmethod

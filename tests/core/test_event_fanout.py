@@ -165,3 +165,35 @@ def test_next_0_reads_the_stream_as_it_is_and_the_queue_skips_it(
     assert [event.data["step"] for event in now] == [1, 2, 3]
     assert [event.kind for event in live] == [STATUS] and live[0].is_final()
     assert rest == []
+
+
+def test_a_burst_of_subscribers_replays_over_a_few_redis_connections(
+    store: RedisEventStore, broker: str
+) -> None:
+    """100 clients connecting at once: their replays wait for one of the loop's ASYNC_CONNECTIONS."""
+    import redis
+
+    from core.events import ASYNC_CONNECTIONS
+
+    streams = [job_stream(uuid.uuid4()) for _ in range(5)]
+    for stream in streams:
+        publish_steps(store, stream, range(1, 21))
+    admin = redis.Redis.from_url(broker)
+    db = str(admin.connection_pool.connection_kwargs.get("db", 0))
+
+    def connections() -> int:
+        return sum(1 for client in admin.client_list() if str(client["db"]) == db)
+
+    before = connections()
+
+    async def scenario() -> tuple[list[list[Event]], int]:
+        subscriptions = [store.subscribe(streams[i % 5], store.start) for i in range(100)]
+        replays = await asyncio.gather(*(s.next(1) for s in subscriptions))
+        during = await asyncio.to_thread(connections)
+        for subscription in subscriptions:
+            subscription.close()
+        return replays, during
+
+    replays, during = asyncio.run(scenario())
+    assert all([event.data["step"] for event in events] == list(range(1, 21)) for events in replays)
+    assert during - before <= ASYNC_CONNECTIONS
