@@ -3,7 +3,9 @@
 An SSE connection that follows a stream (api/routes/events.py) does not read Redis itself: it holds a
 `LiveSubscription`, and its event loop's one `StreamReader` runs a single blocking XREAD over every
 stream that has a subscription (one Redis connection, however many clients), decodes each entry once
-and appends it to the queue of every subscription of its stream.
+and appends it to the queue of every subscription of its stream. A subscription joins at its first
+`next` that waits; `next(0)` only reads the stream as it is (XRANGE), for a stream that has ended.
+Replays and catch-ups use the client's other connections (core/events.py bounds them).
 
 The set of streams changes as clients come and go. The reader learns of it by being interrupted: a
 subscription that adds a stream, or the last one of a stream that goes, cancels the XREAD in flight
@@ -130,6 +132,7 @@ class StreamReader:
                 self._read.cancel()
                 self._read = None
             self.reading = {}
+            self._task = None  # nothing of the loop kept (the store keeps its readers by loop, weakly)
 
     async def _xread(self, streams: dict[str, str]) -> list[Any]:
         # A coroutine of its own: redis-py's xread() makes its command's coroutine when called, which
