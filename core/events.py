@@ -296,7 +296,9 @@ class RedisEventStore(EventStore):
 
     @staticmethod
     def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
-        return Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(fields[b"data"]))
+        """A stream entry as an Event; its JSON as stored is kept in `memo["json"]` (str)."""
+        raw = fields[b"data"].decode()
+        return Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(raw), memo={"json": raw})
 
     async def read(self, stream: str, after: str, wait_s: float) -> list[Event]:
         """One stream's own read (a blocking XREAD when it waits); SSE connections `subscribe` instead."""

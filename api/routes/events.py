@@ -129,7 +129,9 @@ def encoded(event: Event, data: dict[str, Any]) -> bytes:
         return sse(event.id, event.kind, data)
     found = event.memo.get("sse")
     if found is None:
-        found = event.memo["sse"] = sse(event.id, event.kind, data)
+        # The JSON the store read, when it kept it (Redis), is what json.dumps would make of `data`.
+        text = event.memo.get("json") or json.dumps(data)
+        found = event.memo["sse"] = ServerSentEvent(data=text, event=event.kind, id=event.id).encode()
     return found
 
 
