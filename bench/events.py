@@ -141,16 +141,18 @@ def queries_per_job_second(rate: float, seconds: float, with_events: bool) -> fl
 
 async def clients(
     api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
-) -> tuple[list[tuple[float, float]], Counter[str], float]:
+) -> tuple[list[tuple[float, float]], Counter[str], float, list[float]]:
     """One SSE client per job id in `job_ids` (a job may come more than once), for `seconds`: each
     live progress event's (publish time, latency in seconds), why connections failed (an error, a
     status other than 200, or a stream that the server ended while its job still ran) counted by
-    reason, and when the last of them connected."""
+    reason, when the last of them connected, and how long each took to connect (request to response
+    headers, seconds)."""
     import httpx
     from httpx_sse import aconnect_sse
 
     latencies: list[tuple[float, float]] = []
     connected_at = [0.0]
+    connect_s: list[float] = []
     failed: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=len(job_ids) + 10)
     async with httpx.AsyncClient(
@@ -161,11 +163,13 @@ async def clients(
             import json
 
             try:
+                started = time.time()
                 async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as source:
                     if source.response.status_code != 200:
                         failed[f"HTTP {source.response.status_code}"] += 1
                         return
                     connected = time.time()
+                    connect_s.append(connected - started)
                     connected_at[0] = max(connected_at[0], connected)
                     async for sse in source.aiter_sse():
                         if sse.event == "progress":
@@ -183,12 +187,12 @@ async def clients(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return latencies, failed, connected_at[0]
+    return latencies, failed, connected_at[0], connect_s
 
 
 def client_process(
     api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
-) -> tuple[list[tuple[float, float]], Counter[str], float, float]:
+) -> tuple[list[tuple[float, float]], Counter[str], float, list[float], float]:
     """`clients` in a process of its own, and its CPU seconds."""
     started = time.process_time()
     return *asyncio.run(clients(api_url, key, job_ids, seconds)), time.process_time() - started
@@ -239,7 +243,7 @@ def scenario(
     ]
     wall = time.monotonic() - wall_before
     cpu, own = (cpu_seconds(api_pid) - cpu_before) / wall, (cpu_seconds(os.getpid()) - own_before) / wall
-    clients_cpu = sum(result[3] for result in results) / wall
+    clients_cpu = sum(result[4] for result in results) / wall
     stop.set()
     for thread in threads:
         thread.join()
@@ -247,10 +251,12 @@ def scenario(
     failed = sum((result[1] for result in results), Counter())
     all_connected = max(result[2] for result in results)
     steady = [latency for published, latency in latencies if published >= all_connected]
+    connects = [seconds for result in results for seconds in result[3]]
     print(
         f"{label}: {jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
         f"{len(latencies)} events received, step → client {summary([lat for _, lat in latencies])}; "
-        f"once all were connected ({len(steady)} events) {summary(steady)}; "
+        f"once all were connected ({len(steady)} events) {summary(steady)}; connecting took "
+        f"{summary(connects)}; "
         f"API CPU {cpu * 100:.0f} % of one core (the bench's workers {own * 100:.0f} %, its clients "
         f"{clients_cpu * 100:.0f} %); failed connections {sum(failed.values())}"
         f"{' ' + str(dict(failed)) if failed else ''}",
