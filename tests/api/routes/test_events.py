@@ -274,3 +274,59 @@ def test_the_table_backed_store_serves_the_same_streams(api, monkeypatch: pytest
     ids = [int(event_id) for event_id, _, _ in got]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert events(api, f"/v1/jobs/{job.id}/events", **{"Last-Event-ID": got[1][0]}) == got[2:]
+
+
+def test_streams_that_recheck_together_hold_a_few_database_connections(api, recheck_fast) -> None:
+    """30 clients of jobs that publish nothing: each rechecks its job every 0.2 s, all on the
+    RECHECK_THREADS threads, so that no more connections than those are checked out at once."""
+    from sqlalchemy import event
+
+    from api.routes.events import RECHECK_THREADS
+    from core.db import get_engine
+
+    jobs = [make_job() for _ in range(30)]
+    lock = threading.Lock()
+    state = {"out": 0, "most": 0, "checkouts": 0}
+
+    def checkout(*_: object) -> None:
+        with lock:
+            state["out"] += 1
+            state["checkouts"] += 1
+            state["most"] = max(state["most"], state["out"])
+
+    def checkin(*_: object) -> None:
+        with lock:
+            state["out"] -= 1
+
+    engine = get_engine()
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    got: dict[uuid.UUID, list] = {}
+    try:
+        clients = [
+            threading.Thread(
+                target=lambda job=job: got.update({job.id: events(api, f"/v1/jobs/{job.id}/events")})
+            )
+            for job in jobs
+        ]
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 20
+        while state["checkouts"] < 30 and time.monotonic() < deadline:  # every key checked
+            time.sleep(0.05)
+        time.sleep(0.3)
+        with lock:
+            state["most"], state["checkouts"] = state["out"], 0
+        time.sleep(1)  # about five rounds of rechecks
+        with lock:
+            most, rechecks = state["most"], state["checkouts"]
+        for job in jobs:
+            finish(job)
+        for client in clients:
+            client.join(20)
+    finally:
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)
+    assert rechecks >= 30
+    assert most <= RECHECK_THREADS
+    assert all(got[job.id][-1][2]["status"] == "succeeded" for job in jobs)
