@@ -1,20 +1,28 @@
 """Live events: how fast a step reaches an SSE client, what 200 clients cost the API, and how many
 Postgres queries a running job makes per second with and without the event stream.
 
-    .venv/bin/python bench/events.py [--jobs 20] [--clients 200] [--seconds 10] [--rate 20]
+    .venv/bin/python bench/events.py [--jobs 20] [--clients 200] [--seconds 10] [--rate 20] [--baseline main]
 
 Needs the machine's Postgres and Redis; uses its own database (diffq_bench_events) and Redis db 15
 (DIFFQ_BENCH_REDIS_DB to change it). The API runs as its own process (uvicorn, one worker) so that
-its CPU time can be read from /proc. The "workers" are threads of this process running the real
-progress path (core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis
-publish and cancel check per step, the coalesced Postgres write) at `--rate` steps a second each; no
-model runs, so the numbers are the event path's alone. Latency is the client's receive time minus the
-`ts` the worker stamped on the step (one clock: same machine).
+its CPU time can be read from /proc. The SSE clients (httpx, httpx-sse) are spread over
+`--client-processes` processes: 200 clients in one process are its bottleneck, and its GIL would
+delay the workers too. The "workers" are threads of this process running the real progress path
+(core/progress.py's ProgressReporter with core/events.py's JobEvents: the Redis publish and cancel
+check per step, the coalesced Postgres write) at `--rate` steps a second each; no model runs, so the
+numbers are the event path's alone. Latency is the client's receive time minus the `ts` the worker
+stamped on the step (one clock: same machine); it is given for every live event and for those
+published once all the clients had connected (the connection burst aside). A failed connection is
+one that got an error, a status other than 200, or an end of stream while its job still ran.
+`--baseline REF` serves the API from git REF too (extracted to a temporary folder; the workers' side
+is this checkout's) and runs each scenario on both, one API process at a time, side by side.
 """
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -22,6 +30,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,14 +140,21 @@ def queries_per_job_second(rate: float, seconds: float, with_events: bool) -> fl
 
 
 async def clients(
-    api_url: str, key: str, job_ids: list[uuid.UUID], count: int, seconds: float
-) -> list[float]:
-    """`count` SSE clients spread over the jobs' streams for `seconds`; each progress event's latency."""
+    api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
+) -> tuple[list[tuple[float, float]], Counter[str], float, list[float]]:
+    """One SSE client per job id in `job_ids` (a job may come more than once), for `seconds`: each
+    live progress event's (publish time, latency in seconds), why connections failed (an error, a
+    status other than 200, or a stream that the server ended while its job still ran) counted by
+    reason, when the last of them connected, and how long each took to connect (request to response
+    headers, seconds)."""
     import httpx
     from httpx_sse import aconnect_sse
 
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=count + 10)
+    latencies: list[tuple[float, float]] = []
+    connected_at = [0.0]
+    connect_s: list[float] = []
+    failed: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=len(job_ids) + 10)
     async with httpx.AsyncClient(
         base_url=api_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=None
     ) as http:
@@ -143,20 +162,40 @@ async def clients(
         async def one(job_id: uuid.UUID) -> None:
             import json
 
-            async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as source:
-                connected = time.time()
-                async for sse in source.aiter_sse():
-                    if sse.event == "progress":
-                        published = json.loads(sse.data)["ts"]
-                        if published >= connected:  # not the replay of what came before it connected
-                            latencies.append(time.time() - published)
+            try:
+                started = time.time()
+                async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as source:
+                    if source.response.status_code != 200:
+                        failed[f"HTTP {source.response.status_code}"] += 1
+                        return
+                    connected = time.time()
+                    connect_s.append(connected - started)
+                    connected_at[0] = max(connected_at[0], connected)
+                    async for sse in source.aiter_sse():
+                        if sse.event == "progress":
+                            published = json.loads(sse.data)["ts"]
+                            if published >= connected:  # not the replay of what came before it connected
+                                latencies.append((published, time.time() - published))
+                failed["ended early"] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failed[type(error).__name__] += 1
 
-        tasks = [asyncio.create_task(one(job_ids[i % len(job_ids)])) for i in range(count)]
+        tasks = [asyncio.create_task(one(job_id)) for job_id in job_ids]
         await asyncio.sleep(seconds)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return latencies
+    return latencies, failed, connected_at[0], connect_s
+
+
+def client_process(
+    api_url: str, key: str, job_ids: list[uuid.UUID], seconds: float
+) -> tuple[list[tuple[float, float]], Counter[str], float, list[float], float]:
+    """`clients` in a process of its own, and its CPU seconds."""
+    started = time.process_time()
+    return *asyncio.run(clients(api_url, key, job_ids, seconds)), time.process_time() - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -164,12 +203,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
+def summary(latencies: list[float]) -> str:
+    """p50, p99 and max of `latencies` (seconds), in ms."""
+    ms = [latency * 1000 for latency in latencies] or [float("nan")]
+    return f"p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms"
+
+
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
 
 def scenario(
-    api_url: str, key: str, api_pid: int, jobs: int, client_count: int, seconds: float, rate: float
+    label: str,
+    api_url: str,
+    key: str,
+    api_pid: int,
+    jobs: int,
+    client_count: int,
+    seconds: float,
+    rate: float,
+    processes: ProcessPoolExecutor,
+    process_count: int,
 ) -> None:
     job_ids = running_jobs(jobs)
     stop = threading.Event()
@@ -178,20 +232,76 @@ def scenario(
         threading.Thread(target=run_steps, args=(job_id, steps, rate, True, stop)) for job_id in job_ids
     ]
     cpu_before, wall_before = cpu_seconds(api_pid), time.monotonic()
+    own_before = cpu_seconds(os.getpid())
     for thread in threads:
         thread.start()
-    latencies = asyncio.run(clients(api_url, key, job_ids, client_count, seconds))
-    cpu = (cpu_seconds(api_pid) - cpu_before) / (time.monotonic() - wall_before)
+    streams = [job_ids[i % jobs] for i in range(client_count)]
+    shares = [streams[p::process_count] for p in range(process_count) if streams[p::process_count]]
+    results = [
+        future.result()
+        for future in [processes.submit(client_process, api_url, key, share, seconds) for share in shares]
+    ]
+    wall = time.monotonic() - wall_before
+    cpu, own = (cpu_seconds(api_pid) - cpu_before) / wall, (cpu_seconds(os.getpid()) - own_before) / wall
+    clients_cpu = sum(result[4] for result in results) / wall
     stop.set()
     for thread in threads:
         thread.join()
-    latencies_ms = [latency * 1000 for latency in latencies]
+    latencies = [pair for result in results for pair in result[0]]
+    failed = sum((result[1] for result in results), Counter())
+    all_connected = max(result[2] for result in results)
+    steady = [latency for published, latency in latencies if published >= all_connected]
+    connects = [seconds for result in results for seconds in result[3]]
     print(
-        f"{jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
-        f"{len(latencies)} events received, step → client p50 {percentile(latencies_ms, 50):.1f} ms, "
-        f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
-        f"API CPU {cpu * 100:.0f} % of one core"
+        f"{label}: {jobs} jobs × {rate:g} steps/s, {client_count} SSE clients, {seconds:g} s: "
+        f"{len(latencies)} events received, step → client {summary([lat for _, lat in latencies])}; "
+        f"once all were connected ({len(steady)} events) {summary(steady)}; connecting took "
+        f"{summary(connects)}; "
+        f"API CPU {cpu * 100:.0f} % of one core (the bench's workers {own * 100:.0f} %, its clients "
+        f"{clients_cpu * 100:.0f} %); failed connections {sum(failed.values())}"
+        f"{' ' + str(dict(failed)) if failed else ''}",
+        flush=True,
     )
+
+
+@contextmanager
+def api_process(root: Path) -> Iterator[tuple[str, int]]:
+    """The API served from the checkout `root` (uvicorn, one worker): (its URL, its pid)."""
+    import httpx
+
+    from cli.quickstart import free_port
+
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    api_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api_url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API in {root} did not start")
+            time.sleep(0.2)
+        yield api_url, api.pid
+    finally:
+        api.terminate()
+        api.wait(10)
+
+
+def checkout(ref: str) -> Path:
+    """The tree of git `ref` of this repository, extracted into a temporary folder."""
+    folder = TMP / f"baseline-{re.sub(r'[^A-Za-z0-9._-]', '_', ref)}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def main() -> None:
@@ -202,45 +312,50 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=20, help="steps a second per job")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also serve the API from git REF (e.g. main) and run each scenario on it, side by side",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=4,
+        help="processes the SSE clients are spread over (so that they don't measure their own GIL)",
+    )
     args = parser.parse_args()
 
     key = setup()
     bigger_pool(args.jobs + 5)
-    from cli.quickstart import free_port
+    roots = {"this checkout": ROOT}
+    if args.baseline:
+        roots = {args.baseline: checkout(args.baseline), **roots}
 
-    port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    before = queries_per_job_second(args.rate, 5, with_events=False)
+    after = queries_per_job_second(args.rate, 5, with_events=True)
+    print(
+        f"Postgres statements per running job per second at {args.rate:g} steps/s (progress path; "
+        f"the lease renewal adds 1 per 20 s): before (status reads every 0.1 s) {before:.1f}, "
+        f"after (Redis) {after:.1f}",
+        flush=True,
     )
-    api_url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{api_url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.2)
-
-        before = queries_per_job_second(args.rate, 5, with_events=False)
-        after = queries_per_job_second(args.rate, 5, with_events=True)
-        print(
-            f"Postgres statements per running job per second at {args.rate:g} steps/s (progress path; "
-            f"the lease renewal adds 1 per 20 s): before (status reads every 0.1 s) {before:.1f}, "
-            f"after (Redis) {after:.1f}"
-        )
-        scenario(api_url, key, api.pid, 1, 1, args.seconds, args.rate)
-        scenario(api_url, key, api.pid, args.jobs, args.clients, args.seconds, args.rate)
-    finally:
-        api.terminate()
-        api.wait(10)
+    with ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0.5] * args.client_processes))  # started before any scenario
+        for clients_count, jobs in ((1, 1), (args.clients, args.jobs)):
+            for label, root in roots.items():
+                with api_process(root) as (api_url, pid):
+                    scenario(
+                        label,
+                        api_url,
+                        key,
+                        pid,
+                        jobs,
+                        clients_count,
+                        args.seconds,
+                        args.rate,
+                        pool,
+                        args.client_processes,
+                    )
 
 
 if __name__ == "__main__":

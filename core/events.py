@@ -3,9 +3,9 @@
 Every job has a stream, and so does every batch. Workers append to it (`JobEvents`): the job's status
 changes, every denoising or training step (`progress`: step, total, eta_s, steps_per_s, and a training
 step's epoch, loss and lr), a preview becoming available, outputs as they are stored, and the final
-status with the outputs or the error. A batch's stream gets its jobs' status changes. The API reads a
-stream from any event on (`EventStore.read`) and serves it as Server-Sent Events (api/routes/events.py),
-so a client that reconnects with the last id it saw gets exactly what it missed.
+status with the outputs or the error. A batch's stream gets its jobs' status changes. The API follows a
+stream from any event on (`EventStore.subscribe`) and serves it as Server-Sent Events
+(api/routes/events.py), so a client that reconnects with the last id it saw gets exactly what it missed.
 
 Postgres stays the source of truth for status and keeps the coalesced progress (core/progress.py); a
 stream is a live view that may be missing or expired, and readers fall back to the database then.
@@ -16,7 +16,9 @@ Two stores, one interface:
   `MAXLEN` entries and expiring `events_ttl_s` after its last event. A cancel is a key the API sets
   (`signal_cancel`) and the worker reads in the same round trip that publishes each step, so a running
   job learns of a cancel at its next step without reading Postgres. Previews are Redis strings next to
-  the stream, with the same expiry.
+  the stream, with the same expiry. Subscriptions share one reader per event loop: a single blocking
+  XREAD over every followed stream, fanned out to each subscription's queue (core/event_fanout.py), on
+  at most `ASYNC_CONNECTIONS` Redis connections per loop.
 - `DatabaseEventStore` (the embedded defaults, no Redis): the `job_events` and `job_previews` tables of
   the job database; readers poll them. Its cancel check reads the job's status (a local SQLite read).
 
@@ -32,10 +34,10 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 import redis
@@ -45,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
 from core.db import get_engine
+from core.event_fanout import LiveSubscription, StreamReader
 from core.tables import Job, JobEvent, JobPreview, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,9 @@ class Event:
     id: str
     kind: str
     data: dict[str, Any]
+    # What a reader made of it once for all its readers (the API: its SSE bytes, when every connection
+    # sends the same), since one event read from Redis is fanned out to each subscriber of its stream.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def is_final(self) -> bool:
         """A job's final status event: nothing follows it in the job's stream."""
@@ -89,6 +95,49 @@ def batch_stream(batch_id: uuid.UUID | str) -> str:
 
 class BadEventId(ValueError):
     """A Last-Event-ID this store did not make."""
+
+
+class Subscription(Protocol):
+    """A reader's place in one stream (`EventStore.subscribe`): `next` returns the events after the last
+    it returned, waiting up to `wait_s` seconds for one (0: returns at once). Use it as a context manager
+    (or call `close`), so that the stream stops being followed."""
+
+    after: str
+
+    def __enter__(self) -> "Subscription": ...
+
+    def __exit__(self, *_: object) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def next(self, wait_s: float) -> list["Event"]: ...
+
+
+class PolledSubscription:
+    """A subscription that polls `EventStore.read` (the database store's; the Redis store's live
+    subscriptions share one read instead, core/event_fanout.py)."""
+
+    def __init__(self, store: "EventStore", stream: str, after: str) -> None:
+        self.store = store
+        self.stream = stream
+        self.after = after
+
+    def __enter__(self) -> "PolledSubscription":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: each `next` reads on its own."""
+
+    async def next(self, wait_s: float) -> list["Event"]:
+        """The events after the last returned (at first, after the start id), oldest first; waits up to
+        `wait_s` seconds for one when there are none yet (0: returns at once)."""
+        events = await self.store.read(self.stream, self.after, wait_s)
+        if events:
+            self.after = events[-1].id
+        return events
 
 
 class EventStore(ABC):
@@ -132,6 +181,10 @@ class EventStore(ABC):
         """The events after id `after`, oldest first; waits up to `wait_s` for one when there are none
         yet (0: returns at once)."""
 
+    def subscribe(self, stream: str, after: str) -> Subscription:
+        """Follow `stream` from after id `after` (what an SSE connection does)."""
+        return PolledSubscription(self, stream, after)
+
     @abstractmethod
     def check_id(self, event_id: str) -> str:
         """`event_id` if this store could have made it, else BadEventId."""
@@ -146,6 +199,10 @@ def _stamped(data: dict[str, Any]) -> dict[str, Any]:
 
 
 REDIS_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Redis connections of one event loop's asyncio client, and how long a read waits for one of them
+# before it fails with redis' ConnectionError.
+ASYNC_CONNECTIONS = 16
+ASYNC_CONNECTION_WAIT_S = 30
 
 
 class RedisEventStore(EventStore):
@@ -155,10 +212,12 @@ class RedisEventStore(EventStore):
         super().__init__(settings)
         self.url = url
         self.client = redis.Redis.from_url(url)
-        # One asyncio client per event loop: a connection belongs to the loop that opened it.
+        # One asyncio client and one stream reader per event loop: a connection belongs to the loop
+        # that opened it.
         self._async_clients: WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             WeakKeyDictionary()
         )
+        self._readers: WeakKeyDictionary[asyncio.AbstractEventLoop, StreamReader] = WeakKeyDictionary()
 
     @staticmethod
     def key(stream: str) -> str:
@@ -224,13 +283,25 @@ class RedisEventStore(EventStore):
         return int(found[b"step"]), found[b"image"], found[b"content_type"].decode()
 
     def _async_client(self) -> redis.asyncio.Redis:
+        """This event loop's client: at most `ASYNC_CONNECTIONS` connections (the shared reader's, and
+        those of replays, which wait for one when a burst of clients connects), however many clients."""
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(self.url)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url, max_connections=ASYNC_CONNECTIONS, timeout=ASYNC_CONNECTION_WAIT_S
+            )
+            client = self._async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
         return client
 
+    @staticmethod
+    def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+        """A stream entry as an Event; its JSON as stored is kept in `memo["json"]` (str)."""
+        raw = fields[b"data"].decode()
+        return Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(raw), memo={"json": raw})
+
     async def read(self, stream: str, after: str, wait_s: float) -> list[Event]:
+        """One stream's own read (a blocking XREAD when it waits); SSE connections `subscribe` instead."""
         client = self._async_client()
         key = self.key(stream)
         if wait_s > 0:
@@ -239,10 +310,19 @@ class RedisEventStore(EventStore):
         else:
             # XRANGE with an exclusive start: every event after `after`, no waiting.
             entries = await client.xrange(key, min=f"({after}", count=10_000)
-        return [
-            Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(fields[b"data"]))
-            for entry_id, fields in entries
-        ]
+        return [self.decode(entry_id, fields) for entry_id, fields in entries]
+
+    def reader(self) -> StreamReader:
+        """This event loop's shared stream reader (core/event_fanout.py)."""
+        loop = asyncio.get_running_loop()
+        reader = self._readers.get(loop)
+        if reader is None:
+            reader = self._readers[loop] = StreamReader(self._async_client(), self.decode)
+        return reader
+
+    def subscribe(self, stream: str, after: str) -> LiveSubscription:
+        """Follow `stream` through this loop's shared reader: one XREAD for every open stream."""
+        return self.reader().subscribe(self.key(stream), after)
 
     def check_id(self, event_id: str) -> str:
         if not REDIS_ID.match(event_id):

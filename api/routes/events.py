@@ -13,9 +13,22 @@ from the database, at most every half second after jobs end and on every recheck
 counts by status, its progress and `done`. It ends after the `counts` event that says `done`.
 
 Each event's `data` is JSON with `ts`, when it was published (seconds since the epoch). Outputs come
-with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The key and the owner are
-checked on a session that is closed before the stream starts: an open stream holds no database
-connection.
+with their URLs, previews with the URL of `GET /v1/jobs/{id}/preview`. The events read together go
+out as one chunk.
+
+How a connection reads (the design, for many clients on one process). A connection follows its
+stream through `EventStore.subscribe`. With Redis, no connection reads Redis on its own: the event
+loop's one shared reader (core/event_fanout.py) runs a single blocking XREAD over every stream that
+has a subscriber, re-issued when that set changes, decodes each entry once and appends it to the
+queue of each subscription of its stream; a new subscription first replays, with XRANGE, what its
+stream had up to the reader's position, so that replay and live part meet without a gap or a
+duplicate. An event that every connection sends unchanged (no URL added) is encoded to SSE bytes
+once. The embedded defaults' table-backed store polls its table, per connection, every 0.1 s.
+
+Database use. The key and the owner are checked on a session that is closed before the stream starts:
+an open stream holds no database connection. Rechecks and batch counts run on `RECHECK_THREADS`
+threads of their own, so that however many streams recheck at once (clients that connected together
+recheck together), they hold at most that many of the pool's connections, and the rest wait.
 """
 
 import asyncio
@@ -23,7 +36,8 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response, Security, status
 from fastapi.security import HTTPAuthorizationCredentials
@@ -44,6 +58,7 @@ from core.events import (
     PREVIEW,
     STATUS,
     BadEventId,
+    Event,
     EventStore,
     batch_stream,
     final_state,
@@ -57,6 +72,11 @@ router = APIRouter(tags=["events"])
 
 PING_S = 15
 COUNTS_MIN_INTERVAL_S = 0.5
+# Rechecks and batch counts read the database on these threads only: however many streams recheck at
+# once, they take at most this many of the pool's connections (the rest wait their turn).
+RECHECK_THREADS = 4
+_RECHECKS = ThreadPoolExecutor(RECHECK_THREADS, thread_name_prefix="diffq-sse-recheck")
+T = TypeVar("T")
 LastEventId = Annotated[
     str | None,
     Header(description="The id of the last event received: the stream resumes after it."),
@@ -98,8 +118,21 @@ class Urls:
         return data
 
 
-def sse(event_id: str | None, kind: str, data: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)
+def sse(event_id: str | None, kind: str, data: dict[str, Any]) -> bytes:
+    return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id).encode()
+
+
+def encoded(event: Event, data: dict[str, Any]) -> bytes:
+    """`event` as SSE bytes with `data`: made once for every connection when `data` is the event's own
+    (no URLs added), since one event is fanned out to all its stream's subscribers."""
+    if data is not event.data:
+        return sse(event.id, event.kind, data)
+    found = event.memo.get("sse")
+    if found is None:
+        # The JSON the store read, when it kept it (Redis), is what json.dumps would make of `data`.
+        text = event.memo.get("json") or json.dumps(data)
+        found = event.memo["sse"] = ServerSentEvent(data=text, event=event.kind, id=event.id).encode()
+    return found
 
 
 def _fresh(model: type[Job] | type[Batch], row_id: Any) -> Any:
@@ -120,58 +153,73 @@ def _batch_counts(batch: Batch) -> tuple[BatchState, dict[str, Any]]:
     return state, counts
 
 
+async def _in_db(call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` on one of the `RECHECK_THREADS` threads (see the module docstring)."""
+    return await asyncio.get_running_loop().run_in_executor(_RECHECKS, call, *args)
+
+
 async def follow_job(
     store: EventStore, job: Job, after: str, urls: Urls, recheck_s: float
-) -> AsyncIterator[ServerSentEvent]:
-    """The job's events after `after`, live, until its final status (see the module docstring)."""
+) -> AsyncIterator[bytes]:
+    """The job's events after `after`, live, until its final status (see the module docstring); the
+    events read together go out as one chunk."""
     stream, job_id = job_stream(job.id), str(job.id)
     ended: Job | None = job if job.status in JobStatus.FINISHED else None
-    while True:
-        events = await store.read(stream, after, 0 if ended else recheck_s)
-        for event in events:
-            after = event.id
-            yield sse(event.id, event.kind, urls.job_event(job_id, event.kind, event.data))
-            if event.is_final():
+    with store.subscribe(stream, after) as subscription:
+        while True:
+            events = await subscription.next(0 if ended else recheck_s)
+            chunk = []
+            for event in events:
+                chunk.append(encoded(event, urls.job_event(job_id, event.kind, event.data)))
+                if event.is_final():
+                    yield b"".join(chunk)
+                    return
+            if ended is not None:
+                # Replayed all the stream still has, and it ends without a final event: the database's.
+                data = {"status": ended.status, **final_state(ended), "ts": round(time.time(), 4)}
+                chunk.append(sse(subscription.after, STATUS, urls.job_event(job_id, STATUS, data)))
+                yield b"".join(chunk)
                 return
-        if ended is not None:
-            # Replayed all the stream still has, and it ends without a final event: the database's.
-            data = {"status": ended.status, **final_state(ended), "ts": round(time.time(), 4)}
-            yield sse(after, STATUS, urls.job_event(job_id, STATUS, data))
-            return
-        if not events:
-            current = await asyncio.to_thread(_fresh, Job, job.id)
-            if current is None or current.status in JobStatus.FINISHED:
-                ended = current or job
-                if current is None:  # deleted meanwhile: say how it was last seen
-                    ended.status = JobStatus.CANCELED
+            if chunk:
+                yield b"".join(chunk)
+            else:
+                current = await _in_db(_fresh, Job, job.id)
+                if current is None or current.status in JobStatus.FINISHED:
+                    ended = current or job
+                    if current is None:  # deleted meanwhile: say how it was last seen
+                        ended.status = JobStatus.CANCELED
 
 
 async def follow_batch(
     store: EventStore, batch: Batch, after: str, urls: Urls, recheck_s: float
-) -> AsyncIterator[ServerSentEvent]:
-    """The batch's events after `after`, live, with `counts` events, until it is done."""
-    stream = batch_stream(batch.id)
+) -> AsyncIterator[bytes]:
+    """The batch's events after `after`, live, with `counts` events, until it is done; the events read
+    together go out as one chunk."""
     counted_at = 0.0
-    state, counts = await asyncio.to_thread(_batch_counts, batch)
-    while True:
-        events = await store.read(stream, after, 0 if state.done else recheck_s)
-        ended_jobs = False
-        for event in events:
-            after = event.id
-            data = event.data
-            if data.get("outputs"):
-                data = {**data, "outputs": urls.outputs(data["outputs"])}
-            yield sse(event.id, event.kind, data)
-            ended_jobs |= event.kind == BATCH or event.kind == JOB and data["status"] in JobStatus.FINISHED
-        if state.done:
-            yield sse(None, "counts", counts)
-            return
-        if not events or (ended_jobs and time.monotonic() - counted_at >= COUNTS_MIN_INTERVAL_S):
-            counted_at = time.monotonic()
-            state, counts = await asyncio.to_thread(_batch_counts, batch)
-            if not state.done:
-                yield sse(None, "counts", counts)
-            # A done batch loops once more, without waiting, to send what its stream has left.
+    state, counts = await _in_db(_batch_counts, batch)
+    with store.subscribe(batch_stream(batch.id), after) as subscription:
+        while True:
+            events = await subscription.next(0 if state.done else recheck_s)
+            ended_jobs = False
+            chunk = []
+            for event in events:
+                data = event.data
+                if data.get("outputs"):
+                    data = {**data, "outputs": urls.outputs(data["outputs"])}
+                chunk.append(encoded(event, data))
+                job_ended = event.kind == JOB and data["status"] in JobStatus.FINISHED
+                ended_jobs |= event.kind == BATCH or job_ended
+            if state.done:
+                yield b"".join([*chunk, sse(None, "counts", counts)])
+                return
+            if chunk:
+                yield b"".join(chunk)
+            if not events or (ended_jobs and time.monotonic() - counted_at >= COUNTS_MIN_INTERVAL_S):
+                counted_at = time.monotonic()
+                state, counts = await _in_db(_batch_counts, batch)
+                if not state.done:
+                    yield sse(None, "counts", counts)
+                # A done batch loops once more, without waiting, to send what its stream has left.
 
 
 def _authorized(
@@ -193,7 +241,7 @@ async def event_response(
     find: Callable[[Any, Session, Principal], Any],
     row_id: uuid.UUID,
     last_event_id: str | None,
-    follow: Callable[..., AsyncIterator[ServerSentEvent]],
+    follow: Callable[..., AsyncIterator[bytes]],
 ) -> EventSourceResponse:
     # One thread call opens, uses and closes the session: with the usual per-request session a burst of
     # clients connecting at once can take every pool connection while their routes wait for a thread.

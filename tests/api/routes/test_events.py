@@ -241,3 +241,92 @@ def test_canceling_a_batch_ends_its_stream(api, recheck_fast) -> None:
         (kind, data.get("batch_index"), data.get("status")) for _, kind, data in got
     ]
     assert got[-1][1] == "counts" and got[-1][2]["counts"]["canceled"] == 3 and got[-1][2]["done"]
+
+
+def test_the_table_backed_store_serves_the_same_streams(api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded defaults' store (no Redis): the same endpoint, its readers polling the table."""
+    from core.config import get_settings
+    from core.events import DatabaseEventStore
+
+    store = DatabaseEventStore(get_settings())
+    monkeypatch.setattr("api.routes.events.get_event_store", lambda: store)
+    job = make_job()
+
+    def worker() -> None:
+        time.sleep(0.3)
+        published = JobEvents(store, job.id)
+        published.status(JobStatus.RUNNING, worker="w", attempt=1)
+        for step in range(1, 4):
+            published.step({"step": step, "total": 3})
+        published.finished(finish(job))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    got = events(api, f"/v1/jobs/{job.id}/events")
+    thread.join()
+    assert [(kind, data.get("status") or data.get("step")) for _, kind, data in got] == [
+        ("status", "running"),
+        ("progress", 1),
+        ("progress", 2),
+        ("progress", 3),
+        ("status", "succeeded"),
+    ]
+    ids = [int(event_id) for event_id, _, _ in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert events(api, f"/v1/jobs/{job.id}/events", **{"Last-Event-ID": got[1][0]}) == got[2:]
+
+
+def test_streams_that_recheck_together_hold_a_few_database_connections(api, recheck_fast) -> None:
+    """30 clients of jobs that publish nothing: each rechecks its job every 0.2 s, all on the
+    RECHECK_THREADS threads, so that no more connections than those are checked out at once."""
+    from sqlalchemy import event
+
+    from api.routes.events import RECHECK_THREADS
+    from core.db import get_engine
+
+    jobs = [make_job() for _ in range(30)]
+    lock = threading.Lock()
+    state = {"out": 0, "most": 0, "checkouts": 0}
+
+    def checkout(*_: object) -> None:
+        with lock:
+            state["out"] += 1
+            state["checkouts"] += 1
+            state["most"] = max(state["most"], state["out"])
+
+    def checkin(*_: object) -> None:
+        with lock:
+            state["out"] -= 1
+
+    engine = get_engine()
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    got: dict[uuid.UUID, list] = {}
+    try:
+        clients = [
+            threading.Thread(
+                target=lambda job=job: got.update({job.id: events(api, f"/v1/jobs/{job.id}/events")})
+            )
+            for job in jobs
+        ]
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 20
+        while state["checkouts"] < 30 and time.monotonic() < deadline:  # every key checked
+            time.sleep(0.05)
+        time.sleep(0.3)
+        with lock:
+            state["most"], state["checkouts"] = state["out"], 0
+        time.sleep(1)  # about five rounds of rechecks
+        with lock:
+            most, rechecks = state["most"], state["checkouts"]
+        for job in jobs:
+            finish(job)
+        for client in clients:
+            client.join(20)
+    finally:
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)
+    assert rechecks >= 30
+    assert most <= RECHECK_THREADS
+    assert all(got[job.id][-1][2]["status"] == "succeeded" for job in jobs)
