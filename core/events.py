@@ -198,7 +198,9 @@ def _stamped(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "ts": round(time.time(), 4)}
 
 
-REDIS_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only (`\d` takes any Unicode digit, such as "²"), each part a 64-bit unsigned number.
+REDIS_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+DATABASE_ID = re.compile(r"^[0-9]{1,19}$")
 # Redis connections of one event loop's asyncio client, and how long a read waits for one of them
 # before it fails with redis' ConnectionError.
 ASYNC_CONNECTIONS = 16
@@ -325,7 +327,7 @@ class RedisEventStore(EventStore):
         return self.reader().subscribe(self.key(stream), after)
 
     def check_id(self, event_id: str) -> str:
-        if not REDIS_ID.match(event_id):
+        if not REDIS_ID.fullmatch(event_id) or max(int(part) for part in event_id.split("-")) >= 2**64:
             raise BadEventId(
                 f"Last-Event-ID {event_id!r} is not an id this stream sent (like 1712345678901-0)"
             )
@@ -404,7 +406,7 @@ class DatabaseEventStore(EventStore):
             await asyncio.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
 
     def check_id(self, event_id: str) -> str:
-        if not event_id.isdigit() or len(event_id) > 19:
+        if not DATABASE_ID.fullmatch(event_id) or int(event_id) >= 2**63:  # a signed 64-bit row id
             raise BadEventId(f"Last-Event-ID {event_id!r} is not an id this stream sent (a whole number)")
         return event_id
 

@@ -165,3 +165,22 @@ def test_a_failing_store_does_not_fail_the_job(database: str) -> None:
     assert events.step({"step": 1}) is False
     assert events.canceled() is False
     assert events.failed
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ["9999999999999999999", "²", "١٢٣", "12-²", "1-99999999999999999999", "99999999999999999999-0", "", "1 "],
+)
+def test_last_event_ids_that_no_store_made_are_refused(event_id: str) -> None:
+    # Each once reached the store: an OverflowError from SQLite, int() of "²", a stream id Redis refuses.
+    from core.config import get_settings
+    from core.events import BadEventId, DatabaseEventStore, RedisEventStore
+
+    for store in (
+        DatabaseEventStore(get_settings()),
+        RedisEventStore("redis://127.0.0.1:6379/0", get_settings()),
+    ):
+        with pytest.raises(BadEventId):
+            store.check_id(event_id)
+    assert DatabaseEventStore(get_settings()).check_id("9223372036854775807") == "9223372036854775807"
+    assert RedisEventStore("redis://127.0.0.1:6379/0", get_settings()).check_id("1712345678901-0")
