@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from cli.keys import keys_app
 from core.config import get_settings
@@ -624,7 +625,7 @@ def quickstart(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
     from cli.client import CliError
     from migrations.run import DatabaseUnavailable
@@ -634,12 +635,39 @@ def main() -> None:
     except (CliError, DatabaseUnavailable) as error:
         typer.echo(f"error: {error}", err=True)
         raise SystemExit(1) from None
+    except ValidationError as error:
+        if error.title != "Settings":
+            raise
+        typer.echo(f"error: {settings_problem(error)}", err=True)
+        raise SystemExit(1) from None
+    except (
+        ArgumentError
+    ) as error:  # NoSuchModuleError too: a URL SQLAlchemy can't parse or has no dialect for
+        url = _masked(get_settings().database_url)
+        reason = str(error).strip().splitlines()[0]
+        typer.echo(
+            f"error: DIFFQ_DATABASE_URL={url} is not a database URL diffq can use ({reason}); give one "
+            "such as postgresql+psycopg://user:password@host:5432/diffq or sqlite:///path/to/diffq.db",
+            err=True,
+        )
+        raise SystemExit(1) from None
     except (OperationalError, ProgrammingError) as error:
         settings = get_settings()
         reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
         typer.echo(f"error: the database at {_masked(settings.database_url)} failed: {reason}", err=True)
         typer.echo("  `diffq db upgrade` creates it; `diffq config` shows the settings in use", err=True)
         raise SystemExit(1) from None
+
+
+def settings_problem(error: ValidationError) -> str:
+    """The settings' validation `error` as one line naming each variable: `DIFFQ_MAX_PIXELS='abc': ...`."""
+    problems = []
+    for detail in error.errors():
+        variable = "DIFFQ_" + "_".join(str(part) for part in detail["loc"]).upper()
+        value = detail.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        problems.append(f"{variable}{shown}: {detail['msg']}")
+    return "bad setting " + "; ".join(problems)
 
 
 def _require_schema() -> None:

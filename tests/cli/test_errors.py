@@ -1,0 +1,43 @@
+"""Bad settings and database URLs are one `error:` line naming the variable, and exit 1: the real
+command in a subprocess, no server needed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "url"),
+    [(("db", "upgrade"), "bogus://x"), (("keys", "list"), "bogus://x"), (("keys", "list"), "not a url")],
+)
+def test_a_bad_database_url_is_one_line(args: tuple[str, ...], url: str) -> None:
+    result = run_cli(*args, DIFFQ_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: DIFFQ_DATABASE_URL={url} is not a database URL diffq can use")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("args", [("config",), ("keys", "list")])
+def test_a_bad_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
+    result = run_cli(*args, DIFFQ_MAX_PIXELS="abc")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "error: bad setting DIFFQ_MAX_PIXELS='abc': Input should be a valid integer"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
