@@ -41,3 +41,21 @@ def test_a_bad_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
         "error: bad setting DIFFQ_MAX_PIXELS='abc': Input should be a valid integer"
     )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_quickstart_checks_its_options_before_it_trains(tmp_path: Path) -> None:
+    """A generation option the API would refuse stops the quickstart before the database, the API, the
+    worker or the training start, not after the training has run."""
+    result = run_cli("quickstart", "--scheduler", "bogus", "--epochs", "1", DIFFQ_HOME=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --scheduler bogus: Value error, unknown scheduler 'bogus'")
+    assert "1/4" not in result.stdout and not list(tmp_path.iterdir())
+
+
+def test_quickstart_problems_name_the_option() -> None:
+    from cli.quickstart import quickstart_problems
+
+    ok = {"epochs": 1, "num_images": 16, "inference_steps": 100, "scheduler": "ddpm", "name": "glyphs"}
+    assert quickstart_problems(**ok) == []
+    [bad_name] = quickstart_problems(**ok | {"name": "../x"})
+    assert bad_name.startswith("--name ../x: ")
