@@ -71,7 +71,10 @@ def worker(
             help="Comma-separated queues to serve instead of those --serve picks (besides its own)."
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Celery node name.")] = "diffq@%h",
+    name: Annotated[
+        str,
+        typer.Option(help="Celery node name, unique in the fleet: a second worker on a host needs its own."),
+    ] = "diffq@%h",
 ) -> None:
     """Start a worker that runs jobs, one at a time (or, with --gpus, one such worker per GPU)."""
     _require_schema()
@@ -93,10 +96,14 @@ def worker(
 
     from celery.utils.nodenames import default_nodename, host_format
 
+    from cli.client import CliError
     from core.scheduling import worker_queues
     from workers.celery_app import app as celery_app
+    from workers.fleet import name_in_use
 
     node = host_format(default_nodename(name))
+    if problem := name_in_use(node):
+        raise CliError(problem)
     given = [queue for queue in (queues or "").split(",") if queue]
     consumed = worker_queues(serve.value, node, get_settings(), given)
     status = celery_app.start(
