@@ -7,13 +7,16 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from cli.keys import keys_app
 from core.config import get_settings
+
+if TYPE_CHECKING:
+    from cli.client import Client
 
 # Plain (not boxed) help and usage errors: a usage error is a usage line and one `Error:` line.
 app = typer.Typer(
@@ -241,7 +244,22 @@ def reconcile() -> None:
 
     with db_session() as session:
         counts = reconcile_once(session)
-    typer.echo(json.dumps(counts))
+    typer.echo(reconcile_summary(counts))
+
+
+def reconcile_summary(counts: dict[str, int]) -> str:
+    """What a reconciler pass did (`reconcile_once`'s counts), in words."""
+    if not counts:
+        return "nothing to do: no running job's lease had run out"
+    done = []
+    if requeued := counts.get("requeued"):
+        jobs = "job" if requeued == 1 else "jobs"
+        done.append(f"requeued {requeued} {jobs} whose worker died (lease ran out)")
+    if lost := counts.get("worker_lost"):
+        jobs = "job" if lost == 1 else "jobs"
+        done.append(f"failed {lost} {jobs} with worker_lost (attempts used up)")
+    done += [f"{name}: {count}" for name, count in counts.items() if name not in ("requeued", "worker_lost")]
+    return "; ".join(done)
 
 
 @db_app.command("upgrade")
@@ -481,7 +499,12 @@ def download(
         typer.echo(f"{len(paths)} images and the manifests of batch {item['id']} in {folder}")
         return
     if item["status"] != "succeeded" and not item["outputs"]:
-        raise CliError(f"{_ended(item)}; it has no images yet (`diffq watch {item['id']}` waits for it)")
+        if item["status"] in ("queued", "running"):
+            raise CliError(
+                f"job {item['id']} is {item['status']}; it has no images yet (`diffq watch {item['id']}` "
+                "waits for it)"
+            )
+        raise CliError(f"{_ended(item)}; it made no images")
     paths = download_job(client, item, folder)
     for path in paths:
         typer.echo(path)
@@ -580,7 +603,7 @@ def cancel(
     api_url: ApiUrl = None,
 ) -> None:
     """Cancel jobs or batches: queued jobs never run, running ones stop at their next step."""
-    from cli.client import Client, CliError, check_id
+    from cli.client import ApiError, Client, CliError, check_id
 
     client = Client(api_url or get_settings().public_url)
     failed = False
@@ -589,12 +612,26 @@ def cancel(
             item = check_id(item, "batch" if batch else "job")
             result = client.cancel_batch(item) if batch else client.cancel(item)
         except CliError as error:
+            not_a_job = not batch and isinstance(error, ApiError) and error.status_code == 404
+            if not_a_job and _is_batch(client, item):
+                error = CliError(f"{item} is a batch id; cancel the batch with `diffq cancel --batch {item}`")
             typer.echo(f"{item}: {error}", err=True)
             failed = True
             continue
         typer.echo(f"{item} {result['status']}")
     if failed:
         raise typer.Exit(1)
+
+
+def _is_batch(client: "Client", item_id: str) -> bool:
+    """Whether `item_id` names a batch the caller may see."""
+    from cli.client import ApiError
+
+    try:
+        client.batch(item_id)
+    except ApiError:
+        return False
+    return True
 
 
 @app.command()

@@ -59,3 +59,18 @@ def test_quickstart_problems_name_the_option() -> None:
     assert quickstart_problems(**ok) == []
     [bad_name] = quickstart_problems(**ok | {"name": "../x"})
     assert bad_name.startswith("--name ../x: ")
+
+
+def test_reconcile_says_what_it_did_in_words() -> None:
+    from cli.main import reconcile_summary
+
+    assert reconcile_summary({}) == "nothing to do: no running job's lease had run out"
+    assert reconcile_summary({"requeued": 2, "worker_lost": 1}) == (
+        "requeued 2 jobs whose worker died (lease ran out); failed 1 job with worker_lost (attempts used up)"
+    )
+
+
+def test_reconcile_prints_no_json(database) -> None:
+    result = run_cli("reconcile")
+    assert result.returncode == 0, result.stderr
+    assert not result.stdout.startswith("{") and ("nothing to do" in result.stdout or "job" in result.stdout)
