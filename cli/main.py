@@ -7,12 +7,16 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from cli.keys import keys_app
 from core.config import get_settings
+
+if TYPE_CHECKING:
+    from cli.client import Client
 
 # Plain (not boxed) help and usage errors: a usage error is a usage line and one `Error:` line.
 app = typer.Typer(
@@ -70,7 +74,10 @@ def worker(
             help="Comma-separated queues to serve instead of those --serve picks (besides its own)."
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Celery node name.")] = "diffq@%h",
+    name: Annotated[
+        str,
+        typer.Option(help="Celery node name, unique in the fleet: a second worker on a host needs its own."),
+    ] = "diffq@%h",
 ) -> None:
     """Start a worker that runs jobs, one at a time (or, with --gpus, one such worker per GPU)."""
     _require_schema()
@@ -92,10 +99,14 @@ def worker(
 
     from celery.utils.nodenames import default_nodename, host_format
 
+    from cli.client import CliError
     from core.scheduling import worker_queues
     from workers.celery_app import app as celery_app
+    from workers.fleet import name_in_use
 
     node = host_format(default_nodename(name))
+    if problem := name_in_use(node):
+        raise CliError(problem)
     given = [queue for queue in (queues or "").split(",") if queue]
     consumed = worker_queues(serve.value, node, get_settings(), given)
     status = celery_app.start(
@@ -233,7 +244,22 @@ def reconcile() -> None:
 
     with db_session() as session:
         counts = reconcile_once(session)
-    typer.echo(json.dumps(counts))
+    typer.echo(reconcile_summary(counts))
+
+
+def reconcile_summary(counts: dict[str, int]) -> str:
+    """What a reconciler pass did (`reconcile_once`'s counts), in words."""
+    if not counts:
+        return "nothing to do: no running job's lease had run out"
+    done = []
+    if requeued := counts.get("requeued"):
+        jobs = "job" if requeued == 1 else "jobs"
+        done.append(f"requeued {requeued} {jobs} whose worker died (lease ran out)")
+    if lost := counts.get("worker_lost"):
+        jobs = "job" if lost == 1 else "jobs"
+        done.append(f"failed {lost} {jobs} with worker_lost (attempts used up)")
+    done += [f"{name}: {count}" for name, count in counts.items() if name not in ("requeued", "worker_lost")]
+    return "; ".join(done)
 
 
 @db_app.command("upgrade")
@@ -473,7 +499,12 @@ def download(
         typer.echo(f"{len(paths)} images and the manifests of batch {item['id']} in {folder}")
         return
     if item["status"] != "succeeded" and not item["outputs"]:
-        raise CliError(f"{_ended(item)}; it has no images yet (`diffq watch {item['id']}` waits for it)")
+        if item["status"] in ("queued", "running"):
+            raise CliError(
+                f"job {item['id']} is {item['status']}; it has no images yet (`diffq watch {item['id']}` "
+                "waits for it)"
+            )
+        raise CliError(f"{_ended(item)}; it made no images")
     paths = download_job(client, item, folder)
     for path in paths:
         typer.echo(path)
@@ -572,7 +603,7 @@ def cancel(
     api_url: ApiUrl = None,
 ) -> None:
     """Cancel jobs or batches: queued jobs never run, running ones stop at their next step."""
-    from cli.client import Client, CliError, check_id
+    from cli.client import ApiError, Client, CliError, check_id
 
     client = Client(api_url or get_settings().public_url)
     failed = False
@@ -581,12 +612,26 @@ def cancel(
             item = check_id(item, "batch" if batch else "job")
             result = client.cancel_batch(item) if batch else client.cancel(item)
         except CliError as error:
+            not_a_job = not batch and isinstance(error, ApiError) and error.status_code == 404
+            if not_a_job and _is_batch(client, item):
+                error = CliError(f"{item} is a batch id; cancel the batch with `diffq cancel --batch {item}`")
             typer.echo(f"{item}: {error}", err=True)
             failed = True
             continue
         typer.echo(f"{item} {result['status']}")
     if failed:
         raise typer.Exit(1)
+
+
+def _is_batch(client: "Client", item_id: str) -> bool:
+    """Whether `item_id` names a batch the caller may see."""
+    from cli.client import ApiError
+
+    try:
+        client.batch(item_id)
+    except ApiError:
+        return False
+    return True
 
 
 @app.command()
@@ -624,7 +669,7 @@ def quickstart(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
     from cli.client import CliError
     from migrations.run import DatabaseUnavailable
@@ -634,12 +679,39 @@ def main() -> None:
     except (CliError, DatabaseUnavailable) as error:
         typer.echo(f"error: {error}", err=True)
         raise SystemExit(1) from None
+    except ValidationError as error:
+        if error.title != "Settings":
+            raise
+        typer.echo(f"error: {settings_problem(error)}", err=True)
+        raise SystemExit(1) from None
+    except (
+        ArgumentError
+    ) as error:  # NoSuchModuleError too: a URL SQLAlchemy can't parse or has no dialect for
+        url = _masked(get_settings().database_url)
+        reason = str(error).strip().splitlines()[0]
+        typer.echo(
+            f"error: DIFFQ_DATABASE_URL={url} is not a database URL diffq can use ({reason}); give one "
+            "such as postgresql+psycopg://user:password@host:5432/diffq or sqlite:///path/to/diffq.db",
+            err=True,
+        )
+        raise SystemExit(1) from None
     except (OperationalError, ProgrammingError) as error:
         settings = get_settings()
         reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
         typer.echo(f"error: the database at {_masked(settings.database_url)} failed: {reason}", err=True)
         typer.echo("  `diffq db upgrade` creates it; `diffq config` shows the settings in use", err=True)
         raise SystemExit(1) from None
+
+
+def settings_problem(error: ValidationError) -> str:
+    """The settings' validation `error` as one line naming each variable: `DIFFQ_MAX_PIXELS='abc': ...`."""
+    problems = []
+    for detail in error.errors():
+        variable = "DIFFQ_" + "_".join(str(part) for part in detail["loc"]).upper()
+        value = detail.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        problems.append(f"{variable}{shown}: {detail['msg']}")
+    return "bad setting " + "; ".join(problems)
 
 
 def _require_schema() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from cli.client import Client
+from cli.client import Client, CliError
 from cli.progress import watch_jobs
 from core.auth import create_key, revoke_key
 from core.config import get_settings
@@ -95,6 +95,83 @@ def training_spec(epochs: int, name: str = QUICKSTART_MODEL) -> dict[str, Any]:
     }
 
 
+def generation_spec(name: str, inference_steps: int, scheduler: str, num_images: int) -> dict[str, Any]:
+    """The unconditional job that draws the grid with the trained model `name`."""
+    return {
+        "type": "unconditional",
+        "model": name,
+        "params": {
+            "num_inference_steps": inference_steps,
+            "scheduler": scheduler,
+            "seed": 0,
+            "num_images": num_images,
+        },
+    }
+
+
+# The option of `diffq quickstart` behind each field of its jobs.
+OPTIONS = {
+    "scheduler": "--scheduler",
+    "num_inference_steps": "--inference-steps",
+    "num_images": "--num-images",
+    "output_model": "--name",
+    "model": "--name",
+    "num_epochs": "--epochs",
+}
+
+
+def quickstart_problems(
+    epochs: int, num_images: int, inference_steps: int, scheduler: str, name: str
+) -> list[str]:
+    """Why the quickstart's jobs with these options would be refused, one line per problem naming its
+    option (`--scheduler bogus: ...`); empty if the API would accept both. Checked before anything runs,
+    so that a bad generation option does not wait for the training to end. The checks are the API's
+    own: the job schemas, the deployment's limits, and the grid's scheduler's steps on the model the
+    training makes (a DDPM schedule of `num_train_timesteps`)."""
+    from pydantic import ValidationError
+
+    from core.scheduler_limits import steps_problem
+    from core.schedulers import SCHEDULERS
+    from core.specs import JOB_SPEC, TrainUnconditionalParams
+    from core.submit import limit_problems
+
+    problems: list[str] = []
+    config: dict[str, Any] | None = None  # the trained model's scheduler config, once its spec is valid
+    given: dict[str, Any] = {
+        "--scheduler": scheduler,
+        "--name": name,
+        "--epochs": epochs,
+        "--num-images": num_images,
+        "--inference-steps": inference_steps,
+    }
+    for spec in (training_spec(epochs, name), generation_spec(name, inference_steps, scheduler, num_images)):
+        try:
+            parsed = JOB_SPEC.validate_python(spec)
+        except ValidationError as error:
+            for detail in error.errors():
+                fields = [str(part) for part in detail["loc"] if str(part) in OPTIONS]
+                option = OPTIONS[fields[-1]] if fields else f"the {spec['type']} job"
+                shown = f" {given[option]}" if option in given else ""
+                problems.append(f"{option}{shown}: {detail['msg']}")
+            continue
+        problems += [
+            f"{spec['type']} job: {message}"
+            for _, message, _ in limit_problems(parsed.params, get_settings())
+        ]
+        if spec["type"] == "train_unconditional":
+            assert isinstance(parsed.params, TrainUnconditionalParams)
+            config = {
+                "num_train_timesteps": parsed.params.num_train_timesteps,
+                "beta_schedule": parsed.params.beta_schedule,
+            }
+    choice = SCHEDULERS.get(scheduler)
+    if config is not None and choice is not None:
+        class_name, overrides = choice.class_name, choice.overrides
+        if problem := steps_problem(name, scheduler, class_name, config, overrides, inference_steps):
+            problems.append(f"--inference-steps {inference_steps}: {problem}")
+    return problems
+
+
 def free_grid_path(home: Path) -> Path:
     """`quickstart-grid.png`, or the first of `quickstart-grid-2.png`, … that does not exist yet."""
     path, number = home / "quickstart-grid.png", 1
@@ -111,6 +188,8 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
     from migrations.run import upgrade
     from workers.training import grid_shape
 
+    if problems := quickstart_problems(epochs, num_images, inference_steps, scheduler, name):
+        raise CliError("; ".join(problems))
     settings = get_settings()
     typer.echo(f"diffq home: {settings.home}")
     typer.echo("1/4 creating the database ...")
@@ -154,18 +233,7 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
             return 1
         steps = f"{inference_steps} {scheduler} steps"
         typer.echo(f"4/4 generating {num_images} images with '{name}' ({steps}) ...")
-        generation = client.submit(
-            {
-                "type": "unconditional",
-                "model": name,
-                "params": {
-                    "num_inference_steps": inference_steps,
-                    "scheduler": scheduler,
-                    "seed": 0,
-                    "num_images": num_images,
-                },
-            }
-        )
+        generation = client.submit(generation_spec(name, inference_steps, scheduler, num_images))
         [generation] = watch_jobs(client, [generation["id"]])
         report(generation)
         if generation["status"] != "succeeded":

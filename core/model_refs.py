@@ -2,6 +2,9 @@
 
 The API checks references here before a job is accepted; the workers' model store resolves them, and
 both read Hub repo ids with `hub_repo_id_problem`, so that what the API accepts the workers can fetch.
+Neither accepts a reference that names a hidden folder (`hidden_part_problem`): the models dir's dot
+folders are diffq's own, such as the workers' cache of registered models (`.registry/<name>/<job id>`),
+which is reached by a registered model's name only, after its owner is checked.
 """
 
 from pathlib import Path
@@ -28,12 +31,26 @@ def is_diffusers_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
+def hidden_part_problem(ref: str, local: Path, models_dir: Path) -> str | None:
+    """Why `ref`, found at `local` (its path under `models_dir`, symlinks followed), names a hidden
+    folder or file (a part starting with '.'), as written or once resolved; None if it names none."""
+    resolved_parts = local.relative_to(Path(models_dir).resolve()).parts if local.is_absolute() else ()
+    if any(part.startswith(".") for part in (*Path(ref).parts, *resolved_parts)):
+        return (
+            f"model reference '{ref[:100]}' names a hidden folder of the models dir; give a registered "
+            "model's name (GET /v1/models), a folder in the models dir or a Hub repo id 'org/name'"
+        )
+    return None
+
+
 def reference_problem(ref: str, models_dir: Path) -> str | None:
     """Why `ref` can't name a model, or None when it can."""
     if not ref or ref.startswith(("/", "\\", "~")) or ".." in Path(ref).parts:
         return f"model reference '{ref}' must be a name under the models dir or a Hub repo id 'org/name'"
     try:
         local = safe_join(models_dir, ref)
+        if problem := hidden_part_problem(ref, local, models_dir):
+            return problem
         if is_diffusers_folder(local):
             return None
     except PathEscapeError:

@@ -162,6 +162,14 @@ class ProgressReporter:
         if not self.write(self.job_id, self.attempt, self.current):
             raise JobCanceled(str(self.job_id))
 
+    def poll_cancel(self) -> None:
+        """Raise JobCanceled if the job was canceled, reading its status when a check is due (every
+        `check_interval_s`; every call when it is None). For steps that move no progress, such as the
+        denoising steps of a training job's sample grid, so that a cancel stops them at the next step."""
+        interval = self.check_interval_s
+        if interval is None or self.last_check is None or self.clock() - self.last_check >= interval:
+            self.check()
+
     def check(self) -> None:
         """Raise JobCanceled if the job is no longer running; a read, cheaper than a write."""
         self.last_check = self.clock()
@@ -192,6 +200,7 @@ class TrainingReporter(ProgressReporter):
         write: Callable[..., bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         *,
+        check_interval_s: float | None = None,
         status: Callable[[uuid.UUID], str | None] | None = None,
         session: Session | None = None,
         events: JobEvents | None = None,
@@ -207,6 +216,7 @@ class TrainingReporter(ProgressReporter):
             min_interval_s,
             write=write,
             clock=clock,
+            check_interval_s=check_interval_s,
             status=status,
             session=session,
             events=events,

@@ -92,3 +92,11 @@ def resident_models(worker: WorkerNode) -> set[str]:
     if worker.current_model:
         models.add(worker.current_model)
     return models
+
+
+def fresh_worker(session: Session, name: str, stale_s: float) -> WorkerNode | None:
+    """Worker `name`'s row if it was written in the last `stale_s` seconds (a worker that may be live)."""
+    since = utcnow() - timedelta(seconds=stale_s)
+    return session.scalars(
+        select(WorkerNode).where(WorkerNode.name == name, WorkerNode.last_seen >= since)
+    ).one_or_none()

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from core.errors import BadModel, first_line
-from core.model_refs import hub_repo_id_problem, is_diffusers_folder
+from core.model_refs import hidden_part_problem, hub_repo_id_problem, is_diffusers_folder
 from core.paths import PathEscapeError, safe_join
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -93,7 +93,8 @@ def check_safetensors_only(folder: Path, ref: str | None = None) -> None:
 
 
 def _local_path(ref: str, root: Path) -> Path:
-    """`ref` as a path under `root`, refused if it is empty, absolute, or leads outside once resolved."""
+    """`ref` as a path under `root`, refused if it is empty, absolute, leads outside once resolved, or
+    names a hidden folder (the registry's cache, `.registry/`, is reached by a model's name only)."""
     if not ref or not ref.strip():
         raise BadModel("model reference is empty; give a folder name under the models dir or a Hub repo id")
     if Path(ref).is_absolute():
@@ -112,6 +113,8 @@ def _local_path(ref: str, root: Path) -> Path:
     except (OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise BadModel(f"model reference {ref[:100]!r} is not a valid path: {reason}") from error
+    if problem := hidden_part_problem(ref, local, root):
+        raise BadModel(problem)
     return local
 
 

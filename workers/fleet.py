@@ -25,7 +25,13 @@ from core.db import DB_UNAVAILABLE, commit_without_waiting, db_session
 from core.errors import first_line
 from core.jobs import hand_back
 from core.scheduling import Claimer, serves_training
-from core.worker_nodes import record_finished_job, register_worker, remove_worker, update_worker
+from core.worker_nodes import (
+    fresh_worker,
+    record_finished_job,
+    register_worker,
+    remove_worker,
+    update_worker,
+)
 from workers.heartbeat import Heartbeat
 from workers.job_run import JobRun
 
@@ -87,11 +93,50 @@ def _learn_node(sender: str, options: dict, **_: object) -> None:
     hand_back_at_start(sender)
 
 
+def name_in_use(name: str) -> str | None:
+    """Why a worker may not start under `name`: another worker of that name runs on this host; None if
+    none does.
+
+    A worker of that name runs if its row in the `workers` table is fresh (written in the last
+    `DIFFQ_WORKER_STALE_S`) and the process that wrote it (its pool process, `workers.pid`) is still
+    alive here. So a worker restarted after a crash (its processes gone, its row still fresh) starts at
+    once and hands back the jobs its name held (`hand_back_at_start`), and one started after a clean stop
+    (its row removed) too; a second `diffq worker` next to a live one, under the default name
+    `diffq@%h`, is refused instead of taking the live one's job away. A name shared across hosts can't
+    be told apart by its pid: names must be unique in the fleet (`%h` makes them so per host). A dead
+    worker's pid reused by another process meanwhile delays the restart until the row is stale.
+    """
+    settings = get_settings()
+    with db_session() as session:
+        row = fresh_worker(session, name, settings.worker_stale_s)
+        pid = row.pid if row is not None else None
+    if pid is None or pid == os.getpid() or not _pid_alive(pid):
+        return None
+    return (
+        f"a worker named {name} is already running (process {pid}); pass --name to start another next "
+        "to it (e.g. --name w2@%h), or stop it first"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def hand_back_at_start(name: str) -> None:
     """Requeue the jobs a process of this name held when it died: this worker, restarted under its name,
-    knows they lost their worker, so they need not wait for their leases to run out. Names must be unique
-    in the fleet (a second live worker of the same name would lose its jobs here)."""
+    knows they lost their worker, so they need not wait for their leases to run out. Nothing is handed
+    back while a live worker holds the name (`name_in_use`; `diffq worker` refuses to start then): its
+    jobs are its own."""
     try:
+        if problem := name_in_use(name):
+            logger.error("%s; not handing back its jobs", problem)
+            return
         with db_session() as session:
             handed = hand_back(session, name)
     except Exception:  # their leases run out instead

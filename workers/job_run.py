@@ -138,6 +138,7 @@ class JobRun:
             self.settings.progress_min_interval_s,
             start_step=start_step,
             outputs=self.outputs,
+            check_interval_s=self.settings.cancel_check_interval_s,
             session=self.session,
             events=self.events,
         )

@@ -244,6 +244,16 @@ def _publish_end(session: Session, run: JobRun) -> None:
         run.events.finished(job)
 
 
+def log_failure(job_id: str, error: BaseException) -> None:
+    """Log a job's failure: an expected one (a `JobError` with its own code: `bad_model`, `bad_input`,
+    ...; the user's to fix, and recorded on the job) as one WARNING line with its code and message; any
+    other (a bug, `internal`) as an ERROR with its traceback."""
+    if isinstance(error, JobError) and error.code != "internal":
+        logger.warning("job %s failed: %s: %s", job_id, error.code, first_line(error))
+    else:
+        logger.error("job %s failed", job_id, exc_info=error)
+
+
 def _record(session: Session, run: JobRun, outcome: Outcome) -> str | dict[str, str]:
     """Record how a job ended: its final status, or, for a failed job, its error."""
     job_id, attempt = str(run.job_id), run.attempt
@@ -260,7 +270,7 @@ def _record(session: Session, run: JobRun, outcome: Outcome) -> str | dict[str, 
         return JobStatus.CANCELED
     progress = run.reporter.current if run.reporter else None
     if isinstance(outcome, BaseException):
-        logger.error("job %s failed", job_id, exc_info=outcome)
+        log_failure(job_id, outcome)
         session.rollback()  # a runner's write may have failed halfway
         error = error_for(outcome)
         _until_written(

@@ -236,3 +236,33 @@ def test_fusion_partners_share_the_key_and_keep_the_owner_limit(queue, settings,
         assert lead.owner == "b"
         partners = claim_partners(session, lead, who, 8)
         assert [job.owner for job in partners] == ["b"]
+
+
+def test_a_batch_runs_in_its_order(queue, settings) -> None:
+    """A batch's jobs are written together with one created_at: their batch_index, not their random
+    ids, decides their order."""
+    from core.tables import Batch
+
+    created = utcnow()
+    with db_session() as session:
+        batch = Batch(owner="a", total=30, source={})
+        session.add(batch)
+        session.flush()
+        jobs = [
+            Job(
+                type="text2img",
+                model="m",
+                owner="a",
+                params={},
+                queue=queue,
+                created_at=created,
+                batch_id=batch.id,
+                batch_index=index,
+            )
+            for index in range(30)
+        ]
+        session.add_all(jobs)
+        session.flush()
+        ids = [job.id for job in jobs]  # random: in their order one time in 30!
+    order = [job.id for job in run_in_order(claimer(queue), 30)]
+    assert order == ids

@@ -168,6 +168,14 @@ def test_watch_of_a_canceled_job_says_canceled(stack, client) -> None:
     assert watched.returncode == 1
     assert watched.stderr.strip().splitlines()[-1] == f"job {job_id} canceled"
     assert "None" not in watched.stderr
+    # It never will have images: download says why, not to wait for it.
+    assert_short_error(diffq(stack, "download", job_id), f"job {job_id} canceled; it made no images")
+
+
+def test_cancel_of_a_batch_id_without_batch_says_to_pass_it(stack, client) -> None:
+    batch = client.submit_batch({"jobs": [text2img_spec(num_images=1)], "priority": 0})
+    refused = diffq(stack, "cancel", batch["id"])
+    assert_short_error(refused, f"{batch['id']} is a batch id; cancel the batch with `diffq cancel --batch")
 
 
 def test_config_prints_the_settings_with_secrets_masked(tmp_path) -> None:

@@ -198,3 +198,20 @@ def test_hub_id_with_the_hub_unreachable(models_dir: Path, tmp_path: Path) -> No
         "BadModel: model 'someorg/missing' is not in the local Hub cache"
     )
     assert not model_exists("someorg/missing", models_dir)
+
+
+@pytest.mark.parametrize(
+    "ref", [".registry/glyphs/1234", ".registry", "team/.hidden", ".registry/glyphs", "cached-alias"]
+)
+def test_hidden_folders_of_the_models_dir_are_refused(models_dir: Path, ref: str) -> None:
+    """The registry's cache (`.registry/<name>/<job id>`) and other dot folders are diffq's own: a
+    registered model is named by its name, whose owner is checked, never by its cache path, nor by a
+    symlink that leads into it."""
+    cached = models_dir / ".registry" / "glyphs" / "1234"
+    if not cached.exists():
+        shutil.copytree(models_dir / "tiny-ddpm", cached)
+        shutil.copytree(models_dir / "tiny-ddpm", models_dir / "team" / ".hidden")
+        (models_dir / "cached-alias").symlink_to(cached, target_is_directory=True)
+    with pytest.raises(BadModel, match="names a hidden folder of the models dir"):
+        resolve_model(ref, models_dir)
+    assert not model_exists(ref, models_dir)

@@ -9,6 +9,7 @@ is a `pytorch_lora_weights.safetensors` that `load_lora_weights` accepts, regist
 """
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def train(job: JobRun, params: TrainLoraParams, accelerator: Any) -> list[dict[s
     if params.validation_prompt:
         base.unet = unet
         with accelerator.autocast():
-            images = validation_images(base, params)
+            images = validation_images(base, params, reporter.poll_cancel)
         grid_parameters = {"type": job.type, "job": str(job.job_id), "prompt": params.validation_prompt}
         reporter.add_output(
             save_grid(job.storage, job.job_id, images, loop.epoch, loop.step, grid_parameters)
@@ -178,10 +179,21 @@ def load_lora_hook(models: list, input_dir: str) -> None:
         set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
 
 
-def validation_images(pipe: StableDiffusionPipeline, params: TrainLoraParams) -> list:
-    """Images of the validation prompt with the trained LoRA, image i seeded `seed + i`."""
+def validation_images(
+    pipe: StableDiffusionPipeline, params: TrainLoraParams, after_step: Callable[[], None] | None = None
+) -> list:
+    """Images of the validation prompt with the trained LoRA, image i seeded `seed + i`. `after_step()`
+    runs after each denoising step: the job's cancel check (`ProgressReporter.poll_cancel`, which raises
+    JobCanceled), so that a cancel stops the images at the next step."""
     assert params.seed is not None and params.validation_prompt is not None
+
+    def on_step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
+        if after_step is not None:
+            after_step()
+        return callback_kwargs
+
     return pipe(
+        callback_on_step_end=on_step_end,
         prompt=params.validation_prompt,
         num_inference_steps=params.validation_inference_steps,
         width=params.resolution,

@@ -8,7 +8,7 @@ checkpoint; at the end the `DDPMPipeline` is stored and registered under `output
 """
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,9 @@ def train(job: JobRun, params: TrainUnconditionalParams, accelerator: Any) -> li
         """A sample grid every `save_image_epochs` and at the end; a snapshot every `save_model_epochs`."""
         if (epoch + 1) % params.save_image_epochs == 0 or last:
             with ema_weights(ema, model):
-                images = sample(accelerator.unwrap_model(model), noise_scheduler, params)
+                images = sample(
+                    accelerator.unwrap_model(model), noise_scheduler, params, loop.reporter.poll_cancel
+                )
             grid_parameters = {"type": job.type, "job": str(job.job_id), "seed": params.seed}
             loop.reporter.add_output(save_grid(job.storage, job.job_id, images, epoch, step, grid_parameters))
         if (epoch + 1) % params.save_model_epochs == 0 and not last:
@@ -123,9 +125,30 @@ def ema_weights(ema: EMAModel | None, model: torch.nn.Module) -> Iterator[None]:
         ema.restore(model.parameters())
 
 
-def sample(unet: UNet2DModel, noise_scheduler: DDPMScheduler, params: TrainUnconditionalParams) -> list:
-    """`eval_batch_size` images from the model as it is now; its own generator leaves training's alone."""
-    pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(noise_scheduler.config))
+def sample(
+    unet: UNet2DModel,
+    noise_scheduler: DDPMScheduler,
+    params: TrainUnconditionalParams,
+    after_step: Callable[[], None] | None = None,
+) -> list:
+    """`eval_batch_size` images from the model as it is now; its own generator leaves training's alone.
+
+    `after_step()` runs after each of the `sample_inference_steps` denoising steps: the job's cancel
+    check (`ProgressReporter.poll_cancel`, which raises JobCanceled), since a 1000-step grid of 16
+    images takes minutes. `DDPMPipeline` takes no step callback, so it runs from this call's scheduler's
+    `step`.
+    """
+    scheduler = DDPMScheduler.from_config(noise_scheduler.config)
+    if after_step is not None:
+        scheduler_step = scheduler.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            result = scheduler_step(*args, **kwargs)
+            after_step()
+            return result
+
+        scheduler.step = step  # type: ignore[method-assign]
+    pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
     unet.eval()
     try:

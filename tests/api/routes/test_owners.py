@@ -5,6 +5,7 @@ Redis and S3; the concurrency test over HTTP (uvicorn in a thread)."""
 
 import io
 import logging
+import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +121,7 @@ def test_owners_see_and_touch_only_their_own(owners: tuple[Owner, Owner], admin_
 
 
 def test_models_are_their_owners_until_published(owners: tuple[Owner, Owner], admin_api: TestClient) -> None:
+    from core.config import get_settings
     from core.db import db_session
     from core.tables import ModelKind, RegisteredModel
 
@@ -137,6 +139,20 @@ def test_models_are_their_owners_until_published(owners: tuple[Owner, Owner], ad
     assert name not in {m["name"] for m in bob.get("/v1/models").json()["data"]}
     refused = bob.post("/v1/jobs", json=job)
     assert refused.status_code == 422 and refused.json()["detail"][0]["type"] == "unknown_model"
+    # Nor through the workers' cache of it in the models dir, by anyone: a model is named by its name.
+    cached = get_settings().models_dir / ".registry" / name / "x"
+    shutil.copytree(get_settings().models_dir / "tiny-ddpm", cached)
+    for owner in (bob, alice):
+        by_path = owner.post("/v1/jobs", json=job | {"model": f".registry/{name}/x"})
+        assert by_path.status_code == 422 and by_path.json()["detail"][0]["type"] == "unknown_model"
+        assert "hidden folder" in by_path.text
+    train_lora = {
+        "type": "train_lora",
+        "model": f".registry/{name}/x",
+        "output_model": f"lora-{name}",
+        "params": {"dataset": "builtin:glyphs"},
+    }
+    assert "hidden folder" in bob.post("/v1/jobs", json=train_lora).text
     # Nobody trains over another owner's model.
     train = {
         "type": "train_unconditional",
