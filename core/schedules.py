@@ -69,7 +69,7 @@ def cron_problem(cron: str) -> str | None:
     `never_fires`'s question."""
     fields = cron.split()
     if len(fields) != len(CRON_FIELDS):
-        return f"'{cron}' has {len(fields)} fields; {CRON_EXAMPLE}"
+        return f"'{cron}' is not a cron expression: it has {len(fields)} fields; {CRON_EXAMPLE}"
     for text, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
         for item in text.split(","):
             base, _, step = item.partition("/")
