@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from core.paths import clean_key
+from core.paths import BadKey, clean_key
 from core.storage import Storage
 
 BUILTIN_PREFIX = "builtin:"
@@ -44,14 +44,18 @@ def parse_dataset(ref: str) -> DatasetRef:
         return DatasetRef("builtin", name)
     if UPLOAD_ID.match(ref):
         return DatasetRef("upload", ref)
+    shown = repr(ref) if len(ref) <= 100 else f"{ref[:60]!r}..."
     try:
         prefix = clean_key(ref) if not ref.startswith("/") else None
-    except ValueError:
-        prefix = None
+    except BadKey as error:
+        raise ValueError(
+            f"dataset {shown} is neither 'builtin:<name>', an upload id nor a storage prefix such as "
+            f"'datasets/pets': {error.reason}"
+        ) from None
     if prefix is None:
         raise ValueError(
-            f"dataset '{ref}' is neither 'builtin:<name>', an upload id nor a storage prefix "
-            "such as 'datasets/pets'"
+            f"dataset {shown} is neither 'builtin:<name>', an upload id nor a storage prefix "
+            "such as 'datasets/pets' (a prefix is relative: no leading '/')"
         )
     return DatasetRef("prefix", prefix)
 

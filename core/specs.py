@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from core.dataset_refs import parse_dataset
+from core.paths import BadKey
 from core.schedulers import scheduler_problem
 from core.storage import _clean_key
 from core.webhook_urls import url_form_problem
@@ -102,10 +103,10 @@ class ImageRef(BaseModel):
         if self.key is not None:
             try:
                 self.key = _clean_key(self.key)
-            except ValueError:
+            except BadKey as error:
+                shown = repr(self.key) if len(self.key) <= 100 else f"{self.key[:60]!r}..."
                 raise ValueError(
-                    f"key {self.key!r} is not a storage key; give a relative key without '.' or '..' "
-                    "parts, such as jobs/<job id>/0.png"
+                    f"key {shown} is not a storage key: {error.reason} (such as jobs/<job id>/0.png)"
                 ) from None
         return self
 
