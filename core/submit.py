@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.dataset_refs import dataset_problem, parse_dataset
 from core.fusion import fuse_key
+from core.images import MIN_SIZE
 from core.job_types import queue_for
 from core.memo import Memo
 from core.model_configs import kind_problem, scheduler_config
@@ -31,8 +32,15 @@ from core.tables import Job, JobStatus, ModelKind
 Problem = tuple[tuple[str, ...], str, str]
 
 
-def limit_problems(params: Params, settings: Settings) -> list[Problem]:
+def limit_problems(params: Params, settings: Settings, native: int | None = None) -> list[Problem]:
     """The limits this deployment sets on what a job makes (`DIFFQ_MAX_NUM_IMAGES`, `DIFFQ_MAX_PIXELS`).
+
+    The pixels counted are the output's: a `width` or `height` left unset is `native` (the side of the
+    model's own images, core/model_configs.py `native_size`, for text2img), so `{"width": 100000}` alone is
+    refused too. When the unset side isn't known here (no `native`: the model's configs aren't readable,
+    or it is an inpaint's input image, checked with the image in core/uploads.py), the side that is set is
+    counted times `MIN_SIZE` (16), the smallest the other side can be: what this refuses surely exceeds
+    the limit, whatever the other side turns out to be.
 
     They are checked when a job is admitted, not by the params models: a worker reads a job it was given
     whatever its own settings say, so a worker whose limits differ from the API's still runs it.
@@ -46,6 +54,16 @@ def limit_problems(params: Params, settings: Settings) -> list[Problem]:
     if width and height and width * height > settings.max_pixels:
         message = f"width*height is {width * height} pixels; the limit is {settings.max_pixels}"
         problems.append((("params",), message, "value_error"))
+    elif bool(width) != bool(height):
+        side, field, other = (width, "width", "height") if width else (height, "height", "width")
+        least = native or MIN_SIZE
+        if side * least > settings.max_pixels:
+            what = f"the model's {native}" if native else f"at least {MIN_SIZE}"
+            message = (
+                f"{field} {side} with {other} unset ({what}) makes over {side * least} pixels; the limit is "
+                f"{settings.max_pixels} (DIFFQ_MAX_PIXELS): lower {field}, or give both sides"
+            )
+            problems.append((("params", field), message, "value_error"))
     return problems
 
 
