@@ -293,12 +293,12 @@ def test_one_side_of_a_model_whose_configs_are_not_here_counts_times_16(api: Tes
 
 
 def test_inpaint_with_one_side_is_checked_against_max_pixels(api: TestClient, image: dict) -> None:
-    params = {"prompt": "a", "image": image, "mask_image": image, "width": 100000}
+    params = {"prompt": "a", "image": image, "mask_image": image, "width": 20000}
     code, text = _submit(api, {"type": "inpaint", "model": "tiny-sd", "params": params})
     assert code == 422, text
-    assert "the output would be 100000×64 = 6400000 pixels; the limit is 1048576" in text
-    # Refused before its image is read: the limit holds whatever the image turns out to be.
-    params["image"] = params["mask_image"] = {"upload": "0" * 32}
+    assert "the output would be 20000×64 = 1280000 pixels; the limit is 1048576" in text  # the image's 64
+    # Refused before its image is read: width × 16 is over the limit whatever the image turns out to be.
+    params |= {"width": 100000, "image": {"upload": "0" * 32}, "mask_image": {"upload": "0" * 32}}
     code, text = _submit(api, {"type": "inpaint", "model": "tiny-sd", "params": params})
     assert code == 422, text
     assert "width 100000 with height unset (at least 16) makes over 1600000 pixels" in text
