@@ -302,3 +302,35 @@ def test_inpaint_with_one_side_is_checked_against_max_pixels(api: TestClient, im
     code, text = _submit(api, {"type": "inpaint", "model": "tiny-sd", "params": params})
     assert code == 422, text
     assert "width 100000 with height unset (at least 16) makes over 1600000 pixels" in text
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ('{"prompt": "a", "guidance_scale": 1e300}', "guidance_scale", "less than or equal to 100"),
+        ('{"prompt": "a", "guidance_scale": Infinity}', "guidance_scale", "finite number"),
+        ('{"prompt": "a", "guidance_scale": NaN}', "guidance_scale", "finite number"),
+    ],
+)
+def test_unbounded_floats_are_422(api: TestClient, body: str, field: str, says: str) -> None:
+    raw = '{"type": "text2img", "model": "tiny-sd", "params": ' + body + "}"
+    response = api.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == field and says in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("ema_inv_gamma", 1e300), ("ema_power", 1e300), ("lr_warmup_steps", 10**30), ("norm_num_groups", 10**9)],
+)
+def test_unbounded_training_params_are_422(api: TestClient, field: str, value: float) -> None:
+    params = {"dataset": "builtin:glyphs", "image_size": 32, field: value}
+    response = api.post(
+        "/v1/jobs", json={"type": "train_unconditional", "output_model": "m", "params": params}
+    )
+    assert response.status_code == 422, response.text
+    assert any(
+        error["loc"][-1] == field and "less than or equal" in error["msg"]
+        for error in response.json()["detail"]
+    )
