@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.dataset_refs import dataset_problem, parse_dataset
+from core.dataset_refs import DatasetRef, dataset_problem, parse_dataset
 from core.fusion import fuse_key
 from core.images import MIN_SIZE
 from core.job_types import queue_for
@@ -26,7 +26,7 @@ from core.model_registry import find_model
 from core.scheduler_limits import steps_problem as scheduler_steps_problem
 from core.specs import JobSpec, Params, TrainLoraParams, TrainUnconditionalParams, field_value, new_seed
 from core.storage import Storage
-from core.tables import Job, JobStatus, ModelKind
+from core.tables import Job, JobStatus, ModelKind, Upload
 
 # (location in the body, message, error type), as FastAPI reports validation errors.
 Problem = tuple[tuple[str, ...], str, str]
@@ -97,11 +97,30 @@ def training_problems(
             problems.append((("output_model",), problem, "model_exists"))
     dataset = field_value(spec.params, "dataset")
     if dataset is not None and (
-        problem := memo.get(("dataset", dataset), lambda: dataset_problem(parse_dataset(dataset), storage))
+        problem := memo.get(
+            ("dataset", dataset),
+            lambda: (
+                upload_kind_problem(session, parse_dataset(dataset))
+                or dataset_problem(parse_dataset(dataset), storage)
+            ),
+        )
     ):
         problems.append((("params", "dataset"), problem, "bad_dataset"))
     problems.extend(training_steps_problems(spec, models_dir, memo))
     return problems
+
+
+def upload_kind_problem(session: Session, ref: DatasetRef) -> str | None:
+    """Why the upload a `dataset` names is not a dataset zip (it is an image); None otherwise."""
+    if ref.kind != "upload":
+        return None
+    kind = session.scalar(select(Upload.kind).where(Upload.id == ref.name))
+    if kind is None or kind == "zip":
+        return None
+    return (
+        f"upload {ref.name} is an {kind}, not a dataset; zip the folder of training images and upload the "
+        "zip with POST /v1/uploads"
+    )
 
 
 def training_steps_problems(spec: JobSpec, models_dir: Path, memo: Memo | None = None) -> list[Problem]:
