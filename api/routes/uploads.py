@@ -32,6 +32,24 @@ FileField = Annotated[UploadFile | None, File(description="The file (required)."
 REQUIRED_BODY = {"requestBody": {"required": True}}
 
 
+async def refuse_unknown_fields(request: Request, allowed: tuple[str, ...]) -> None:
+    """A 422 naming the multipart fields of `request` that are not in `allowed` (a misspelt `priorty`
+    would otherwise be dropped without a word), and the allowed ones."""
+    form = await request.form()  # parsed already for the route's own fields: Starlette keeps it
+    if unknown := sorted(set(form.keys()) - set(allowed)):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["body", field],
+                    "msg": f"unknown form field '{field}'; the fields are {', '.join(allowed)}",
+                    "type": "extra_forbidden",
+                }
+                for field in unknown
+            ],
+        )
+
+
 async def read_upload(request: Request, file: UploadFile | None) -> bytes:
     """The bytes of the multipart field `file`: a 422 without one, a 413 past DIFFQ_MAX_UPLOAD_BYTES.
 
@@ -75,6 +93,7 @@ async def create_upload(request: Request, principal: Submitter, file: FileField 
     name it by its id: `{"upload": id}` as an image, `"dataset": id` in a training job. Only the key's
     owner may name it. 429 past the owner's `max_upload_bytes_per_day`."""
     data = await read_upload(request, file)
+    await refuse_unknown_fields(request, ("file",))
     # Checking, storing and recording block: off the event loop.
     return await run_in_threadpool(_store, data, principal)
 
