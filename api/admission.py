@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from core.auth import Principal
 from core.config import get_settings
 from core.memo import Memo
-from core.model_configs import size_problem, steps_problem
+from core.model_configs import native_size, size_problem, steps_problem
 from core.ownership import reference_problems
 from core.quotas import QuotaExceeded, limit_for
 from core.scheduling import priority_problem
-from core.specs import JobSpec
+from core.specs import JobSpec, field_value
 from core.storage import Storage
 from core.submit import job_fields, limit_problems, model_problem, training_problems
 from core.uploads import ImageInfo, input_image_problems
@@ -42,7 +42,7 @@ class Admission:
     def problems(self, spec: JobSpec, loc: Loc) -> list[dict[str, Any]]:
         """FastAPI-style error details for `spec`, located under `loc`; empty when it may be queued."""
         # Reported alone, as the schema's errors are: the other checks wait until the job fits the limits.
-        if limits := limit_problems(spec.params, self.settings):
+        if limits := limit_problems(spec.params, self.settings, self.native(spec)):
             return [{"loc": [*loc, *where], "msg": message, "type": kind} for where, message, kind in limits]
         errors = self.priority_problems(spec.priority, [*loc, "priority"])
         if (model := spec.model) is not None:
@@ -74,6 +74,17 @@ class Admission:
         if spec.webhook is not None:
             errors += self.webhook_problems(spec.webhook.url, [*loc, "webhook", "url"])
         return errors
+
+    def native(self, spec: JobSpec) -> int | None:
+        """The side of a text2img model's own images, for a size with one side unset; None otherwise."""
+        model = spec.model
+        if (
+            spec.type != "text2img"
+            or model is None
+            or (field_value(spec.params, "width") is None) == (field_value(spec.params, "height") is None)
+        ):
+            return None
+        return self.memo.get(("native_size", model), lambda: native_size(model, self.models_dir))
 
     def priority_problems(self, priority: int | None, loc: Loc) -> list[dict[str, Any]]:
         """The error detail for a priority above what the principal's key allows (`max_priority`)."""

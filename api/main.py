@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
 from api.routes import batches, events, files, jobs, me, metrics, models, schedulers, schedules, uploads
@@ -67,6 +69,32 @@ def _printable(value: object) -> str | int:
     return text if len(text) <= 300 else text[:300] + "…"
 
 
+# The types pydantic gives a body that is not a JSON object or array where one was expected.
+NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "list_type", "model_type"}
+
+
+def _message(request: Request, item: dict) -> str:
+    """What to fix for one validation error: pydantic's message, or for a body that did not parse as
+    JSON (`json_invalid`) or was not sent as JSON at all (no `content-type: application/json`) one that
+    says so."""
+    loc = tuple(item.get("loc", ()))
+    if item.get("type") == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the body is not valid JSON{where}: {(item.get('ctx') or {}).get('error', 'decode error')}"
+    content_type = request.headers.get("content-type")
+    if loc == ("body",) and item.get("type") in NOT_AN_OBJECT and not _is_json(content_type):
+        return (
+            "send the body as JSON with the header content-type: application/json (this request's "
+            f"content-type: {content_type or 'none'})"
+        )
+    return str(item.get("msg", "")).removeprefix("Value error, ")
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 @app.exception_handler(RequestValidationError)
 def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
     """422 with each error's location, message and type. Unlike FastAPI's own handler it does not echo
@@ -75,12 +103,43 @@ def invalid_request(request: Request, error: RequestValidationError) -> JSONResp
     detail = [
         {
             "loc": [_printable(part) for part in item.get("loc", ())],
-            "msg": _printable(str(item.get("msg", "")).removeprefix("Value error, ")),
+            "msg": _printable(_message(request, item)),
             "type": _printable(item.get("type", "value_error")),
         }
         for item in error.errors()
     ]
     return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+
+
+# FastAPI's answer to a body it could not read, whatever the reason (it keeps the reason as the cause).
+UNPARSED_BODY = "There was an error parsing the body"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+    """FastAPI's own answer, except for a body it could not read, whose 400 says why: not UTF-8 (where),
+    nested deeper than the JSON parser goes, or a malformed multipart form."""
+    if error.status_code == status.HTTP_400_BAD_REQUEST and error.detail == UNPARSED_BODY:
+        return JSONResponse(
+            status_code=400, content={"detail": _printable(_unparsed_reason(error.__cause__))}
+        )
+    return await http_exception_handler(request, error)
+
+
+def _unparsed_reason(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        return (
+            f"the body is not valid {cause.encoding.upper()}: byte 0x{byte} at position {cause.start} "
+            f"({cause.reason}); send JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return (
+            "the JSON body nests arrays or objects too deeply for the parser (about 1000 levels); "
+            "send a flatter body"
+        )
+    reason = first_line(cause) if cause is not None else "unknown"
+    return f"the body could not be read ({reason}); send JSON with content-type: application/json"
 
 
 @app.exception_handler(DataError)

@@ -10,11 +10,14 @@ optionally a `metadata.jsonl` whose lines name a `file_name` (relative to the fi
 column (`text` unless the job says otherwise).
 """
 
+import io
 import re
+import zipfile
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Literal
 
-from core.paths import clean_key
+from core.paths import BadKey, clean_key
 from core.storage import Storage
 
 BUILTIN_PREFIX = "builtin:"
@@ -44,14 +47,18 @@ def parse_dataset(ref: str) -> DatasetRef:
         return DatasetRef("builtin", name)
     if UPLOAD_ID.match(ref):
         return DatasetRef("upload", ref)
+    shown = repr(ref) if len(ref) <= 100 else f"{ref[:60]!r}..."
     try:
         prefix = clean_key(ref) if not ref.startswith("/") else None
-    except ValueError:
-        prefix = None
+    except BadKey as error:
+        raise ValueError(
+            f"dataset {shown} is neither 'builtin:<name>', an upload id nor a storage prefix such as "
+            f"'datasets/pets': {error.reason}"
+        ) from None
     if prefix is None:
         raise ValueError(
-            f"dataset '{ref}' is neither 'builtin:<name>', an upload id nor a storage prefix "
-            "such as 'datasets/pets'"
+            f"dataset {shown} is neither 'builtin:<name>', an upload id nor a storage prefix "
+            "such as 'datasets/pets' (a prefix is relative: no leading '/')"
         )
     return DatasetRef("prefix", prefix)
 
@@ -66,5 +73,33 @@ def dataset_problem(ref: DatasetRef, storage: Storage) -> str | None:
         return (
             f"storage prefix '{ref.name}' holds no images ({', '.join(IMAGE_SUFFIXES)}); "
             f"put the images (and a {METADATA_FILE} of captions) under it"
+        )
+    return None
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a dataset's file `name` is left out: a dot file or folder, or macOS's `__MACOSX` folder."""
+    return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(name).parts)
+
+
+def zip_dataset_problem(data: bytes, max_unpacked_bytes: int) -> str | None:
+    """Why the upload `data` can't be a training dataset zip, as far as its directory tells (no member is
+    decompressed); None if it can. It must open as a zip, unpack to at most `max_unpacked_bytes`
+    (DIFFQ_MAX_DATASET_BYTES) and hold at least one image (`IMAGE_SUFFIXES`, not hidden), as
+    workers/training_data.py reads it. Images that don't decode fail the job later, by name."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:
+        return f"the file starts like a zip but can't be read as one ({error}); zip the image folder again"
+    if (total := sum(info.file_size for info in members)) > max_unpacked_bytes:
+        limit = max_unpacked_bytes
+        return f"the zip unpacks to {total} bytes; the limit is {limit} (DIFFQ_MAX_DATASET_BYTES)"
+    if not any(
+        info.filename.lower().endswith(IMAGE_SUFFIXES) and not is_hidden(info.filename) for info in members
+    ):
+        return (
+            f"the zip holds no images ({', '.join(IMAGE_SUFFIXES)}) among its {len(members)} files; a "
+            f"training dataset zip holds images, and optionally a {METADATA_FILE} of captions"
         )
     return None

@@ -72,12 +72,26 @@ def bad_image(error: Exception, data: bytes) -> BadImage:
         return BadImage(f"the image is too large to decode safely: {error}", too_large=True)
     # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
     # struct.error, ...); to a user they all mean the same thing.
+    formats = ", ".join(IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]}"
     if isinstance(error, UnidentifiedImageError):  # its message shows our BytesIO object, not the file
-        reason = f"{len(data)} bytes in no format Pillow recognises"
+        if (other := other_format(data)) is not None:
+            return BadImage(f"an image in {other} format, which diffq does not take; convert it to {formats}")
+        reason = f"{len(data)} bytes in no image format Pillow recognises"
     else:
         reason = str(error) or type(error).__name__
-    formats = ", ".join(IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]}"
     return BadImage(f"not a decodable image ({reason}); send a {formats} file")
+
+
+def other_format(data: bytes) -> str | None:
+    """The image format outside `IMAGE_FORMATS` that Pillow reads `data`'s header as (e.g. "GIF", "TIFF"),
+    or None. Only the header is read, not the pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format
+    except Exception:
+        return None
 
 
 def read_image(data: bytes, *, role: Role = "image") -> Image.Image:

@@ -12,10 +12,11 @@ A beat that was down fires each schedule's missed due time once, then goes on fr
 import logging
 import uuid
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -48,6 +49,56 @@ def next_cron_time(cron: str, timezone: str, after: datetime) -> datetime:
     return as_utc(croniter(cron, local).get_next(datetime))
 
 
+# Each cron field: its name and the bounds of its values (day of week: 0 and 7 are both Sunday).
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+CRON_EXAMPLE = "write five fields (minute hour day-of-month month day-of-week), e.g. '0 3 * * *'"
+
+
+def cron_problem(cron: str) -> str | None:
+    """Why `cron` is not a five-field cron expression diffq runs, or None if it is.
+
+    Refused: any other number of fields (croniter's six-field seconds form, `@daily`-style names), what
+    croniter can't parse, a step outside 1..(the field's span) (e.g. `*/0`, `*/100000`: at most one value
+    per span), a reversed range (`5-1`, which croniter would wrap around). Whether it ever fires is
+    `never_fires`'s question."""
+    fields = cron.split()
+    if len(fields) != len(CRON_FIELDS):
+        return f"'{cron}' is not a cron expression: it has {len(fields)} fields; {CRON_EXAMPLE}"
+    for text, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
+        for item in text.split(","):
+            base, _, step = item.partition("/")
+            if step and not (step.isdigit() and 1 <= int(step) <= high - low):
+                return f"'{cron}': the {name} step '/{step}' must be a whole number from 1 to {high - low}"
+            start, _, end = base.partition("-")
+            if start.isdigit() and end.isdigit() and int(start) > int(end):
+                return f"'{cron}': the {name} range '{base}' runs backwards; write it low-high"
+    if not croniter.is_valid(cron):
+        return f"'{cron}' is not a cron expression; {CRON_EXAMPLE} (values in range, e.g. minute 0-59)"
+    return None
+
+
+def never_fires(cron: str, timezone: str) -> bool:
+    """Whether the valid `cron` names no time at all (e.g. '0 0 30 2 *': February the 30th)."""
+    try:
+        next_cron_time(cron, timezone, utcnow())
+    except CroniterBadDateError:
+        return True
+    return False
+
+
+@cache
+def known_timezones() -> frozenset[str]:
+    """The IANA zone names this machine knows (tzdata), e.g. 'Europe/Paris'; not the system's aliases
+    'localtime' and 'posixrules', whose meaning depends on the machine."""
+    return frozenset(available_timezones()) - {"localtime", "posixrules"}
+
+
 class ScheduleSpec(BaseModel):
     """What a user submits to make a schedule: a job template and when to submit it."""
 
@@ -58,31 +109,32 @@ class ScheduleSpec(BaseModel):
         default=None, max_length=255, description="Five-field cron, e.g. '0 3 * * *' (03:00 daily)."
     )
     run_at: AwareDatetime | None = Field(default=None, description="One run at this time (with a zone).")
-    timezone: str = Field(default="UTC", description="The zone the cron expression is read in.")
+    timezone: str = Field(
+        default="UTC", max_length=64, description="The IANA zone the cron expression is read in."
+    )
     enabled: bool = True
 
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
-        if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"'{value}' is not a cron expression; write five fields, e.g. '0 3 * * *'")
+        if value is not None and (problem := cron_problem(value)):
+            raise ValueError(problem)
         return value
 
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone '{value}'; use an IANA name such as 'Europe/Paris'"
-            ) from None
+        # The list, not ZoneInfo(value): that also opens files such as 'localtime' or 'zone.tab'.
+        if value not in known_timezones():
+            raise ValueError(f"unknown time zone '{value}'; use an IANA name such as 'Europe/Paris'")
         return value
 
     @model_validator(mode="after")
     def _when(self) -> "ScheduleSpec":
         if (self.cron is None) == (self.run_at is None):
             raise ValueError("give exactly one of cron (a recurring schedule) or run_at (a single run)")
+        if self.cron is not None and never_fires(self.cron, self.timezone):
+            raise ValueError(f"cron '{self.cron}' never fires (no date matches it, e.g. February the 30th)")
         if self.cron is not None and self.job.type in TRAINING_TYPES and not self.job.overwrite_output_model:
             raise ValueError(
                 "a recurring training schedule registers its output_model at every run; set "

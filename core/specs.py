@@ -26,11 +26,15 @@ from pydantic import (
 )
 
 from core.dataset_refs import parse_dataset
+from core.paths import BadKey
 from core.schedulers import scheduler_problem
 from core.storage import _clean_key
 from core.webhook_urls import url_form_problem
 
 MAX_SEED = 2**32 - 1
+# Classifier-free guidance scales people use lie within 1-30; far beyond, the images turn to noise and
+# then the numbers overflow (a job that fails `numerical_error` after its steps ran).
+MAX_GUIDANCE_SCALE = 100
 # A registered model's name: a single path segment, so it can never be read as a Hub id or a path.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -102,10 +106,10 @@ class ImageRef(BaseModel):
         if self.key is not None:
             try:
                 self.key = _clean_key(self.key)
-            except ValueError:
+            except BadKey as error:
+                shown = repr(self.key) if len(self.key) <= 100 else f"{self.key[:60]!r}..."
                 raise ValueError(
-                    f"key {self.key!r} is not a storage key; give a relative key without '.' or '..' "
-                    "parts, such as jobs/<job id>/0.png"
+                    f"key {shown} is not a storage key: {error.reason} (such as jobs/<job id>/0.png)"
                 ) from None
         return self
 
@@ -152,7 +156,12 @@ class PromptParams(PreviewParams):
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str = Field(default="", max_length=4000)
     num_inference_steps: int = Field(default=30, ge=1, le=1000)
-    guidance_scale: float = Field(default=7.5, ge=0)
+    guidance_scale: float = Field(
+        default=7.5,
+        ge=0,
+        le=MAX_GUIDANCE_SCALE,
+        description="How closely to follow the prompt; 0..100 (usual: 5-12; 1 or less: no guidance).",
+    )
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="Image i uses seed + i; picked and recorded if unset."
     )
@@ -275,13 +284,15 @@ class TrainingParams(Params):
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
     lr_scheduler: LR_SCHEDULERS = "cosine"
-    lr_warmup_steps: int = Field(default=500, ge=0)
+    lr_warmup_steps: int = Field(default=500, ge=0, le=10_000_000)
     mixed_precision: MIXED_PRECISION = Field(
         default="no", description="'fp16' needs a CUDA GPU; 'bf16' works on CPUs and recent GPUs."
     )
     random_flip: bool = Field(default=True, description="Flip half the images left-right, each epoch.")
-    checkpointing_steps: int = Field(default=500, ge=1, description="Checkpoint every this many steps.")
-    checkpoints_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept in storage.")
+    checkpointing_steps: int = Field(
+        default=500, ge=1, le=10_000_000, description="Checkpoint every this many steps."
+    )
+    checkpoints_total_limit: int = Field(default=2, ge=1, le=100, description="Checkpoints kept in storage.")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Picked and recorded if unset.")
 
     _dataset_ref = field_validator("dataset")(_check_dataset)
@@ -292,8 +303,10 @@ class TrainUnconditionalParams(TrainingParams):
 
     image_size: int = Field(default=128, ge=8, le=1024)
     eval_batch_size: int = Field(default=16, ge=1, le=64, description="Images in each sample grid.")
-    save_image_epochs: int = Field(default=10, ge=1)
-    save_model_epochs: int = Field(default=30, ge=1, description="Store the pipeline every this many epochs.")
+    save_image_epochs: int = Field(default=10, ge=1, le=100_000)
+    save_model_epochs: int = Field(
+        default=30, ge=1, le=100_000, description="Store the pipeline every this many epochs."
+    )
     sample_inference_steps: int = Field(
         default=1000, ge=1, le=1000, description="DDPM steps of a sample grid."
     )
@@ -301,8 +314,8 @@ class TrainUnconditionalParams(TrainingParams):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     use_ema: bool = False
     ema_max_decay: float = Field(default=0.9999, gt=0, lt=1)
-    ema_inv_gamma: float = Field(default=1.0, gt=0)
-    ema_power: float = Field(default=3 / 4, gt=0)
+    ema_inv_gamma: float = Field(default=1.0, gt=0, le=1e6)
+    ema_power: float = Field(default=3 / 4, gt=0, le=10)
     block_out_channels: list[int] = Field(default=[128, 128, 256, 256, 512, 512], min_length=1, max_length=8)
     layers_per_block: int = Field(default=2, ge=1, le=8)
     down_block_types: list[str] = Field(
@@ -311,7 +324,7 @@ class TrainUnconditionalParams(TrainingParams):
     up_block_types: list[str] = Field(
         default=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"]
     )
-    norm_num_groups: int = Field(default=32, ge=1)
+    norm_num_groups: int = Field(default=32, ge=1, le=1024)
 
     @field_validator("block_out_channels")
     @classmethod

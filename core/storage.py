@@ -8,8 +8,11 @@ SDXL checkpoint is ~7 GB) are streamed with `put_file`/`get_file`: on S3 as mult
 parts are `TRANSFER_CONFIG`'s size, so a file may be larger than one `PutObject` allows (5 GiB).
 """
 
+import errno
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -38,8 +41,23 @@ class Storage(Protocol):
 PARTIAL_SUFFIX = ".part"
 
 
+@contextmanager
+def _missing_if_unnameable(key: str) -> Iterator[None]:
+    """Reading `key`: a name the file system refuses (too long, ENAMETOOLONG) names no file, so KeyError,
+    as for a missing one, not the OSError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise KeyError(key) from None
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise KeyError(key) from None
+        raise
+
+
 class LocalStorage:
-    """Files under a folder; the API serves them at `/v1/files/<key>`."""
+    """Files under a folder; the API serves them at `/v1/files/<key>`. Reading a key that names no file
+    (missing, or a name the file system refuses as too long) raises KeyError; `exists` says False."""
 
     def __init__(self, root: Path, public_url: str) -> None:
         self.root = root.resolve()
@@ -57,10 +75,8 @@ class LocalStorage:
         tmp.replace(path)  # readers never see half a file
 
     def get(self, key: str) -> bytes:
-        try:
+        with _missing_if_unnameable(key):
             return self.path(key).read_bytes()
-        except FileNotFoundError:
-            raise KeyError(key) from None
 
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
         target = self.path(key)
@@ -70,15 +86,17 @@ class LocalStorage:
         tmp.replace(target)
 
     def get_file(self, key: str, path: Path) -> None:
-        try:
+        with _missing_if_unnameable(key):
             source = self.path(key).open("rb")
-        except FileNotFoundError:
-            raise KeyError(key) from None
         with source, open(path, "wb") as target:
             shutil.copyfileobj(source, target, MiB)
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        try:
+            with _missing_if_unnameable(key):
+                return self.path(key).is_file()
+        except KeyError:
+            return False
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -91,7 +109,11 @@ class LocalStorage:
         """Keys under the folder `prefix` ("" for all), sorted; half-written files are left out."""
         head = prefix.strip("/")
         folder = self.root / clean_key(head) if head else self.root
-        if not folder.is_dir():
+        try:
+            with _missing_if_unnameable(prefix):
+                if not folder.is_dir():
+                    return []
+        except KeyError:
             return []
         return sorted(
             path.relative_to(self.root).as_posix()

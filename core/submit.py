@@ -15,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.dataset_refs import dataset_problem, parse_dataset
+from core.dataset_refs import DatasetRef, dataset_problem, parse_dataset
 from core.fusion import fuse_key
+from core.images import MIN_SIZE
 from core.job_types import queue_for
 from core.memo import Memo
 from core.model_configs import kind_problem, scheduler_config
@@ -25,14 +26,21 @@ from core.model_registry import find_model
 from core.scheduler_limits import steps_problem as scheduler_steps_problem
 from core.specs import JobSpec, Params, TrainLoraParams, TrainUnconditionalParams, field_value, new_seed
 from core.storage import Storage
-from core.tables import Job, JobStatus, ModelKind
+from core.tables import Job, JobStatus, ModelKind, Upload
 
 # (location in the body, message, error type), as FastAPI reports validation errors.
 Problem = tuple[tuple[str, ...], str, str]
 
 
-def limit_problems(params: Params, settings: Settings) -> list[Problem]:
+def limit_problems(params: Params, settings: Settings, native: int | None = None) -> list[Problem]:
     """The limits this deployment sets on what a job makes (`DIFFQ_MAX_NUM_IMAGES`, `DIFFQ_MAX_PIXELS`).
+
+    The pixels counted are the output's: a `width` or `height` left unset is `native` (the side of the
+    model's own images, core/model_configs.py `native_size`, for text2img), so `{"width": 100000}` alone is
+    refused too. When the unset side isn't known here (no `native`: the model's configs aren't readable,
+    or it is an inpaint's input image, checked with the image in core/uploads.py), the side that is set is
+    counted times `MIN_SIZE` (16), the smallest the other side can be: what this refuses surely exceeds
+    the limit, whatever the other side turns out to be.
 
     They are checked when a job is admitted, not by the params models: a worker reads a job it was given
     whatever its own settings say, so a worker whose limits differ from the API's still runs it.
@@ -46,6 +54,16 @@ def limit_problems(params: Params, settings: Settings) -> list[Problem]:
     if width and height and width * height > settings.max_pixels:
         message = f"width*height is {width * height} pixels; the limit is {settings.max_pixels}"
         problems.append((("params",), message, "value_error"))
+    elif bool(width) != bool(height):
+        side, field, other = (width, "width", "height") if width else (height, "height", "width")
+        least = native or MIN_SIZE
+        if side * least > settings.max_pixels:
+            what = f"the model's {native}" if native else f"at least {MIN_SIZE}"
+            message = (
+                f"{field} {side} with {other} unset ({what}) makes over {side * least} pixels; the limit is "
+                f"{settings.max_pixels} (DIFFQ_MAX_PIXELS): lower {field}, or give both sides"
+            )
+            problems.append((("params", field), message, "value_error"))
     return problems
 
 
@@ -79,11 +97,30 @@ def training_problems(
             problems.append((("output_model",), problem, "model_exists"))
     dataset = field_value(spec.params, "dataset")
     if dataset is not None and (
-        problem := memo.get(("dataset", dataset), lambda: dataset_problem(parse_dataset(dataset), storage))
+        problem := memo.get(
+            ("dataset", dataset),
+            lambda: (
+                upload_kind_problem(session, parse_dataset(dataset))
+                or dataset_problem(parse_dataset(dataset), storage)
+            ),
+        )
     ):
         problems.append((("params", "dataset"), problem, "bad_dataset"))
     problems.extend(training_steps_problems(spec, models_dir, memo))
     return problems
+
+
+def upload_kind_problem(session: Session, ref: DatasetRef) -> str | None:
+    """Why the upload a `dataset` names is not a dataset zip (it is an image); None otherwise."""
+    if ref.kind != "upload":
+        return None
+    kind = session.scalar(select(Upload.kind).where(Upload.id == ref.name))
+    if kind is None or kind == "zip":
+        return None
+    return (
+        f"upload {ref.name} is an {kind}, not a dataset; zip the folder of training images and upload the "
+        "zip with POST /v1/uploads"
+    )
 
 
 def training_steps_problems(spec: JobSpec, models_dir: Path, memo: Memo | None = None) -> list[Problem]:

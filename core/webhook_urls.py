@@ -36,7 +36,7 @@ class WebhookUrlRefused(ValueError):
 
 
 def url_form_problem(url: str) -> str | None:
-    """Why `url` can't be a webhook URL by its form alone (scheme, host); None if it can."""
+    """Why `url` can't be a webhook URL by its form alone (scheme, host, port); None if it can."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as error:
@@ -45,6 +45,8 @@ def url_form_problem(url: str) -> str | None:
         return f"webhook URLs must start with http:// or https://, got {url!r}"
     if not parsed.host:
         return f"webhook URL {url!r} names no host"
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        return f"webhook URL {url!r} has port {parsed.port}; a port is from 1 to 65535 (or left out)"
     return None
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from core.config import get_settings
-from core.dataset_refs import IMAGE_SUFFIXES, METADATA_FILE, parse_dataset
+from core.dataset_refs import IMAGE_SUFFIXES, METADATA_FILE, is_hidden, parse_dataset
 from core.errors import BadInput
 from core.images import BadImage, read_image
 from core.storage import Storage
@@ -79,7 +79,7 @@ def _imagefolder(
     files: dict[str, bytes], dataset: str, size: int, caption_column: str, need_captions: bool
 ) -> TrainingImages:
     """The `imagefolder` layout: images anywhere, captions in `metadata.jsonl` files beside them."""
-    files = {name: data for name, data in files.items() if not _hidden(name)}
+    files = {name: data for name, data in files.items() if not is_hidden(name)}
     captions = _captions(files, dataset, caption_column)
     names = sorted(name for name in files if name.lower().endswith(IMAGE_SUFFIXES))
     if not names:
@@ -100,10 +100,6 @@ def _imagefolder(
         except BadImage as error:
             raise BadInput(f"dataset '{dataset}': image {name} can't be read ({error.message})") from None
     return TrainingImages(_to_tensor(images, size), [captions.get(name) for name in names])
-
-
-def _hidden(name: str) -> bool:
-    return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(name).parts)
 
 
 def _captions(files: dict[str, bytes], dataset: str, caption_column: str) -> dict[str, str]:

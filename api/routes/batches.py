@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.admission import Admission, job_values, too_many, unprocessable
 from api.auth import READ, SUBMIT, Reader, Submitter, owner_filter
 from api.deps import BatchDep, SessionDep
-from api.routes.uploads import REQUIRED_BODY, FileField, read_upload
+from api.routes.uploads import REQUIRED_BODY, FileField, read_upload, refuse_unknown_fields
 from api.schemas import BatchCreate, BatchesPublic, BatchPublic, WebhookDeliveriesPublic
 from core.auth import Principal
 from core.batch_specs import (
@@ -138,6 +138,10 @@ def create_batch(
     )
 
 
+# The multipart fields of POST /v1/batches/jsonl.
+JSONL_FIELDS = ("file", "type", "model", "name", "webhook", "priority")
+
+
 @router.post(
     "/jsonl", status_code=status.HTTP_201_CREATED, response_model=BatchPublic, openapi_extra=REQUIRED_BODY
 )
@@ -164,9 +168,10 @@ async def create_batch_from_jsonl(
 
     A line with a "params" key is a job spec, `{"type": ..., "model": ..., "params": {...}}`, whose
     missing type and model come from the form's `type` and `model`; any other line is the params of a
-    job of that type and model, e.g. `{"prompt": "a cat", "seed": 1}`.
+    job of that type and model, e.g. `{"prompt": "a cat", "seed": 1}`. Any other form field is a 422.
     """
     data = await read_upload(request, file)
+    await refuse_unknown_fields(request, JSONL_FIELDS)
     batch_webhook = _form_webhook(webhook) if webhook else None
     return await run_in_threadpool(
         _jsonl_batch,

@@ -1,5 +1,7 @@
 """Serves outputs kept in local storage (S3 outputs are fetched with presigned URLs instead), to the
-owner of the job, upload or model they belong to (core/ownership.py) and to admin keys."""
+owner of the job, upload or model they belong to (core/ownership.py) and to admin keys. A name that can't be
+a storage key (core/paths.py `clean_key`: `..` parts, a part over 255 bytes) is a 422 saying why; a key
+with no file, or another owner's, a 404."""
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
@@ -22,7 +24,7 @@ def get_file(key: str, session: SessionDep, principal: Reader) -> FileResponse:
     try:
         path = storage.path(key)
     except ValueError as error:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(error)) from None
-    if not path.is_file() or not may_read_key(session, principal, key):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(error)) from None
+    if not storage.exists(key) or not may_read_key(session, principal, key):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no file {key!r}")
     return FileResponse(path)

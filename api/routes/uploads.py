@@ -12,6 +12,7 @@ from api.auth import Submitter
 from api.schemas import UploadPublic
 from core.auth import Principal
 from core.config import get_settings
+from core.dataset_refs import zip_dataset_problem
 from core.db import get_sessionmaker
 from core.quotas import QuotaExceeded, check_upload_bytes
 from core.specs import upload_key
@@ -20,7 +21,8 @@ from core.tables import Upload
 from core.uploads import BadImage, store_upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
-ZIP_MAGIC = b"PK\x03\x04"
+# A zip's first bytes: a local file header, or the end of an empty archive.
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # Multipart framing around the file: boundaries, part headers and a few short text fields.
 FORM_OVERHEAD_BYTES = 64 * 1024
 
@@ -28,6 +30,24 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 # "Field required"; the routes mark the body required (`REQUIRED_BODY`).
 FileField = Annotated[UploadFile | None, File(description="The file (required).")]
 REQUIRED_BODY = {"requestBody": {"required": True}}
+
+
+async def refuse_unknown_fields(request: Request, allowed: tuple[str, ...]) -> None:
+    """A 422 naming the multipart fields of `request` that are not in `allowed` (a misspelt `priorty`
+    would otherwise be dropped without a word), and the allowed ones."""
+    form = await request.form()  # parsed already for the route's own fields: Starlette keeps it
+    if unknown := sorted(set(form.keys()) - set(allowed)):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["body", field],
+                    "msg": f"unknown form field '{field}'; the fields are {', '.join(allowed)}",
+                    "type": "extra_forbidden",
+                }
+                for field in unknown
+            ],
+        )
 
 
 async def read_upload(request: Request, file: UploadFile | None) -> bytes:
@@ -73,6 +93,7 @@ async def create_upload(request: Request, principal: Submitter, file: FileField 
     name it by its id: `{"upload": id}` as an image, `"dataset": id` in a training job. Only the key's
     owner may name it. 429 past the owner's `max_upload_bytes_per_day`."""
     data = await read_upload(request, file)
+    await refuse_unknown_fields(request, ("file",))
     # Checking, storing and recording block: off the event loop.
     return await run_in_threadpool(_store, data, principal)
 
@@ -90,8 +111,14 @@ def _store(data: bytes, principal: Principal) -> UploadPublic:
 
 
 def _store_file(data: bytes) -> UploadPublic:
-    if data.startswith(ZIP_MAGIC):
-        # A training dataset: its images are checked when a job reads it (bad_input names the file).
+    if data.startswith(ZIP_MAGICS):
+        # A training dataset: refused here if it can never be one; its images are decoded when a job reads
+        # it (one that doesn't decode fails the job with bad_input, naming the file).
+        if problem := zip_dataset_problem(data, get_settings().max_dataset_bytes):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=[{"loc": ["body", "file"], "msg": problem, "type": "bad_dataset"}],
+            )
         upload_id = uuid.uuid4().hex
         get_storage().put(upload_key(upload_id), data, "application/zip")
         return UploadPublic(id=upload_id, key=upload_key(upload_id), kind="zip", bytes=len(data))

@@ -71,3 +71,32 @@ def test_get_folder_refuses_a_key_that_leads_out_of_the_folder(tmp_path: Path) -
     storage.put("models/m/1/a.txt", b"a")
     with pytest.raises(ValueError, match="bad storage key"):
         get_folder(storage, "models/m/1", tmp_path / "copy", keys=["models/m/1/../../x.txt"])
+
+
+def test_local_storage_reads_a_name_too_long_for_the_file_system_as_missing(tmp_path: Path) -> None:
+    """A root ~3,300 bytes deep and a 1,000-byte key make a path over Linux's PATH_MAX (4,096): the OS
+    answers ENAMETOOLONG, which reads as no such file, not an OSError."""
+    deep = tmp_path.joinpath(*["d" * 200] * 16)
+    storage = LocalStorage(deep, "http://127.0.0.1:8000")
+    key = "/".join(["k" * 249] * 4)
+    assert not storage.exists(key)
+    with pytest.raises(KeyError):
+        storage.get(key)
+    with pytest.raises(KeyError):
+        storage.get_file(key, tmp_path / "copy")
+    assert storage.list(key) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("a" * 5000, "a part of 5000 bytes; each part between slashes may be at most 255 bytes"),
+        ("a/" * 600, "1199 bytes long; a key may be at most 1024 bytes"),
+        ("jobs/\x00.png", "NUL character"),
+    ],
+)
+def test_clean_key_refuses_keys_no_backend_can_hold(key: str, says: str) -> None:
+    from core.paths import clean_key
+
+    with pytest.raises(ValueError, match=says):
+        clean_key(key)

@@ -263,3 +263,74 @@ def test_text2img_too_small_for_the_models_norm_groups(
     else:
         assert code == 422, text
         assert "model 'tiny-sd' can't make this image" in text and "make the image larger" in text
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"width": 100000}, "width 100000 with height unset (the model's 64) makes over 6400000 pixels"),
+        ({"height": 16400}, "height 16400 with width unset (the model's 64) makes over 1049600 pixels"),
+    ],
+)
+def test_text2img_with_one_side_counts_the_models_size_against_max_pixels(
+    api: TestClient, params: dict, says: str
+) -> None:
+    """tiny-sd makes 64×64 images: one side over DIFFQ_MAX_PIXELS / 64 (16,384) is over the limit."""
+    code, text = _submit(api, {"type": "text2img", "model": "tiny-sd", "params": {"prompt": "a"} | params})
+    assert code == 422, text
+    assert says in text and "the limit is 1048576 (DIFFQ_MAX_PIXELS)" in text
+    code, text = _submit(
+        api, {"type": "text2img", "model": "tiny-sd", "params": {"prompt": "a", "width": 16384}}
+    )
+    assert code == 201, text
+
+
+def test_one_side_of_a_model_whose_configs_are_not_here_counts_times_16(api: TestClient) -> None:
+    body = {"type": "text2img", "model": "someorg/not-downloaded", "params": {"prompt": "a", "width": 65544}}
+    code, text = _submit(api, body)
+    assert code == 422, text
+    assert "width 65544 with height unset (at least 16) makes over 1048704 pixels" in text
+
+
+def test_inpaint_with_one_side_is_checked_against_max_pixels(api: TestClient, image: dict) -> None:
+    params = {"prompt": "a", "image": image, "mask_image": image, "width": 20000}
+    code, text = _submit(api, {"type": "inpaint", "model": "tiny-sd", "params": params})
+    assert code == 422, text
+    assert "the output would be 20000×64 = 1280000 pixels; the limit is 1048576" in text  # the image's 64
+    # Refused before its image is read: width × 16 is over the limit whatever the image turns out to be.
+    params |= {"width": 100000, "image": {"upload": "0" * 32}, "mask_image": {"upload": "0" * 32}}
+    code, text = _submit(api, {"type": "inpaint", "model": "tiny-sd", "params": params})
+    assert code == 422, text
+    assert "width 100000 with height unset (at least 16) makes over 1600000 pixels" in text
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ('{"prompt": "a", "guidance_scale": 1e300}', "guidance_scale", "less than or equal to 100"),
+        ('{"prompt": "a", "guidance_scale": Infinity}', "guidance_scale", "finite number"),
+        ('{"prompt": "a", "guidance_scale": NaN}', "guidance_scale", "finite number"),
+    ],
+)
+def test_unbounded_floats_are_422(api: TestClient, body: str, field: str, says: str) -> None:
+    raw = '{"type": "text2img", "model": "tiny-sd", "params": ' + body + "}"
+    response = api.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == field and says in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("ema_inv_gamma", 1e300), ("ema_power", 1e300), ("lr_warmup_steps", 10**30), ("norm_num_groups", 10**9)],
+)
+def test_unbounded_training_params_are_422(api: TestClient, field: str, value: float) -> None:
+    params = {"dataset": "builtin:glyphs", "image_size": 32, field: value}
+    response = api.post(
+        "/v1/jobs", json={"type": "train_unconditional", "output_model": "m", "params": params}
+    )
+    assert response.status_code == 422, response.text
+    assert any(
+        error["loc"][-1] == field and "less than or equal" in error["msg"]
+        for error in response.json()["detail"]
+    )

@@ -1,8 +1,5 @@
 """Training and model endpoints at the door: bad training specs are 422s that say what to fix."""
 
-import io
-import zipfile
-
 import httpx
 import pytest
 
@@ -65,23 +62,3 @@ def test_unknown_models_and_metrics(api) -> None:
     assert listed["count"] == len(listed["data"])
     response = post(api, {"type": "unconditional", "model": "no-such-model", "params": {}})
     assert "not found in the models dir" in errors(response)["body.model"]
-
-
-def test_uploaded_dataset_without_images_fails_the_job(stack, client) -> None:
-    from tests.utils.jobs import wait_finished
-
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr("metadata.jsonl", '{"file_name": "a.png", "text": "a"}\n')
-        zipped.writestr("notes.txt", "no images here")
-    upload = client.http.post("/v1/uploads", files={"file": ("data.zip", archive.getvalue())})
-    assert upload.status_code == 201, upload.text
-    assert upload.json()["bytes"] == len(archive.getvalue())
-
-    job = client.submit(
-        train_spec("empty-dataset") | {"params": train_spec("x")["params"] | {"dataset": upload.json()["id"]}}
-    )
-    done = wait_finished(client, job["id"])
-    assert done["status"] == "failed"
-    assert done["error"]["code"] == "bad_input"
-    assert "has no images" in done["error"]["message"] and upload.json()["id"] in done["error"]["message"]

@@ -65,6 +65,10 @@ def test_metadata_addresses_are_refused_even_when_private_ones_are_allowed(api, 
         ("file:///etc/passwd", "must start with http:// or https://"),
         ("http:///hooks", "names no host"),
         ("http://no-such-host.invalid/hooks", "does not resolve"),
+        ("http://1.1.1.1:99999/", "has port 99999; a port is from 1 to 65535"),
+        ("http://1.1.1.1:0/", "has port 0; a port is from 1 to 65535"),
+        ("http://1.1.1.1:-1/", "has port -1"),
+        ("http://1.1.1.1:abc/", "is not a URL (Invalid port: 'abc')"),
     ],
 )
 def test_urls_that_are_not_http_or_do_not_resolve_are_refused(api, url, words) -> None:
