@@ -43,6 +43,7 @@ def test_a_bad_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.e2e  # a real `diffq` process: seconds, so not in the fast tier
 def test_quickstart_checks_its_options_before_it_trains(tmp_path: Path) -> None:
     """A generation option the API would refuse stops the quickstart before the database, the API, the
     worker or the training start, not after the training has run."""

@@ -63,6 +63,7 @@ def status(job_id: uuid.UUID) -> str:
         return session.get_one(Job, job_id).status
 
 
+@pytest.mark.e2e  # a real `diffq` process: seconds, so not in the fast tier
 def test_a_live_workers_name_is_refused_and_its_job_kept(name: str) -> None:
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
