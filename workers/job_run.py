@@ -100,8 +100,10 @@ class JobRun:
             check_interval_s=self.settings.cancel_check_interval_s,
             session=self.session,
             events=self.events,
+            # Every step goes to the event stream, and the job's end writes its last progress.
+            eager=self.events is None,
         )
-        self.reporter.flush()
+        self.reporter.start()
         return self.reporter
 
     def start_diffusers_progress(
