@@ -1,10 +1,12 @@
 """The Celery task that runs one job: claim the best one for this worker, run its runner, record how it
 ended, and wake the worker again while there is work.
 
-A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`),
-its progress reporter and the fleet's bookkeeping. Each state change is committed as it is made: the
-claim before the runner starts, progress as it goes, the end. The lease is renewed from a thread, on a
-session of its own (workers/lease.py).
+A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`)
+and its progress reporter. Each state change is committed as it is made: the claim (with the worker's busy
+mark) before the runner starts, progress as it goes, the end. A call that made images ends off the task:
+the finisher thread stores them and records the jobs, on a session of its own, while the worker takes its
+next job (workers/finisher.py); the wake-up for that job goes out during the call. Leases are renewed
+from one thread per process, on a session of its own (workers/lease.py).
 """
 
 import logging
