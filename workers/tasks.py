@@ -126,9 +126,11 @@ def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> l
     can't be placed."""
     settings = get_settings()
     try:
-        if not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
-            _misconfigured(task, woken_by)
         jobs = claim(session, who)
+        # Only when there is nothing to run (a read less per job): a message that names a job this
+        # database does not hold is another deployment's.
+        if not jobs and not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
+            _misconfigured(task, woken_by)
         if jobs and settings.fusion:
             jobs = claim_group(session, jobs[0], who, settings.max_fused_images)
         if jobs:
