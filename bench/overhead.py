@@ -7,9 +7,14 @@ Both run in this one process run on the tiny model (64×64, `--steps` steps), in
 that other load on the machine falls on both alike. The worker runs with fusion off
 (`DIFFQ_FUSION=false`), so that every job is a call of its own as in the bare loop: the difference is
 the job system's overhead per job. Needs the machine's Postgres and Redis; uses its own database
-(diffq_bench) and Redis db 14.
+(diffq_bench, or `DIFFQ_BENCH_DB`) and Redis db 14 (or `DIFFQ_BENCH_REDIS_DB`).
 
-    .venv/bin/python bench/overhead.py [--jobs 20] [--rounds 4] [--steps 20]
+With `--baseline DIR` (a checkout of another revision, e.g. `git archive <rev> | tar -x -C DIR`), each
+round also runs the jobs on a worker started from DIR's code, on the same API, database and Redis: the
+two workers take turns (each started for its round, warmed with one job, and stopped), so both see the
+same load, and the report puts them side by side.
+
+    .venv/bin/python bench/overhead.py [--jobs 20] [--rounds 4] [--steps 20] [--baseline DIR]
 """
 
 import argparse
@@ -23,11 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TMP = Path(tempfile.mkdtemp(prefix="diffq-bench-"))
+BENCH_DB = os.environ.get("DIFFQ_BENCH_DB", "diffq_bench")
 os.environ.update(
     {
         "DIFFQ_HOME": str(TMP),
-        "DIFFQ_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/diffq_bench",
-        "DIFFQ_BROKER_URL": "redis://127.0.0.1:6379/14",
+        "DIFFQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}",
+        "DIFFQ_BROKER_URL": f"redis://127.0.0.1:6379/{os.environ.get('DIFFQ_BENCH_REDIS_DB', '14')}",
         "DIFFQ_QUEUE": "diffq-bench",
         "DIFFQ_FUSION": "false",
         "TOKENIZERS_PARALLELISM": "false",
@@ -90,21 +96,45 @@ def start_stack():
     from cli.client import Client
     from cli.quickstart import free_port, start_api
     from migrations.run import upgrade
-    from tests.utils.services import WorkerProcess, use_new_api_key
+    from tests.utils.services import use_new_api_key
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS diffq_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE diffq_bench")
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
     upgrade()
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
     use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()
     start_api(port)
-    worker = WorkerProcess(
-        TMP / "worker.log", env={"DIFFQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}, name="bench@%h"
-    )
+    return Client(f"http://127.0.0.1:{port}"), {"DIFFQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+
+
+def start_worker(env: dict[str, str], name: str, root: Path = ROOT):
+    from tests.utils.services import WorkerProcess
+
+    worker = WorkerProcess(TMP / f"{name}.log", env=env, name=f"{name}@%h", root=root)
     worker.wait_ready()
-    return Client(f"http://127.0.0.1:{port}"), worker
+    return worker
+
+
+def timed_rounds(client, env, variants: dict[str, Path], pipe, args) -> dict[str, tuple[float, list[float]]]:
+    """Per variant ("bare", and a worker per checkout): seconds for all rounds, and per-job hold times."""
+    per_round = args.jobs // args.rounds
+    totals: dict[str, tuple[float, list[float]]] = {name: (0.0, []) for name in ["bare", *variants]}
+    bare_round(pipe, range(1))  # warm
+    for r in range(args.rounds):
+        seeds = range(r * per_round, (r + 1) * per_round)
+        totals["bare"] = (totals["bare"][0] + bare_round(pipe, seeds), [])
+        for name, root in variants.items():
+            worker = start_worker(env, name, root)
+            try:
+                diffq_round(client, range(1000 + r, 1001 + r))  # warm: the model loaded
+                elapsed, held = diffq_round(client, seeds)
+            finally:
+                worker.stop()
+            seconds, all_held = totals[name]
+            totals[name] = (seconds + elapsed, all_held + held)
+    return totals
 
 
 def main() -> None:
@@ -112,6 +142,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--baseline", type=Path, help="a checkout of another revision, run side by side")
     args = parser.parse_args()
     PARAMS["num_inference_steps"] = args.steps
 
@@ -121,28 +152,20 @@ def main() -> None:
     models_dir = get_settings().models_dir
     make_tiny_models(models_dir)
     pipe = load_bare_pipeline(models_dir)
-    client, worker = start_stack()
-    try:
-        bare_round(pipe, range(1))  # warm both sides alike
-        diffq_round(client, range(1))
-        per_round = args.jobs // args.rounds
-        bare_s = diffq_s = 0.0
-        held: list[float] = []
-        for r in range(args.rounds):
-            seeds = range(r * per_round, (r + 1) * per_round)
-            bare_s += bare_round(pipe, seeds)
-            elapsed, round_held = diffq_round(client, seeds)
-            diffq_s += elapsed
-            held += round_held
-    finally:
-        worker.stop()
-    jobs = per_round * args.rounds
-    bare, queued = jobs / bare_s, jobs / diffq_s
+    client, env = start_stack()
+    variants = {"diffq": ROOT} if args.baseline is None else {"baseline": args.baseline, "diffq": ROOT}
+    totals = timed_rounds(client, env, variants, pipe, args)
+    jobs = args.jobs // args.rounds * args.rounds
+    bare = jobs / totals["bare"][0]
+    print(f"{args.steps} steps, {jobs} jobs in {args.rounds} rounds")
     print(f"bare diffusers loop : {bare:7.2f} jobs/s ({1000 / bare:6.1f} ms a job)")
-    print(f"API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
-    print(f"  of which a worker held each job {1000 * sum(held) / len(held):6.1f} ms on average")
-    print(f"overhead per job (diffq - bare): {1000 / queued - 1000 / bare:6.1f} ms at {args.steps} steps")
-    print(f"ratio (diffq / bare): {queued / bare:7.3f}")
+    for name in variants:
+        seconds, held = totals[name]
+        queued = jobs / seconds
+        print(f"{name:>9}: API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
+        print(f"  of which a worker held each job {1000 * sum(held) / len(held):6.1f} ms on average")
+        print(f"  overhead per job (diffq - bare): {1000 / queued - 1000 / bare:6.1f} ms")
+        print(f"  ratio (diffq / bare): {queued / bare:7.3f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.scheduling import Claimer, next_job_query, serialize_claims
+from core.scheduling import Claimer, claim_params, next_job_query, serialize_claims
 from core.tables import Job, JobMetric, JobStatus, utcnow
 from core.webhooks import record_job_event, record_job_events
 
@@ -46,8 +46,11 @@ def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     }
 
 
-def _start(session: Session, chosen: Any, claimer: Claimer) -> list[Job]:
-    """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE) names."""
+def _start(
+    session: Session, chosen: Any, claimer: Claimer, params: dict[str, Any] | None = None
+) -> list[Job]:
+    """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE, whose bind
+    parameters `params` gives) names."""
     now = utcnow()
     claimed = session.scalars(
         update(Job)
@@ -63,7 +66,8 @@ def _start(session: Session, chosen: Any, claimer: Claimer) -> list[Job]:
             error=None,
         )
         .returning(Job)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .execution_options(synchronize_session=False, populate_existing=True),
+        params or {},
     ).all()
     # Only the jobs whose webhook asks for it cost a write (core/webhooks.py).
     if hooked := [job.id for job in claimed if job.webhook and "started" in job.webhook.get("events", ())]:
@@ -80,8 +84,8 @@ def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
     serialize_claims(session, settings)
     # A materialized CTE, evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
     # run again per row by the planner and claim more than n jobs.
-    chosen = next_job_query(claimer, settings, utcnow(), limit).cte("chosen").prefix_with("MATERIALIZED")
-    return _start(session, chosen, claimer)
+    chosen = next_job_query(claimer, settings, limit).cte("chosen").prefix_with("MATERIALIZED")
+    return _start(session, chosen, claimer, claim_params(settings, utcnow()))
 
 
 def claim_partners(session: Session, lead: Job, claimer: Claimer, limit: int) -> list[Job]:

@@ -1,7 +1,9 @@
 """Per-step progress, coalesced so that a fast loop does not hammer the database.
 
-A step is written when `min_interval_s` has passed since the last write, and the last step is
-always written. Status changes go through `core.jobs` and are never coalesced.
+A step is written when `min_interval_s` has passed since the last write, and the start and the last step
+are always written; a lazy reporter (`eager=False`: a worker's generation job, whose event stream carries
+every step and whose end records its last progress) writes neither, only the coalesced steps between.
+Status changes go through `core.jobs` and are never coalesced.
 
 A write fails once the job is no longer running, which is how a run learns it was canceled. Writes
 are too far apart for a prompt stop. With `events` (core/events.py, what workers use) every step is
@@ -107,12 +109,15 @@ class ProgressReporter:
         status: Callable[[uuid.UUID], str | None] | None = None,
         session: Session | None = None,
         events: JobEvents | None = None,
+        eager: bool = True,
     ) -> None:
         """Writes and reads through `session` (committing each), unless `write` and `status` are given;
-        with `events`, publishes each step and checks for a cancel there instead of reading `status`."""
+        with `events`, publishes each step and checks for a cancel there instead of reading `status`.
+        `eager=False` (only with `events`): `start` and the last step publish but do not write."""
         if write is None and session is None or status is None and session is None and events is None:
             raise ValueError("a ProgressReporter needs a session, or both write and status (or events)")
         self.events = events
+        self.eager = eager or events is None
         self.job_id = job_id
         self.attempt = attempt
         self.total = total
@@ -147,7 +152,7 @@ class ProgressReporter:
             raise JobCanceled(str(self.job_id))
         now = self.clock()
         due = self.last_write is None or now - self.last_write >= self.min_interval_s
-        if due or step >= self.total:
+        if due or (step >= self.total and self.eager):
             self.flush()
         elif (
             self.events is None
@@ -155,6 +160,15 @@ class ProgressReporter:
             and (self.last_check is None or now - self.last_check >= self.check_interval_s)
         ):
             self.check()
+
+    def start(self) -> None:
+        """Record step 0 (raises JobCanceled if the job was canceled): written, or, when lazy, only the
+        cancel flag read, the first write due `min_interval_s` later."""
+        if self.eager:
+            self.flush()
+            return
+        self.last_write = self.clock()
+        self.check()
 
     def flush(self) -> None:
         self.last_write = self.last_check = self.clock()

@@ -2,22 +2,21 @@
 
 Celery signals tie it in. `celeryd_init` (in the main process) learns the node name and queues, and hands
 back the jobs that a dead process of the same name still held; `worker_process_init` (in the pool
-process, which runs the jobs and holds the pipeline cache) writes the row and starts a heartbeat thread
-and the idle poll (workers/wakeup.py); `worker_process_shutdown` removes the row. Around each job, `running`
-marks the worker busy with the job's model, then writes the cache's state and the job's denoising rate,
-on the job's session. The heartbeat thread writes on a session of its own.
+process, which runs the jobs and holds the pipeline cache) writes the row, hands back what a dead pool
+process left running, and starts a heartbeat thread and the idle poll (workers/wakeup.py);
+`worker_process_shutdown` waits for the finisher (workers/finisher.py) and removes the row. A claim marks
+the worker busy with the job's model in its own transaction (`mark_busy`); after the call, `record_jobs`
+writes the cache's state and the jobs' denoising rate. The heartbeat thread writes on a session of its own.
 """
 
 import logging
 import os
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
+from sqlalchemy import case
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
@@ -25,6 +24,7 @@ from core.db import DB_UNAVAILABLE, commit_without_waiting, db_session
 from core.errors import first_line
 from core.jobs import hand_back
 from core.scheduling import Claimer, serves_training
+from core.tables import WorkerNode
 from core.worker_nodes import (
     fresh_worker,
     record_finished_job,
@@ -165,12 +165,18 @@ def _join_fleet(**_: object) -> None:
     from workers.wakeup import IDLE_POLL
 
     IDLE_POLL.start(NODE.name, claimer)
+    # A pool process that starts after the first is a replacement: the one before died, maybe while its
+    # finisher was storing a job's outputs between tasks, when no task failed to hand that job back.
+    hand_back_at_start(NODE.name)
 
 
 @worker_process_shutdown.connect
 def _leave_fleet(**_: object) -> None:
     if NODE.name is None:
         return
+    from workers.finisher import FINISHER
+
+    FINISHER.drain()  # the jobs whose outputs are being stored are recorded first
     if NODE.heartbeat is not None:
         NODE.heartbeat.stop()
     from workers.wakeup import IDLE_POLL
@@ -203,40 +209,28 @@ def _heartbeat() -> None:
             _register(session)  # someone removed the row: write it again
 
 
-@contextmanager
-def running(session: Session, runs: list[JobRun]) -> Iterator[None]:
-    """Mark this worker busy with the first of `runs` (one job, or a fused group) while the block runs,
-    then record the cache and the jobs' rate. Commits each write on `session` at once."""
-    if NODE.name is None:  # not started as a worker (a task run in-process)
-        yield
-        return
-    run = runs[0]
-    try:
-        update_worker(session, NODE.name, current_job=run.job_id, current_model=run.model)
-        commit_without_waiting(session)
-    except Exception as error:  # the fleet's view is best effort; the job runs regardless
-        session.rollback()
-        logger.warning(
-            "could not mark worker %s busy with job %s (%s)", NODE.name, run.job_id, first_line(error)
-        )
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        _record_jobs(session, runs, time.monotonic() - started)
+def mark_busy(session: Session, job_id: uuid.UUID, model: str | None) -> None:
+    """Mark this worker busy with job `job_id` (the lead of its call) on `model`, in the caller's
+    transaction (the claim's: one commit for both). Nothing outside a worker (a task run in-process)."""
+    if NODE.name is not None:
+        update_worker(session, NODE.name, current_job=job_id, current_model=model)
 
 
-def _record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> None:
+def record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> None:
     """Count the jobs of one call, each job's denoising steps, and the call's time once: a fused call's
-    steps per second are job-steps, what the worker got done."""
+    steps per second are job-steps, what the worker got done. Clears the busy mark unless a later call
+    has set its own (calls are recorded after the next one started, workers/finisher.py). Committed at
+    once; best effort."""
     from workers.pipelines import get_cache
 
-    assert NODE.name is not None
+    if NODE.name is None:
+        return
     stats = get_cache().stats()
     run = runs[0]
     progress = run.reporter.current if run.reporter else {}
     rate = progress.get("steps_per_s")
     steps = sum((r.reporter.current.get("step") or 0) for r in runs if r.reporter) if rate else 0
+    own = WorkerNode.current_job == run.job_id
     try:
         record_finished_job(
             session,
@@ -245,8 +239,8 @@ def _record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> N
             steps=steps,
             seconds=(progress.get("step") or 0) / rate if rate else 0.0,
             jobs=len(runs),
-            current_job=None,
-            current_model=None,
+            current_job=case((own, None), else_=WorkerNode.current_job),
+            current_model=case((own, None), else_=WorkerNode.current_model),
             resident=[{"model": tag, "bytes": nbytes} for tag, nbytes in stats.resident],
             cache_hits=stats.hits,
             cache_misses=stats.misses,

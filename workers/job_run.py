@@ -68,6 +68,10 @@ class JobRun:
     # The job's event stream (core/events.py): every step, previews, outputs; and the cancel flag.
     events: JobEvents | None = None
     no_preview: bool = False  # this model has no cheap preview, and the stream says so
+    # Set by the task of a worker (workers/finisher.py): `save_images` keeps the images in `pending`, and
+    # `store_pending` encodes and uploads them later, off the denoising path.
+    defer_outputs: bool = False
+    pending: list[tuple[Image.Image, dict[str, Any]]] | None = None
 
     @classmethod
     def from_job(cls, job: Job, session: Session | None = None) -> "JobRun":
@@ -105,8 +109,10 @@ class JobRun:
             check_interval_s=self.settings.cancel_check_interval_s,
             session=self.session,
             events=self.events,
+            # Every step goes to the event stream, and the job's end writes its last progress.
+            eager=self.events is None,
         )
-        self.reporter.flush()
+        self.reporter.start()
         return self.reporter
 
     def start_diffusers_progress(
@@ -190,21 +196,32 @@ class JobRun:
     ) -> list[dict[str, Any]]:
         """Store each image as a PNG carrying its parameters; return the job's output records.
 
-        A job canceled since its last step (during the VAE decode, say) stores nothing.
+        A job canceled since its last step (during the VAE decode, say) stores nothing. With
+        `defer_outputs`, nothing is checked or stored yet: the images wait in `pending` for
+        `store_pending`, and the records are those it will store.
         """
+        pairs = list(zip(images, parameters, strict=True))
+        self.pending = pairs
+        if not self.defer_outputs:
+            self.store_pending()
+        return [
+            {
+                "key": self.output_key(f"{index}.png"),
+                "content_type": "image/png",
+                "width": image.width,
+                "height": image.height,
+                "seed": image_parameters.get("params", {}).get("seed"),
+            }
+            for index, (image, image_parameters) in enumerate(pairs)
+        ]
+
+    def store_pending(self) -> None:
+        """Encode and upload the images `save_images` kept, unless the job was canceled since its last
+        step (JobCanceled); what the upload raises fails the job. Forgets them once stored."""
         if self.reporter is not None:
             self.reporter.check()
-        outputs = []
-        for index, (image, image_parameters) in enumerate(zip(images, parameters, strict=True)):
-            key = self.output_key(f"{index}.png")
-            self.storage.put(key, encode_png(image, image_parameters), "image/png")
-            outputs.append(
-                {
-                    "key": key,
-                    "content_type": "image/png",
-                    "width": image.width,
-                    "height": image.height,
-                    "seed": image_parameters.get("params", {}).get("seed"),
-                }
+        for index, (image, image_parameters) in enumerate(self.pending or []):
+            self.storage.put(
+                self.output_key(f"{index}.png"), encode_png(image, image_parameters), "image/png"
             )
-        return outputs
+        self.pending = None

@@ -72,7 +72,16 @@ def get_pipeline(
     base = get_base_pipeline(model_ref, task)
     job_scheduler = new_scheduler(base, scheduler)
     if steps is not None:
-        check_steps(model_ref, scheduler, new_scheduler(base, scheduler), steps, strength)
+        checked = _CHECKED.setdefault(base, {})
+        key = (scheduler, steps, strength)
+        if key not in checked:  # the same answer for every job of a model, scheduler and step count
+            try:
+                check_steps(model_ref, scheduler, new_scheduler(base, scheduler), steps, strength)
+                checked[key] = None
+            except BadInput as error:
+                checked[key] = error
+        if (problem := checked[key]) is not None:
+            raise BadInput(str(problem))
     if task == "unconditional":
         return pipeline_for_task(base, task)
     return pipeline_for_task(base, task, job_scheduler)
@@ -82,6 +91,10 @@ def get_pipeline(
 # are their own (schedulers keep state between steps) and take a fraction of `from_config`'s time (it
 # inspects every class's signature). Weak keys: an evicted pipeline takes its schedulers with it.
 _SCHEDULERS: "weakref.WeakKeyDictionary[Any, dict[str | None, Any]]" = weakref.WeakKeyDictionary()
+# Per cached pipeline, what `check_steps` said of each (scheduler, steps, strength) it checked.
+_CHECKED: "weakref.WeakKeyDictionary[Any, dict[tuple[str | None, int, float | None], BadInput | None]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def new_scheduler(base: Any, name: str | None) -> Any:

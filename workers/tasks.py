@@ -1,10 +1,12 @@
 """The Celery task that runs one job: claim the best one for this worker, run its runner, record how it
 ended, and wake the worker again while there is work.
 
-A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`),
-its progress reporter and the fleet's bookkeeping. Each state change is committed as it is made: the
-claim before the runner starts, progress as it goes, the end. The lease is renewed from a thread, on a
-session of its own (workers/lease.py).
+A job runs on one database session, opened by the task and handed down to its runner (`JobRun.session`)
+and its progress reporter. Each state change is committed as it is made: the claim (with the worker's busy
+mark) before the runner starts, progress as it goes, the end. A call that made images ends off the task:
+the finisher thread stores them and records the jobs, on a session of its own, while the worker takes its
+next job (workers/finisher.py); the wake-up for that job goes out during the call. Leases are renewed
+from one thread per process, on a session of its own (workers/lease.py).
 """
 
 import logging
@@ -32,7 +34,8 @@ from core.queue import RUN_JOB_TASK
 from core.scheduling import Claimer
 from core.tables import Job, JobStatus
 from workers.celery_app import app
-from workers.fleet import claimer, running
+from workers.finisher import FINISHER
+from workers.fleet import claimer, mark_busy, record_jobs
 from workers.fusion import claim_group, run_jobs
 from workers.job_run import JobRun
 from workers.lease import hold_leases
@@ -111,11 +114,11 @@ def run_job(self: Task, job_id: str) -> str:
         if not jobs:
             logger.info("woken for job %s, but no queued job is this worker's to run", job_id)
             return "no job to run"
-        try:
-            return _run(session, jobs)
-        finally:
-            if not called_directly:
-                _wake_self(session)
+        if called_directly:  # in-process: the job is recorded when the call returns
+            return _run(session, jobs, defer=False)
+        # The next wake-up goes out while this call runs, so that it waits in the broker when it ends.
+        FINISHER.background(_wake_self, "could not wake this worker for its next job")
+        return _run(session, jobs, defer=True)
 
 
 def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> list[Job]:
@@ -123,11 +126,15 @@ def _claim(task: Task, session: Session, woken_by: uuid.UUID, who: Claimer) -> l
     can't be placed."""
     settings = get_settings()
     try:
-        if not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
-            _misconfigured(task, woken_by)
         jobs = claim(session, who)
+        # Only when there is nothing to run (a read less per job): a message that names a job this
+        # database does not hold is another deployment's.
+        if not jobs and not who.only and session.scalar(select(Job.id).where(Job.id == woken_by)) is None:
+            _misconfigured(task, woken_by)
         if jobs and settings.fusion:
             jobs = claim_group(session, jobs[0], who, settings.max_fused_images)
+        if jobs:
+            mark_busy(session, jobs[0].id, jobs[0].model)
         session.commit()
     except DB_UNAVAILABLE as error:
         session.rollback()
@@ -164,18 +171,14 @@ def _misconfigured(task: Task, job_id: uuid.UUID) -> None:
     raise Reject(requeue=True)
 
 
-def _wake_self(session: Session) -> None:
-    """After a job: wake this worker again while its queues hold work for it (workers/wakeup.py)."""
+def _wake_self() -> None:
+    """Wake this worker again while its queues hold work for it (workers/wakeup.py); on a session of its
+    own (the finisher's thread)."""
     try:
-        session.rollback()  # a fresh read
-        IDLE_POLL.wake_self(session)
-        session.commit()
+        with db_session() as session:
+            IDLE_POLL.wake_self(session)
     except DB_UNAVAILABLE as error:  # the idle poll finds the work once the database is back
-        session.rollback()
         logger.warning("could not look for this worker's next job (%s)", first_line(error))
-    except Exception:  # the idle poll finds the work instead
-        session.rollback()
-        logger.exception("could not wake this worker for its next job")
 
 
 def _until_written(session: Session, write: Callable[[], T], what: str) -> T:
@@ -199,26 +202,32 @@ def _until_written(session: Session, write: Callable[[], T], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _run(session: Session, jobs: list[Job]) -> str:
+def _run(session: Session, jobs: list[Job], defer: bool) -> str:
     """Run claimed jobs (one, or a fused group) to their ends and record each; what became of each.
-    Raises `JobFailed` if one failed."""
+    Raises `JobFailed` if one failed.
+
+    With `defer`, a call that made images leaves storing them and recording its jobs to the finisher
+    (workers/finisher.py), and returns while it works."""
     runs = [JobRun.from_job(job, session) for job in jobs]
     for run, job in zip(runs, jobs, strict=True):
         # Each job's event stream (core/events.py): every step, previews, the end; and its cancel flag.
         run.events = JobEvents.for_job(job)
         run.events.status(JobStatus.RUNNING, worker=job.worker, attempt=job.attempts)
+        run.defer_outputs = defer
     if len(jobs) > 1:
         logger.info("running %d jobs as one call: %s", len(jobs), ", ".join(str(job.id) for job in jobs))
     leases = [(run.job_id, run.attempt) for run in runs]
-    # The worker's row says what it has loaded before the job is seen to end (core/worker_nodes.py).
-    with running(session, runs), hold_leases(leases, runs[0].settings.lease_s):
+    started = time.monotonic()
+    with hold_leases(leases, runs[0].settings.lease_s):
         outcomes = run_jobs(runs)
+    busy_seconds = time.monotonic() - started
     # From here on only `runs` say which job is which: a rollback (after a failed write) expires the
     # session's Job objects, and reading one again would need the database.
-    statuses = [_record(session, run, outcome) for run, outcome in zip(runs, outcomes, strict=True)]
-    for run, status in zip(runs, statuses, strict=True):
-        if status != JobStatus.CANCELED:
-            _publish_end(session, run)
+    if any(run.pending is not None for run in runs):
+        FINISHER.finish(lambda: _finish(runs, outcomes, busy_seconds))
+        return ", ".join(f"job {run.job_id}: storing outputs" for run in runs)
+    statuses = _end(session, runs, outcomes)
+    record_jobs(session, runs, busy_seconds)
     ends = [
         f"job {run.job_id} failed: {status['code']}: {status['message']}"
         if isinstance(status, dict)
@@ -228,6 +237,35 @@ def _run(session: Session, jobs: list[Job]) -> str:
     if any(isinstance(status, dict) for status in statuses):
         raise JobFailed(", ".join(ends))
     return ", ".join(ends)
+
+
+def _end(session: Session, runs: list[JobRun], outcomes: list[Outcome]) -> list[str | dict[str, str]]:
+    """Store what `runs` left pending, record each job's end and publish it; each one's status or error."""
+    statuses = []
+    for run, outcome in zip(runs, outcomes, strict=True):
+        if run.pending is not None and not isinstance(outcome, BaseException):
+            try:
+                run.store_pending()
+            except Exception as error:  # canceled since its last step, or the upload failed
+                outcome = error
+        statuses.append(_record(session, run, outcome))
+    for run, status in zip(runs, statuses, strict=True):
+        if status != JobStatus.CANCELED:
+            _publish_end(session, run)
+    return statuses
+
+
+def _finish(runs: list[JobRun], outcomes: list[Outcome], busy_seconds: float) -> None:
+    """The finisher's part of a call (workers/finisher.py): store, record, count; on a session of its own,
+    holding the jobs' leases while it works."""
+    with (
+        db_session() as session,
+        hold_leases([(run.job_id, run.attempt) for run in runs], runs[0].settings.lease_s),
+    ):
+        for run in runs:
+            run.session = session
+        _end(session, runs, outcomes)
+        record_jobs(session, runs, busy_seconds)
 
 
 def _publish_end(session: Session, run: JobRun) -> None:

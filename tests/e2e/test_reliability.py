@@ -158,6 +158,15 @@ def worker_name(job: Job) -> str:
     return job.worker.partition("@")[0]
 
 
+def handed_back(log: str, job_id: uuid.UUID, status: str) -> bool:
+    """Whether the worker's log says it handed back `job_id` as `status` when its pool process died: by its
+    main process (the task failed), or by the pool process that replaced the dead one, whichever was first."""
+    return (
+        f"the process running job {job_id} died; job {status}" in log
+        or f"job {job_id} that it held is {status}" in log
+    )
+
+
 def assert_one_set_of_outputs(job: Job, num_images: int) -> None:
     keys = [output["key"] for output in job.outputs]
     assert keys == [f"jobs/{job.id}/{index}.png" for index in range(num_images)]
@@ -331,7 +340,7 @@ def test_killed_pool_process_hands_its_job_back(cluster) -> None:
     assert done.status == JobStatus.SUCCEEDED and done.attempts == 2
     assert cluster.successes(job_id) == 1
     assert_one_set_of_outputs(done, 1)
-    assert f"the process running job {job_id} died; job queued" in cluster.log("a")
+    assert handed_back(cluster.log("a"), job_id, JobStatus.QUEUED)
 
 
 def test_a_job_killed_max_attempts_times_fails_with_worker_lost(cluster) -> None:
@@ -349,4 +358,78 @@ def test_a_job_killed_max_attempts_times_fails_with_worker_lost(cluster) -> None
     assert f"{MAX_ATTEMPTS} times" in done.error["message"]
     assert done.outputs == [] and get_storage().list(f"jobs/{job_id}/") == []
     assert cluster.successes(job_id) == 0
-    assert f"the process running job {job_id} died; job failed" in cluster.log("a")
+    assert handed_back(cluster.log("a"), job_id, JobStatus.FAILED)
+
+
+def start_recorded_worker(cluster: Cluster, name: str, fault: str, log: Path) -> None:
+    """A worker that records when it denoises and stores each job, and holds the store as `fault` says
+    (tests/utils/finish_faults.py); one call per job (no fusion); its leases outlast the test."""
+    env = cluster.env | {
+        "DIFFQ_LEASE_S": "120",
+        "DIFFQ_FUSION": "false",
+        "DIFFQ_TEST_FINISH_LOG": str(log),
+        "DIFFQ_TEST_FINISH_FAULT": fault,
+    }
+    worker = WorkerProcess(
+        cluster.tmp / f"{name}.log",
+        env=env,
+        name=f"{name}@%h",
+        queues=QUEUE,
+        preload="tests.utils.finish_faults",
+    )
+    cluster.workers[name] = worker
+    worker.wait_ready(timeout=180)
+
+
+def recorded(log: Path) -> list[tuple[str, str, int]]:
+    """(what, job id, attempt) per line, in the order the worker did them."""
+    return [
+        (what, job_id, int(attempt)) for what, job_id, attempt in map(str.split, log.read_text().splitlines())
+    ]
+
+
+def test_storing_a_jobs_outputs_overlaps_denoising_the_next(cluster, tmp_path) -> None:
+    cluster.stop_workers()
+    log = tmp_path / "finish.log"
+    start_recorded_worker(cluster, "overlap", "wait_for_next", log)
+    try:
+        first, second = cluster.submit(2, num_inference_steps=2, num_images=1)
+        done = cluster.wait_finished([first, second])
+    finally:
+        cluster.stop_workers("overlap")
+
+    assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 2
+    for job in done:
+        assert_one_set_of_outputs(job, 1)
+    order = [(what, uuid.UUID(job_id)) for what, job_id, _attempt in recorded(log)]
+    # The first job's upload began before the second job's denoising and ended after it had started.
+    assert order.index(("store", first)) < order.index(("denoise", second)) < order.index(("stored", first))
+    assert order.index(("denoise", first)) < order.index(("store", first))
+
+
+def test_a_kill_during_the_upload_loses_no_job_and_never_succeeds_it_without_outputs(
+    cluster, tmp_path
+) -> None:
+    cluster.stop_workers()
+    log = tmp_path / "finish.log"
+    start_recorded_worker(cluster, "hang", "hang_first_attempt", log)
+    try:
+        [job_id] = cluster.submit(1, num_inference_steps=2, num_images=1)
+        wait_for(
+            lambda: log.exists() and ("store", str(job_id), 1) in recorded(log), 120, "the upload to start"
+        )
+        # Denoised, its upload under way in the finisher (the task has returned): still running, no outputs.
+        [job] = cluster.jobs([job_id])
+        assert job.status == JobStatus.RUNNING and job.attempts == 1
+        assert get_storage().list(f"jobs/{job_id}/") == []
+        cluster.kill_pool_process("hang")
+
+        [done] = cluster.wait_finished([job_id])
+    finally:
+        cluster.stop_workers("hang")
+    # Handed back by the pool process that replaced the killed one (the lease outlasts the test), run again.
+    assert f"starts again: job {job_id} that it held is queued" in cluster.log("hang")
+    assert done.status == JobStatus.SUCCEEDED and done.attempts == 2
+    assert cluster.successes(job_id) == 1
+    assert_one_set_of_outputs(done, 1)
+    assert ("stored", str(job_id), 1) not in recorded(log)

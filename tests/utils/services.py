@@ -34,7 +34,9 @@ class WorkerProcess:
         name: str,
         queues: str | None = None,
         preload: str | None = None,
+        root: Path = ROOT,
     ) -> None:
+        """`root`: the checkout whose code the worker runs (a benchmark's baseline runs another's)."""
         self.log_path = log_path
         args = [sys.executable]
         if preload:
@@ -47,7 +49,7 @@ class WorkerProcess:
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=root,
             env=os.environ | env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
