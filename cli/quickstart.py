@@ -37,18 +37,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api(port: int) -> threading.Thread:
-    import uvicorn
+class ApiThread:
+    """The API served by uvicorn in a thread of this process, until `stop()`."""
 
-    server = uvicorn.Server(uvicorn.Config("api.main:app", host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the API did not start")
-        time.sleep(0.05)
-    return thread
+    def __init__(self, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config("api.main:app", host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="diffq-quickstart-api", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the API did not start")
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """Shut the server down and wait for its thread: a server thread still running while the
+        interpreter exits can crash it (a segmentation fault after the quickstart's last line)."""
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
+def start_api(port: int) -> ApiThread:
+    """The API on `port` of 127.0.0.1, served from a thread of this process (tests and benchmarks)."""
+    return ApiThread(port)
 
 
 QUICKSTART_MODEL = "quickstart-glyphs"
@@ -200,7 +214,7 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     typer.echo(f"2/4 starting the API at {url} and one worker ...")
-    start_api(port)
+    api = start_api(port)
     # One torch thread: the quickstart's model is so small that a second thread only waits on the
     # first, and on a busy machine the spinning threads make each step several times slower.
     threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -249,6 +263,7 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
             worker.kill()
             worker.wait()
         log.close()
+        api.stop()
 
     storage = get_storage()
     images = [Image.open(io.BytesIO(storage.get(output["key"]))) for output in generation["outputs"]]
