@@ -28,6 +28,11 @@ from core.specs import ImageRef, Params, upload_key
 from core.storage import Storage
 
 ALLOWED_FORMATS = IMAGE_FORMATS
+FLAT_DEPTH_MAP = (
+    "depth_map has the same value at every pixel; a depth map needs at least two depths (near and far), "
+    "which the pipeline scales to -1..1: send one with depth in it, or leave depth_map out for the model's "
+    "own estimate"
+)
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP": "image/bmp"}
 
 
@@ -36,6 +41,8 @@ class ImageInfo:
     width: int
     height: int
     format: str
+    # Every pixel the same: no use as a depth map, whose depths diffusers scales by (max - min).
+    flat: bool = False
 
     @property
     def content_type(self) -> str:
@@ -83,7 +90,10 @@ def _decode(data: bytes, role: Role) -> tuple[Image.Image, ImageInfo]:
     # `verify` leaves the image unusable and does not decode every format: decode it for real.
     decoded = decode_image(data)
     image = normalize_image(decoded, role=role)
-    return image, ImageInfo(image.width, image.height, format=str(decoded.format))
+    extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    flat = all(low == high for low, high in bands)
+    return image, ImageInfo(image.width, image.height, format=str(decoded.format), flat=flat)
 
 
 def store_upload(data: bytes, storage: Storage) -> tuple[str, ImageInfo]:
@@ -128,6 +138,9 @@ def input_image_problems(
             problems.append((field, info))
         else:
             infos[field] = info
+    depth_map = infos.get("depth_map")
+    if depth_map is not None and depth_map.flat:
+        problems.append(("depth_map", FLAT_DEPTH_MAP))
     image = infos.get("image")
     if image is None:
         return problems

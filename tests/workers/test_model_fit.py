@@ -57,3 +57,12 @@ def test_img2img_too_small_for_the_model_fails_with_bad_input(
             assert job.status == JobStatus.FAILED
             assert job.error["code"] == code, job.error
             assert "make the image larger" in job.error["message"]
+
+
+def test_a_flat_depth_map_fails_with_bad_input_not_nan() -> None:
+    from core.errors import BadInput
+    from workers.runners.depth2img import depth_tensor
+
+    with pytest.raises(BadInput, match="same value at every pixel"):
+        depth_tensor(Image.new("I;16", (8, 8), 0))
+    assert depth_tensor(Image.linear_gradient("L").resize((8, 8))).shape == (1, 8, 8)

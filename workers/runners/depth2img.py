@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.errors import BadInput
 from core.images import fit_image
 from core.specs import Depth2ImgParams, new_seed
+from core.uploads import FLAT_DEPTH_MAP
 from workers.job_run import JobRun, check_fits
 from workers.pipelines import get_pipeline
 
@@ -21,7 +23,10 @@ from workers.pipelines import get_pipeline
 def depth_tensor(depth_map: Image.Image) -> torch.Tensor:
     """A depth image as the (1, height, width) float tensor the pipeline takes; 16-bit maps keep their
     precision, colour ones become their luminance."""
-    return torch.from_numpy(np.array(depth_map.convert("F"), dtype=np.float32))[None]
+    depth = torch.from_numpy(np.array(depth_map.convert("F"), dtype=np.float32))[None]
+    if depth.min() == depth.max():  # diffusers divides by (max - min): every latent would be NaN
+        raise BadInput(FLAT_DEPTH_MAP)
+    return depth
 
 
 def run(job: JobRun) -> list[dict[str, Any]]:

@@ -144,3 +144,23 @@ def test_strength_that_runs_no_step_is_422(api) -> None:
     response = submit(api, "img2img", {"image": image, "strength": 0.1, "num_inference_steps": 5})
     assert response.status_code == 422
     assert "runs no denoising step" in response.text
+
+
+@pytest.mark.parametrize(
+    "depth",
+    [Image.new("I;16", (64, 64), 0), Image.new("RGB", (64, 64), (200, 0, 0)), Image.new("L", (64, 64), 255)],
+    ids=["black-16-bit", "solid-red", "white"],
+)
+def test_a_flat_depth_map_is_422(api, depth: Image.Image) -> None:
+    # Accepted, it made every latent NaN: diffusers scales the depths by (max - min) = 0.
+    image = upload_image(api, noise_image(64, 64))
+    flat = upload_image(api, depth)
+    response = submit(api, "depth2img", {"image": image, "depth_map": flat}, model="tiny-sd-depth")
+    assert response.status_code == 422, response.text
+    assert "same value at every pixel" in errors_by_field(response)["depth_map"]
+    # A depth map with depth in it is taken.
+    ramp = Image.linear_gradient("L").resize((64, 64))
+    good = submit(
+        api, "depth2img", {"image": image, "depth_map": upload_image(api, ramp)}, model="tiny-sd-depth"
+    )
+    assert good.status_code == 201, good.text
