@@ -56,7 +56,9 @@ def key_limits_problem(limits: dict[str, Any]) -> str | None:
         if kind is None:
             return f"unknown limit {name!r}; the limits are {', '.join(KEY_LIMITS)}"
         if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            return f"limit {name} must be a whole number ≥ 0 (0: no limit), got {value!r}"
+            # max_priority caps a priority: 0 there is a cap like any other, not "no limit".
+            zero = "" if name == "max_priority" else " (0: no limit)"
+            return f"limit {name} must be a whole number ≥ 0{zero}, got {value!r}"
         if kind is str and not _valid_rate(value):
             return f"limit {name} must be a rate like '100/minute' or '10/second;500/hour', got {value!r}"
     return None

@@ -8,6 +8,7 @@ whatever its own settings are. The limits a deployment sets (`DIFFQ_MAX_NUM_IMAG
 are checked when a job is admitted (core/submit.py's `limit_problems`).
 """
 
+import json
 import re
 import secrets
 from typing import Annotated, Any, ClassVar, Literal, get_args
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    Strict,
     TypeAdapter,
     ValidationInfo,
     field_validator,
@@ -97,6 +99,17 @@ class ImageRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     upload: str | None = Field(default=None, pattern=UPLOAD_ID, description="An id from POST /v1/uploads.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(
+                f'an image is an object: {{"upload": "<id from POST /v1/uploads>"}} or {{"key": "<storage '
+                f'key>"}}, not the string {json.dumps(value[:100])}'
+            )
+        return value
+
     key: str | None = Field(default=None, min_length=1, max_length=1024, description="A storage key.")
 
     @model_validator(mode="after")
@@ -416,11 +429,18 @@ WebhookUrl = Annotated[
 ]
 
 
+def _webhook_object(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(f'a webhook is an object: {{"url": {json.dumps(value[:200])}}}, maybe with "events"')
+    return value
+
+
 class JobWebhook(BaseModel):
     """Where to send a job's events, signed per Standard Webhooks with the owner's secret; each body is
     the job as `GET /v1/jobs/{id}` returns it at that moment."""
 
     model_config = ConfigDict(extra="forbid")
+    _not_a_string = model_validator(mode="before")(_webhook_object)
     url: WebhookUrl
     events: list[JobEvent] = Field(default=list(JOB_EVENTS), min_length=1)
 
@@ -433,6 +453,7 @@ class BatchWebhook(BaseModel):
     of its own."""
 
     model_config = ConfigDict(extra="forbid")
+    _not_a_string = model_validator(mode="before")(_webhook_object)
     url: WebhookUrl
     events: list[BatchEvent] = Field(default=["completed"], min_length=1)
 
@@ -449,6 +470,7 @@ class BatchWebhook(BaseModel):
 PRIORITY_LIMIT = 1000
 Priority = Annotated[
     int,
+    Strict(),  # true is not 1
     Field(
         ge=-PRIORITY_LIMIT,
         le=PRIORITY_LIMIT,

@@ -47,6 +47,12 @@ def url_form_problem(url: str) -> str | None:
         return f"webhook URL {url!r} names no host"
     if parsed.port is not None and not 1 <= parsed.port <= 65535:
         return f"webhook URL {url!r} has port {parsed.port}; a port is from 1 to 65535 (or left out)"
+    if parsed.userinfo:
+        # It would be stored and shown with the job, and sent on every delivery.
+        return (
+            "webhook URLs may not hold credentials (user:password@); receivers check the "
+            "webhook-signature header instead (see diffq keys webhook-secret)"
+        )
     return None
 
 

@@ -1,5 +1,6 @@
 """Bulk submission: many jobs in one request, written in one transaction, followed as one batch."""
 
+import json
 import logging
 import uuid
 from typing import Annotated, Any
@@ -189,6 +190,16 @@ async def create_batch_from_jsonl(
 
 def _form_webhook(text: str) -> BatchWebhook:
     """The `webhook` form field, or a 422 located at it."""
+    if not text.lstrip().startswith("{"):
+        raise unprocessable(
+            [
+                {
+                    "loc": ["body", "webhook"],
+                    "msg": f'the webhook field holds JSON: {{"url": {json.dumps(text[:200])}}}, and "events"',
+                    "type": "json_invalid",
+                }
+            ]
+        )
     try:
         return BatchWebhook.model_validate_json(text)
     except ValidationError as error:

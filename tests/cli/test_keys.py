@@ -36,3 +36,10 @@ def test_keys_are_listed_with_their_limits_and_revoked_by_prefix(database: str) 
 
     bad = runner.invoke(app, ["keys", "create", "--owner", owner, "--limit", "max_cats=1"])
     assert isinstance(bad.exception, CliError) and "unknown limit 'max_cats'" in str(bad.exception)
+
+
+def test_a_bad_max_priority_limit_does_not_call_zero_no_limit(database: str) -> None:
+    bad = runner.invoke(app, ["keys", "create", "--owner", "cli-limits", "--limit", "max_priority=abc"])
+    assert isinstance(bad.exception, CliError)
+    assert "max_priority must be a whole number ≥ 0" in str(bad.exception)
+    assert "no limit" not in str(bad.exception)  # a max_priority of 0 caps priorities at 0

@@ -81,3 +81,37 @@ def test_unknown_form_fields_are_422_naming_the_allowed_ones(api: TestClient) ->
     response = api.post("/v1/uploads", files={"file": ("a.png", png.getvalue())}, data={"kind": "zip"})
     assert response.status_code == 422, response.text
     assert "unknown form field 'kind'; the fields are file" in response.text
+
+
+TEXT2IMG = {"type": "text2img", "model": "tiny-sd", "params": {"prompt": "a fox", "num_inference_steps": 2}}
+
+
+def test_bare_strings_where_objects_go_say_which_object(api: TestClient) -> None:
+    webhook = api.post("/v1/jobs", json=TEXT2IMG | {"webhook": "https://example.com/h"})
+    assert webhook.status_code == 422
+    assert 'a webhook is an object: {"url": "https://example.com/h"}' in webhook.json()["detail"][0]["msg"]
+    jsonl = {"file": ("jobs.jsonl", b'{"prompt": "a fox", "num_inference_steps": 2}\n')}
+    form = api.post(
+        "/v1/batches/jsonl", files=jsonl, data={"model": "tiny-sd", "webhook": "https://example.com/h"}
+    )
+    assert (
+        form.status_code == 422
+        and 'holds JSON: {"url": "https://example.com/h"}' in form.json()["detail"][0]["msg"]
+    )
+    params = {"prompt": "a fox", "image": "0123456789abcdef0123456789abcdef"}
+    image = api.post("/v1/jobs", json={"type": "img2img", "model": "tiny-sd", "params": params})
+    assert image.status_code == 422
+    assert '{"upload": "<id from POST /v1/uploads>"}' in image.json()["detail"][0]["msg"]
+
+
+def test_priority_takes_integers_only(api: TestClient) -> None:
+    for priority in (True, "3", 1.5):
+        response = api.post("/v1/jobs", json=TEXT2IMG | {"priority": priority})
+        assert response.status_code == 422, (priority, response.text)
+        assert "priority" in response.json()["detail"][0]["loc"]
+
+
+def test_a_webhook_url_with_credentials_is_refused(api: TestClient) -> None:
+    response = api.post("/v1/jobs", json=TEXT2IMG | {"webhook": {"url": "https://user:pw@example.com/h"}})
+    assert response.status_code == 422 and "may not hold credentials" in response.json()["detail"][0]["msg"]
+    assert "pw@" not in response.json()["detail"][0]["msg"]
