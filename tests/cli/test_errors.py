@@ -22,6 +22,7 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e  # real `diffq` processes: a second each, so not in the fast tier
 @pytest.mark.parametrize(
     ("args", "url"),
     [(("db", "upgrade"), "bogus://x"), (("keys", "list"), "bogus://x"), (("keys", "list"), "not a url")],
@@ -33,6 +34,7 @@ def test_a_bad_database_url_is_one_line(args: tuple[str, ...], url: str) -> None
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.e2e  # real `diffq` processes: a second each, so not in the fast tier
 @pytest.mark.parametrize("args", [("config",), ("keys", "list")])
 def test_a_bad_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
     result = run_cli(*args, DIFFQ_MAX_PIXELS="abc")
@@ -71,6 +73,7 @@ def test_reconcile_says_what_it_did_in_words() -> None:
     )
 
 
+@pytest.mark.e2e  # real `diffq` processes: a second each, so not in the fast tier
 def test_reconcile_prints_no_json(database) -> None:
     result = run_cli("reconcile")
     assert result.returncode == 0, result.stderr
