@@ -12,9 +12,8 @@ from sqlalchemy import Text, cast, delete, insert, select
 from sqlalchemy.orm import Session
 
 from core.batches import insert_batch, insert_jobs
-from core.db import make_engine
 from core.tables import Batch, Job, JobStatus, utcnow
-from migrations.run import upgrade
+from tests.utils.db import session_on
 
 OWNER = "batch-insert-test"
 # What COPY's text format must escape, and what JSON must keep: tabs, newlines, backslashes, quotes,
@@ -24,19 +23,12 @@ PROMPT = 'a tab\there, a newline\nthere, a backslash \\N, "quotes", ünïcödé,
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("database")
-    else:
-        url = f"sqlite:///{tmp_path / 'batches.db'}"
-        upgrade(database_url=url)
-    engine = make_engine(url)
-    with Session(engine) as session:
+    with session_on(request, tmp_path) as session:
         yield session
         session.rollback()
         session.execute(delete(Job).where(Job.owner == OWNER))
         session.execute(delete(Batch).where(Batch.owner == OWNER))
         session.commit()
-    engine.dispose()
 
 
 def rows(batch_id: uuid.UUID, now: datetime) -> list[dict[str, Any]]:

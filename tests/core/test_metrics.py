@@ -8,27 +8,19 @@ import pytest
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from core.db import make_engine
 from core.metrics import DURATION_BUCKETS, _histogram
 from core.tables import Job, utcnow
-from migrations.run import upgrade
+from tests.utils.db import session_on
 
 JOB_TYPE = "metrics_test"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("database")
-    else:
-        url = f"sqlite:///{tmp_path / 'metrics.db'}"
-        upgrade(database_url=url)
-    engine = make_engine(url)
-    with Session(engine) as session:
+    with session_on(request, tmp_path) as session:
         yield session
         session.execute(delete(Job).where(Job.type == JOB_TYPE))
         session.commit()
-    engine.dispose()
 
 
 def test_duration_histogram(session: Session) -> None:

@@ -6,15 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from sqlalchemy import delete
 
 from core.config import get_settings
-from core.db import db_session
 from core.queue import wake_workers
 from core.scheduling import Waiting, direct_queue
-from core.tables import WorkerNode
-from core.worker_nodes import register_worker, update_worker
+from core.worker_nodes import update_worker
 from tests.utils.db import in_session
+from tests.utils.worker_rows import idle_worker_rows
 
 
 @pytest.fixture
@@ -28,13 +26,8 @@ def queue(broker: str) -> Iterator[str]:
 @pytest.fixture
 def workers(database: str, queue: str, broker: str) -> Iterator[list[str]]:
     """Three live worker rows that serve `queue`, idle, with nothing loaded."""
-    names = [f"wake-{uuid.uuid4().hex[:6]}@test" for _ in range(3)]
-    for name in names:
-        in_session(register_worker, name, "cpu", [direct_queue(name), queue], 1, None)
-    yield names
-    with db_session() as session:
-        session.execute(delete(WorkerNode).where(WorkerNode.name.in_(names)))
-    redis.Redis.from_url(broker).delete(*[direct_queue(name) for name in names])
+    with idle_worker_rows(queue, broker, "wake") as names:
+        yield names
 
 
 def waiting(queue: str, count: int, model: str = "m") -> list[Waiting]:

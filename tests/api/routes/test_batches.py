@@ -7,18 +7,16 @@ import httpx
 import jsonschema
 import pytest
 import redis
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import event, func, select
 
 from api.routes.batches import EXAMPLE
 from core.config import get_settings
 from core.db import db_session, get_engine
-from core.scheduling import direct_queue
-from core.tables import Batch, Job, WorkerNode
-from core.worker_nodes import register_worker
+from core.tables import Batch, Job
 from tests.conftest import bearer, new_key
-from tests.utils.db import in_session
 from tests.utils.images import noise_image
 from tests.utils.jobs import text2img_spec, upload_image
+from tests.utils.worker_rows import idle_worker_rows
 
 
 def post(api, body: dict) -> httpx.Response:
@@ -167,13 +165,9 @@ def own_queue(monkeypatch: pytest.MonkeyPatch, broker: str) -> Iterator[str]:
     worker rows that serve it; the messages in it can be counted."""
     queue = f"diffq-test-batch-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(get_settings(), "queue", queue)
-    names = [f"batch-{uuid.uuid4().hex[:6]}@test" for _ in range(3)]
-    for name in names:
-        in_session(register_worker, name, "cpu", [direct_queue(name), queue], 1, None)
-    yield queue
-    with db_session() as session:
-        session.execute(delete(WorkerNode).where(WorkerNode.name.in_(names)))
-    redis.Redis.from_url(broker).delete(queue, *[direct_queue(name) for name in names])
+    with idle_worker_rows(queue, broker, "batch"):
+        yield queue
+    redis.Redis.from_url(broker).delete(queue)
 
 
 def test_a_10000_job_batch_wakes_each_serving_worker_once(api, own_queue: str, broker: str) -> None:
