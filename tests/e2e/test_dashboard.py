@@ -192,7 +192,8 @@ def test_the_batch_grid_fills_in_with_counts_by_status(stack, browser, client: C
         images = sum(cell["image"] for cell in state["cells"])
         if 0 < images < 4 and not shots:
             shots.append(screenshot(driver, stack, "dashboard-batch-filling"))
-        return state["counts"].get("succeeded") == 4 and images == 4
+        # The status comes from the stream's last `counts` event, a moment after the cells' own.
+        return state["counts"].get("succeeded") == 4 and images == 4 and state["status"] == "succeeded"
 
     wait_for(done, timeout=120, what="the grid filling in")
     screenshot(driver, stack, "dashboard-batch-done")
