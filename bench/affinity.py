@@ -166,16 +166,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import psycopg
     import redis
     import torch
 
     from cli.quickstart import free_port, start_api
     from core.config import get_settings
-    from migrations.run import upgrade
     from models_store.memory import estimate_folder_bytes
     from models_store.tiny import make_tiny_models
-    from tests.utils.services import use_new_api_key
+    from tests.utils.services import fresh_database, use_new_api_key
 
     models_dir = get_settings().models_dir
     make_tiny_models(models_dir)
@@ -183,10 +181,7 @@ def main() -> None:
         shutil.copytree(models_dir / "tiny-sd", models_dir / name, dirs_exist_ok=True)
     one_model_mb = estimate_folder_bytes(models_dir / "tiny-sd", torch.float32) / 2**20
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS diffq_bench_affinity WITH (FORCE)")
-        conn.execute("CREATE DATABASE diffq_bench_affinity")
-    upgrade()
+    fresh_database("diffq_bench_affinity")
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
     use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()

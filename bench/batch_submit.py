@@ -145,21 +145,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
-    import psycopg
 
     from cli.quickstart import free_port, start_api
-    from migrations.run import upgrade
-    from tests.utils.services import use_new_api_key
+    from tests.utils.services import fresh_database, use_new_api_key
 
     # In a process of its own: torch's objects in this one, where the API runs, would make every garbage
     # collection during a batch scan them too, which `diffq api` (no torch) never does.
     make = "from core.config import get_settings; from models_store.tiny import make_tiny_models; "
     make += "make_tiny_models(get_settings().models_dir)"
     subprocess.run([sys.executable, "-c", make], check=True, cwd=ROOT, capture_output=True)
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB}")
-    upgrade()
+    fresh_database(DB)
     reset()
     use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()

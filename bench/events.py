@@ -65,16 +65,11 @@ def bigger_pool(size: int) -> None:
 
 
 def setup() -> str:
-    import psycopg
-
     from core.auth import create_key
     from core.db import db_session
-    from migrations.run import upgrade
+    from tests.utils.services import fresh_database
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS diffq_bench_events WITH (FORCE)")
-        conn.execute("CREATE DATABASE diffq_bench_events")
-    upgrade()
+    fresh_database("diffq_bench_events")
     with db_session() as session:
         return create_key(session, "bench", None, {})[1]
 

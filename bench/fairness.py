@@ -156,18 +156,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    import psycopg
     import redis
 
     from core.config import get_settings
-    from migrations.run import upgrade
     from models_store.tiny import make_tiny_models
+    from tests.utils.services import fresh_database
 
     make_tiny_models(get_settings().models_dir)
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS diffq_bench_fairness WITH (FORCE)")
-        conn.execute("CREATE DATABASE diffq_bench_fairness")
-    upgrade()
+    fresh_database("diffq_bench_fairness")
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
     phases = []
     for fair_share in (False, True):

@@ -143,18 +143,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import psycopg
     import redis
 
     from core.config import get_settings
-    from migrations.run import upgrade
     from models_store.tiny import make_tiny_models
+    from tests.utils.services import fresh_database
 
     make_tiny_models(get_settings().models_dir)
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS diffq_bench_fusion WITH (FORCE)")
-        conn.execute("CREATE DATABASE diffq_bench_fusion")
-    upgrade()
+    fresh_database("diffq_bench_fusion")
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
     batch = specs(args.jobs, args.model, args.steps, args.size)
     alone_s, alone, _ = run_phase(batch, False, args.max_images)

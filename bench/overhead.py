@@ -90,18 +90,13 @@ def diffq_round(client, seeds: range) -> tuple[float, list[float]]:
 
 
 def start_stack():
-    import psycopg
     import redis
 
     from cli.client import Client
     from cli.quickstart import free_port, start_api
-    from migrations.run import upgrade
-    from tests.utils.services import use_new_api_key
+    from tests.utils.services import fresh_database, use_new_api_key
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    upgrade()
+    fresh_database(BENCH_DB)
     redis.Redis.from_url(os.environ["DIFFQ_BROKER_URL"]).flushdb()
     use_new_api_key("bench", max_queued_jobs=0, rate_limit="1000000/second")
     port = free_port()

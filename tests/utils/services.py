@@ -165,3 +165,16 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def fresh_database(name: str) -> None:
+    """Drop and create the Postgres database `name` on the machine's server (127.0.0.1:5432, user postgres)
+    and migrate it; `DIFFQ_DATABASE_URL` must name it. For benchmarks, which start from nothing each run."""
+    import psycopg
+
+    from migrations.run import upgrade
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade()
