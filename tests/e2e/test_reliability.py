@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,9 +183,9 @@ def private_redis(tmp_path_factory) -> Iterator[str]:
     server.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def private_database() -> Iterator[str]:
-    name = f"{TEST_DB}_reliability"
+@contextmanager
+def migrated_database(name: str) -> Iterator[str]:
+    """The URL of a new database `name` on the tests' server, migrated; dropped afterwards."""
     admin = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -194,21 +195,19 @@ def private_database() -> Iterator[str]:
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def private_database() -> Iterator[str]:
+    with migrated_database(f"{TEST_DB}_reliability") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def stray_database() -> Iterator[str]:
     """Another deployment's database, migrated and empty."""
-    name = f"{TEST_DB}_stray"
-    admin = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = f"{PG_SERVER}/{name}"
-    upgrade(database_url=url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with migrated_database(f"{TEST_DB}_stray") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
