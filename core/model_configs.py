@@ -249,29 +249,36 @@ def size_problem(ref: str, params: Params, models_dir: Path, memo: Memo | None =
     )
 
 
-def native_size(ref: str, models_dir: Path) -> int | None:
-    """The side in pixels of the square images the local model `ref` makes by default (its UNet's
-    `sample_size` times its VAE's scale factor, as diffusers' pipelines work it out); None when its
-    configs aren't here to read or don't tell."""
+def unet_and_scale(ref: str, models_dir: Path) -> tuple[dict[str, Any], int] | None:
+    """The local model `ref`'s UNet config and its VAE's scale factor; None when its configs aren't here."""
     folder = model_folder(ref, models_dir)
     unet = read_config(folder / "unet" / "config.json") if folder is not None else None
     if folder is None or unet is None:
         return None
+    return unet, vae_scale_factor(read_config(folder / "vae" / "config.json"))
+
+
+def _native(unet: Mapping[str, Any], scale: int) -> int | None:
     sample_size = unet.get("sample_size")
-    if not isinstance(sample_size, int):
-        return None
-    return sample_size * vae_scale_factor(read_config(folder / "vae" / "config.json"))
+    return sample_size * scale if isinstance(sample_size, int) else None
+
+
+def native_size(ref: str, models_dir: Path) -> int | None:
+    """The side in pixels of the square images the local model `ref` makes by default (its UNet's
+    `sample_size` times its VAE's scale factor, as diffusers' pipelines work it out); None when its
+    configs aren't here to read or don't tell."""
+    found = unet_and_scale(ref, models_dir)
+    return _native(*found) if found is not None else None
 
 
 def _size_problem(
     ref: str, width: int | None, height: int | None, batch_size: int, models_dir: Path
 ) -> str | None:
-    folder = model_folder(ref, models_dir)
-    unet = read_config(folder / "unet" / "config.json") if folder is not None else None
-    if folder is None or unet is None:
+    found = unet_and_scale(ref, models_dir)
+    if found is None:
         return None
-    scale = vae_scale_factor(read_config(folder / "vae" / "config.json"))
-    native = native_size(ref, models_dir)
+    unet, scale = found
+    native = _native(unet, scale)
     width, height = width or native, height or native
     if width is None or height is None:
         return None

@@ -8,7 +8,7 @@ bomb) is refused before it costs memory. Only a few formats are parsed at all.
 import io
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -55,7 +55,11 @@ def inspect_image(data: bytes) -> ImageInfo:
     The size is the one the image has once its EXIF orientation is applied, as diffusers' `load_image`
     does. Raises `BadImage`.
     """
-    return _decode(data, "image")[1]
+    image, info = _decode(data, "image")
+    # Only here, where the API checks what a job names: a worker's `open_image` has no use for it.
+    extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return replace(info, flat=all(low == high for low, high in bands))
 
 
 def open_image(data: bytes, role: Role = "image") -> Image.Image:
@@ -90,10 +94,7 @@ def _decode(data: bytes, role: Role) -> tuple[Image.Image, ImageInfo]:
     # `verify` leaves the image unusable and does not decode every format: decode it for real.
     decoded = decode_image(data)
     image = normalize_image(decoded, role=role)
-    extrema = image.getextrema()
-    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    flat = all(low == high for low, high in bands)
-    return image, ImageInfo(image.width, image.height, format=str(decoded.format), flat=flat)
+    return image, ImageInfo(image.width, image.height, format=str(decoded.format))
 
 
 def store_upload(data: bytes, storage: Storage) -> tuple[str, ImageInfo]:
