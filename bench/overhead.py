@@ -1,7 +1,12 @@
 """What the job system costs: the same text2img workload as a bare diffusers loop and as jobs.
 
 (a) a bare loop: this process, the pipeline loaded once, one call per job;
-(b) diffq: API → Redis → worker → storage, on a warm worker (one job run before timing).
+(b) diffq: API → Redis → worker → storage, on a warm worker (one job run before timing), in two ways:
+    - one by one: the jobs submitted one request each, timed from the first submission to the last
+      finish (what a client sees, the API's time included);
+    - a backlog: the jobs submitted as one batch, timed from the first job's start to the last one's
+      finish (the worker's own time per job: the issue's "worker-side time per job outside the
+      diffusers call" is this minus the bare call).
 
 Both run in this one process run on the tiny model (64×64, `--steps` steps), in alternating rounds so
 that other load on the machine falls on both alike. The worker runs with fusion off
@@ -72,19 +77,22 @@ def bare_round(pipe, seeds: range) -> float:
     return time.perf_counter() - start
 
 
-def diffq_round(client, seeds: range) -> tuple[float, list[float]]:
-    """Seconds from the first submission to the last finish (server clock), and per-job hold times."""
+def diffq_round(client, seeds: range, backlog: bool = False) -> tuple[float, list[float]]:
+    """Seconds from the first submission to the last finish (server clock), or with `backlog` (the jobs
+    submitted as one batch) from the first start to the last finish; and per-job hold times."""
     from tests.utils.jobs import wait_finished
 
-    ids = [
-        client.submit({"type": "text2img", "model": "tiny-sd", "params": PARAMS | {"seed": s}})["id"]
-        for s in seeds
-    ]
+    specs = [{"type": "text2img", "model": "tiny-sd", "params": PARAMS | {"seed": s}} for s in seeds]
+    if backlog:
+        batch = client.submit_batch({"jobs": specs})
+        ids = [job["id"] for job in client.jobs(batch_id=batch["id"], limit=1000)["data"]]
+    else:
+        ids = [client.submit(spec)["id"] for spec in specs]
     # Poll slowly: the poller shares the CPU with the worker being measured.
     done = [wait_finished(client, job_id, timeout=600, poll_s=0.5) for job_id in ids]
     assert all(job["status"] == "succeeded" for job in done), [job["error"] for job in done]
     at = {key: [datetime.fromisoformat(job[key]) for job in done] for key in done[0] if key.endswith("_at")}
-    elapsed = (max(at["finished_at"]) - min(at["created_at"])).total_seconds()
+    elapsed = (max(at["finished_at"]) - min(at["started_at" if backlog else "created_at"])).total_seconds()
     held = [(f - s).total_seconds() for s, f in zip(at["started_at"], at["finished_at"], strict=True)]
     return elapsed, held
 
@@ -113,9 +121,11 @@ def start_worker(env: dict[str, str], name: str, root: Path = ROOT):
 
 
 def timed_rounds(client, env, variants: dict[str, Path], pipe, args) -> dict[str, tuple[float, list[float]]]:
-    """Per variant ("bare", and a worker per checkout): seconds for all rounds, and per-job hold times."""
+    """Per variant ("bare", and per checkout a worker fed one by one and one fed a backlog, "<name>
+    backlog"): seconds for all rounds, and per-job hold times."""
     per_round = args.jobs // args.rounds
-    totals: dict[str, tuple[float, list[float]]] = {name: (0.0, []) for name in ["bare", *variants]}
+    names = ["bare", *variants, *(f"{name} backlog" for name in variants)]
+    totals: dict[str, tuple[float, list[float]]] = {name: (0.0, []) for name in names}
     bare_round(pipe, range(1))  # warm
     for r in range(args.rounds):
         seeds = range(r * per_round, (r + 1) * per_round)
@@ -124,11 +134,12 @@ def timed_rounds(client, env, variants: dict[str, Path], pipe, args) -> dict[str
             worker = start_worker(env, name, root)
             try:
                 diffq_round(client, range(1000 + r, 1001 + r))  # warm: the model loaded
-                elapsed, held = diffq_round(client, seeds)
+                for key, backlog in ((name, False), (f"{name} backlog", True)):
+                    elapsed, held = diffq_round(client, seeds, backlog)
+                    seconds, all_held = totals[key]
+                    totals[key] = (seconds + elapsed, all_held + held)
             finally:
                 worker.stop()
-            seconds, all_held = totals[name]
-            totals[name] = (seconds + elapsed, all_held + held)
     return totals
 
 
@@ -157,10 +168,15 @@ def main() -> None:
     for name in variants:
         seconds, held = totals[name]
         queued = jobs / seconds
-        print(f"{name:>9}: API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
+        print(f"{name:>9}: one by one, API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
         print(f"  of which a worker held each job {1000 * sum(held) / len(held):6.1f} ms on average")
         print(f"  overhead per job (diffq - bare): {1000 / queued - 1000 / bare:6.1f} ms")
         print(f"  ratio (diffq / bare): {queued / bare:7.3f}")
+        seconds, _held = totals[f"{name} backlog"]
+        drained = jobs / seconds
+        print(f"{name:>9}: a backlog, first start to last finish: {drained:7.2f} jobs/s ({1000 / drained:6.1f} ms a job)")
+        print(f"  worker-side overhead per job (diffq - bare): {1000 / drained - 1000 / bare:6.1f} ms")
+        print(f"  ratio (diffq / bare): {drained / bare:7.3f}")
 
 
 if __name__ == "__main__":
