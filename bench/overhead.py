@@ -168,13 +168,15 @@ def main() -> None:
     for name in variants:
         seconds, held = totals[name]
         queued = jobs / seconds
-        print(f"{name:>9}: one by one, API → Redis → worker: {queued:7.2f} jobs/s ({1000 / queued:6.1f} ms a job)")
+        print(f"{name:>9}: one by one, API → Redis → worker: {queued:7.2f} jobs/s", end="")
+        print(f" ({1000 / queued:6.1f} ms a job)")
         print(f"  of which a worker held each job {1000 * sum(held) / len(held):6.1f} ms on average")
         print(f"  overhead per job (diffq - bare): {1000 / queued - 1000 / bare:6.1f} ms")
         print(f"  ratio (diffq / bare): {queued / bare:7.3f}")
         seconds, _held = totals[f"{name} backlog"]
         drained = jobs / seconds
-        print(f"{name:>9}: a backlog, first start to last finish: {drained:7.2f} jobs/s ({1000 / drained:6.1f} ms a job)")
+        print(f"{name:>9}: a backlog, first start to last finish: {drained:7.2f} jobs/s", end="")
+        print(f" ({1000 / drained:6.1f} ms a job)")
         print(f"  worker-side overhead per job (diffq - bare): {1000 / drained - 1000 / bare:6.1f} ms")
         print(f"  ratio (diffq / bare): {drained / bare:7.3f}")
 

@@ -14,13 +14,14 @@ Each status change records its webhook event (core/webhooks.py) in the same tran
 
 import uuid
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Integer, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.scheduling import Claimer, claim_params, next_job_query, serialize_claims
+from core.scheduling import Claimer, claim_params, next_job_cte, serialize_claims
 from core.tables import Job, JobMetric, JobStatus, utcnow
 from core.webhooks import record_job_event, record_job_events
 
@@ -46,13 +47,17 @@ def _worker_lost(max_attempts: int, now: Any) -> dict[str, Any]:
     }
 
 
-def _start(
-    session: Session, chosen: Any, claimer: Claimer, params: dict[str, Any] | None = None
-) -> list[Job]:
-    """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE, whose bind
-    parameters `params` gives) names."""
-    now = utcnow()
-    claimed = session.scalars(
+# The claim's bind parameters that change with each claim, beside `claim_params`'s.
+CLAIMED_AT, LEASE_UNTIL = "b_claimed_at", "b_lease_until"
+FUSE_KEY, OWNER, LIMIT = "b_fuse_key", "b_owner", "b_limit"
+
+
+@lru_cache(maxsize=64)
+def _start_statement(chosen: Any, claimer: Claimer) -> Any:
+    """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE, built once per
+    claimer) names, returning the jobs; run with `_times`. Built once per CTE: building it cost a worker
+    about a millisecond a claim."""
+    return (
         update(Job)
         .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
         .values(
@@ -60,15 +65,23 @@ def _start(
             worker=claimer.worker,
             device=claimer.device,
             attempts=Job.attempts + 1,
-            lease_expires_at=lease_until(),
-            started_at=now,
-            updated_at=now,
+            lease_expires_at=bindparam(LEASE_UNTIL, type_=Job.lease_expires_at.type),
+            started_at=bindparam(CLAIMED_AT, type_=Job.started_at.type),
+            updated_at=bindparam(CLAIMED_AT, type_=Job.updated_at.type),
             error=None,
         )
         .returning(Job)
-        .execution_options(synchronize_session=False, populate_existing=True),
-        params or {},
-    ).all()
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+def _times() -> dict[str, Any]:
+    now = utcnow()
+    return {CLAIMED_AT: now, LEASE_UNTIL: now + timedelta(seconds=get_settings().lease_s)}
+
+
+def _started(session: Session, claimed: list[Job]) -> list[Job]:
+    """Record the `started` webhook events of the jobs just claimed; the jobs in claim order."""
     # Only the jobs whose webhook asks for it cost a write (core/webhooks.py).
     if hooked := [job.id for job in claimed if job.webhook and "started" in job.webhook.get("events", ())]:
         record_job_events(session, hooked, "started")
@@ -82,10 +95,31 @@ def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
     """
     settings = get_settings()
     serialize_claims(session, settings)
-    # A materialized CTE, evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
-    # run again per row by the planner and claim more than n jobs.
-    chosen = next_job_query(claimer, settings, limit).cte("chosen").prefix_with("MATERIALIZED")
-    return _start(session, chosen, claimer, claim_params(settings, utcnow()))
+    statement = _start_statement(next_job_cte(claimer, settings, limit), claimer)
+    params = claim_params(settings, utcnow()) | _times()
+    return _started(session, session.scalars(statement, params).all())
+
+
+@lru_cache(maxsize=64)
+def _partners_statement(claimer: Claimer, one_owner: bool) -> Any:
+    """What `claim_partners` runs, built once per claimer."""
+    conditions = [
+        Job.status == JobStatus.QUEUED,
+        Job.fuse_key == bindparam(FUSE_KEY, type_=Job.fuse_key.type),
+        Job.queue.in_(claimer.queues),
+    ]
+    if one_owner:
+        conditions.append(Job.owner == bindparam(OWNER, type_=Job.owner.type))
+    chosen = (
+        select(Job.id)
+        .where(*conditions)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(bindparam(LIMIT, type_=Integer))
+        .with_for_update(skip_locked=True)
+        .cte("partners")
+        .prefix_with("MATERIALIZED")
+    )
+    return _start_statement(chosen, claimer)
 
 
 def claim_partners(session: Session, lead: Job, claimer: Claimer, limit: int) -> list[Job]:
@@ -97,29 +131,16 @@ def claim_partners(session: Session, lead: Job, claimer: Claimer, limit: int) ->
     if lead.fuse_key is None or limit < 1 or claimer.only is not None:
         return []
     settings = get_settings()
-    conditions = [
-        Job.status == JobStatus.QUEUED,
-        Job.fuse_key == lead.fuse_key,
-        Job.queue.in_(claimer.queues),
-    ]
+    params: dict[str, Any] = {FUSE_KEY: lead.fuse_key, OWNER: lead.owner}
     if settings.max_running_jobs:
         running = session.scalar(
             select(func.count()).where(Job.owner == lead.owner, Job.status == JobStatus.RUNNING)
         )
         limit = min(limit, settings.max_running_jobs - (running or 0))
-        conditions.append(Job.owner == lead.owner)
         if limit < 1:
             return []
-    chosen = (
-        select(Job.id)
-        .where(*conditions)
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("partners")
-        .prefix_with("MATERIALIZED")
-    )
-    return _start(session, chosen, claimer)
+    statement = _partners_statement(claimer, bool(settings.max_running_jobs))
+    return _started(session, session.scalars(statement, params | {LIMIT: limit} | _times()).all())
 
 
 def _running(job_id: uuid.UUID, attempt: int) -> Any:

@@ -53,11 +53,12 @@ last slot; without a limit nothing serializes claims.
 Wake-ups (core/queue.py, workers/wakeup.py). Submitting jobs sends at most one message per live worker
 that serves their queue, or one when no worker is known: a 10,000-job batch costs the broker a handful
 of messages. A wake-up goes to the direct queue of an idle worker that has the job's model loaded, else
-to the shared queue. A worker that ran a job wakes itself (its direct queue) while its queues hold work,
-so a worker drains the queue one claim per task and each task shows in Flower with the job or jobs it
-ran. And an idle worker reads the jobs table every `DIFFQ_IDLE_POLL_S` and wakes itself if there is
-work it could claim: every queued job runs while an eligible worker is idle, whatever the broker lost
-and whoever took its messages.
+to the shared queue. A task claims the next job itself once a call ends, for a few seconds
+(workers/tasks.py `TASK_RUNS_FOR_S`), and a worker that ran a task wakes itself (its direct queue) while
+its queues hold work: so a worker drains the queue without a Celery hand-off per job, and each task shows
+in Flower with the jobs it ran. And an idle worker reads the jobs table every `DIFFQ_IDLE_POLL_S` and
+wakes itself if there is work it could claim: every queued job runs while an eligible worker is idle,
+whatever the broker lost and whoever took its messages.
 """
 
 import uuid
@@ -165,13 +166,24 @@ STARVED_BEFORE = "starved_before"
 def next_job_query(claimer: Claimer, settings: Settings, limit: int = 1) -> Select:
     """The ids of the `limit` best queued jobs for `claimer`, in the order of the module's docstring,
     locked for the claim (`FOR UPDATE SKIP LOCKED` on Postgres). Run it with `claim_params`."""
-    return _next_job_query(
-        claimer,
-        settings.max_running_jobs,
-        settings.fair_share,
-        settings.affinity and bool(claimer.models),
-        limit,
-    )
+    return _next_job_query(*_query_key(claimer, settings, limit))
+
+
+def next_job_cte(claimer: Claimer, settings: Settings, limit: int = 1) -> Any:
+    """`next_job_query` as a materialized CTE, the same object for the same claimer and settings (so that
+    what is built on it can be cached too). Materialized, so evaluated once: a plain `IN (SELECT … LIMIT n
+    FOR UPDATE SKIP LOCKED)` may be run again per row by the planner and claim more than n jobs."""
+    return _next_job_cte(*_query_key(claimer, settings, limit))
+
+
+def _query_key(claimer: Claimer, settings: Settings, limit: int) -> tuple[Claimer, int, bool, bool, int]:
+    affinity = settings.affinity and bool(claimer.models)
+    return claimer, settings.max_running_jobs, settings.fair_share, affinity, limit
+
+
+@lru_cache(maxsize=64)
+def _next_job_cte(*key: Any) -> Any:
+    return _next_job_query(*key).cte("chosen").prefix_with("MATERIALIZED")
 
 
 def claim_params(settings: Settings, now: datetime) -> dict[str, datetime]:

@@ -6,10 +6,11 @@ SQLite and Postgres and needs no service beyond the database the jobs already li
 fresh as its `last_seen`: one older than `DIFFQ_WORKER_STALE_S` is a worker that is gone.
 """
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from core.tables import WorkerNode, utcnow
@@ -49,6 +50,24 @@ def update_worker(session: Session, name: str, **values: Any) -> bool:
         update(WorkerNode).where(WorkerNode.name == name).values(last_seen=utcnow(), **values)
     ).rowcount
     return updated == 1
+
+
+# What `mark_worker_busy` runs, built once: it runs at every claim.
+_MARK_BUSY = (
+    update(WorkerNode)
+    .where(WorkerNode.name == bindparam("worker_name"))
+    .values(
+        last_seen=bindparam("now", type_=WorkerNode.last_seen.type),
+        current_job=bindparam("job_id", type_=WorkerNode.current_job.type),
+        current_model=bindparam("model", type_=WorkerNode.current_model.type),
+    )
+)
+
+
+def mark_worker_busy(session: Session, name: str, job_id: uuid.UUID, model: str | None) -> None:
+    """Mark worker `name` busy with job `job_id` on `model` (`update_worker`, at each claim). The caller
+    commits."""
+    session.execute(_MARK_BUSY, {"worker_name": name, "now": utcnow(), "job_id": job_id, "model": model})
 
 
 def record_finished_job(

@@ -27,6 +27,7 @@ from core.scheduling import Claimer, serves_training
 from core.tables import WorkerNode
 from core.worker_nodes import (
     fresh_worker,
+    mark_worker_busy,
     record_finished_job,
     register_worker,
     remove_worker,
@@ -213,7 +214,7 @@ def mark_busy(session: Session, job_id: uuid.UUID, model: str | None) -> None:
     """Mark this worker busy with job `job_id` (the lead of its call) on `model`, in the caller's
     transaction (the claim's: one commit for both). Nothing outside a worker (a task run in-process)."""
     if NODE.name is not None:
-        update_worker(session, NODE.name, current_job=job_id, current_model=model)
+        mark_worker_busy(session, NODE.name, job_id, model)
 
 
 def record_jobs(session: Session, runs: list[JobRun], busy_seconds: float) -> None:

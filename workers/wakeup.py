@@ -5,8 +5,9 @@ Wake-ups (core/queue.py) are how work usually reaches a worker at once, but a br
 (flushed, restarted without its data), a stray consumer can take them, and a batch sends fewer than it
 has jobs. So, in the pool process that runs the jobs, a thread asks the jobs table every
 `DIFFQ_IDLE_POLL_S`, while no task runs, whether there is a job this worker could claim, and if so sends
-the worker a wake-up in its own direct queue. A worker that has just run a job does the same at once
-(`wake_self`), which is how one worker drains a queue: one claim per task.
+the worker a wake-up in its own direct queue. A worker that has started a task does the same at once
+(`wake_self`), which is how one worker drains a queue: task after task, each running jobs for a few
+seconds (workers/tasks.py).
 
 One wake-up at a time: after sending one, the worker sends no other until a task has started, or until
 `LOST_AFTER_POLLS` polls have passed without one (the message was lost).
