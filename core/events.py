@@ -153,12 +153,16 @@ class EventStore(ABC):
     def publish(self, stream: str, kind: str, data: dict[str, Any]) -> str:
         """Append an event (its `data` gets `ts`, the wall-clock time in seconds); return its id."""
 
-    @abstractmethod
     def publish_step(
         self, job_id: uuid.UUID, progress: dict[str, Any], also: Sequence[NewEvent] = ()
     ) -> bool:
         """Append a `progress` event to the job's stream (and the events `also`); True if the job was
         canceled (read with it)."""
+        return self.publish_checking(job_id, [(job_stream(job_id), PROGRESS, progress), *also])
+
+    @abstractmethod
+    def publish_checking(self, job_id: uuid.UUID, events: Sequence[NewEvent]) -> bool:
+        """Append `events`; True if job `job_id` was canceled, read in the same round trip."""
 
     @abstractmethod
     def signal_cancel(self, job_ids: Iterable[uuid.UUID]) -> None:
@@ -250,13 +254,10 @@ class RedisEventStore(EventStore):
             self._add(pipe, stream, kind, data)
         pipe.execute()
 
-    def publish_step(
-        self, job_id: uuid.UUID, progress: dict[str, Any], also: Sequence[NewEvent] = ()
-    ) -> bool:
-        # One round trip: the step goes out and the cancel flag comes back.
+    def publish_checking(self, job_id: uuid.UUID, events: Sequence[NewEvent]) -> bool:
+        # One round trip: the events go out and the cancel flag comes back.
         pipe = self.client.pipeline(transaction=False)
-        self._add(pipe, job_stream(job_id), PROGRESS, progress)
-        for stream, kind, data in also:
+        for stream, kind, data in events:
             self._add(pipe, stream, kind, data)
         pipe.exists(self.cancel_key(job_id))
         return bool(pipe.execute()[-1])
@@ -361,10 +362,8 @@ class DatabaseEventStore(EventStore):
         session.execute(delete(JobEvent).where(JobEvent.created_at < cutoff))
         session.execute(delete(JobPreview).where(JobPreview.updated_at < cutoff))
 
-    def publish_step(
-        self, job_id: uuid.UUID, progress: dict[str, Any], also: Sequence[NewEvent] = ()
-    ) -> bool:
-        self.publish_many([(job_stream(job_id), PROGRESS, progress), *also])
+    def publish_checking(self, job_id: uuid.UUID, events: Sequence[NewEvent]) -> bool:
+        self.publish_many(events)
         return self.canceled(job_id)
 
     def signal_cancel(self, job_ids: Iterable[uuid.UUID]) -> None:
@@ -450,6 +449,8 @@ class JobEvents:
         self.stream = job_stream(job_id)
         self.failed = False
         self.batch_published = float("-inf")
+        # The cancel flag as `started` read it, for the runner's check before its first step.
+        self.read_with_start: bool | None = None
 
     @classmethod
     def for_job(cls, job: Job) -> "JobEvents":
@@ -466,11 +467,22 @@ class JobEvents:
 
     def status(self, status: str, **data: Any) -> None:
         """A status change, to the job's stream and to its batch's."""
+        self._quietly("publish its status", lambda: self.store.publish_many(self._status(status, data)), None)
+
+    def started(self, **data: Any) -> None:
+        """The `running` status (`status`), and the cancel flag read in the same round trip, which answers
+        the runner's check before its first step (`canceled(at_start=True)`)."""
+        events = self._status(JobStatus.RUNNING, data)
+        self.read_with_start = self._quietly(
+            "publish its status", lambda: self.store.publish_checking(self.job_id, events), None
+        )
+
+    def _status(self, status: str, data: dict[str, Any]) -> list[NewEvent]:
         events = [(self.stream, STATUS, {"status": status, **data})]
         if self.batch_id is not None:
             job = {"job_id": str(self.job_id), "batch_index": self.batch_index, "status": status, **data}
             events.append((batch_stream(self.batch_id), JOB, job))
-        self._quietly("publish its status", lambda: self.store.publish_many(events), None)
+        return events
 
     def step(self, progress: dict[str, Any]) -> bool:
         """Publish a finished step; True if the job was canceled since (read in the same round trip).
@@ -488,7 +500,12 @@ class JobEvents:
             "publish a step", lambda: self.store.publish_step(self.job_id, progress, also), False
         )
 
-    def canceled(self) -> bool:
+    def canceled(self, at_start: bool = False) -> bool:
+        """Whether the job was canceled. `at_start`: the runner's check before its first step, answered
+        by the read `started` made, if it made one."""
+        read, self.read_with_start = self.read_with_start, None
+        if at_start and read is not None:
+            return read
         return self._quietly("read the cancel flag", lambda: self.store.canceled(self.job_id), False)
 
     def preview(self, step: int, image: bytes, content_type: str) -> None:

@@ -168,7 +168,7 @@ class ProgressReporter:
             self.flush()
             return
         self.last_write = self.clock()
-        self.check()
+        self.check(at_start=True)
 
     def flush(self) -> None:
         self.last_write = self.last_check = self.clock()
@@ -184,12 +184,14 @@ class ProgressReporter:
         if interval is None or self.last_check is None or self.clock() - self.last_check >= interval:
             self.check()
 
-    def check(self) -> None:
-        """Raise JobCanceled if the job is no longer running; a read, cheaper than a write."""
+    def check(self, at_start: bool = False) -> None:
+        """Raise JobCanceled if the job is no longer running; a read, cheaper than a write. `at_start`:
+        the check before the first step, which the event stream may answer from the read it made when
+        the job started (core/events.py `JobEvents.started`)."""
         self.last_check = self.clock()
         self.checks += 1
         if self.events is not None:
-            if self.events.canceled():
+            if self.events.canceled(at_start):
                 raise JobCanceled(str(self.job_id))
         elif self.status is not None and self.status(self.job_id) != JobStatus.RUNNING:
             raise JobCanceled(str(self.job_id))

@@ -122,12 +122,13 @@ class JobRun:
 
         Schedulers may run more steps than asked (PNDM one more, Heun two per step but the last) and
         `strength` skips the first ones; the pipeline's own scheduler and `get_timesteps` say how many.
-        The job's scheduler is its own, and the call sets its timesteps again.
+        The job's scheduler is its own, and the call sets its timesteps again, on the pipeline's device: here
+        they are counted on the CPU (`pipe.device` walks every module, a millisecond a job).
         """
-        pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.device)
+        pipe.scheduler.set_timesteps(num_inference_steps, device="cpu")
         timesteps = pipe.scheduler.timesteps
         if strength is not None:
-            timesteps, _ = pipe.get_timesteps(num_inference_steps, strength, pipe.device)
+            timesteps, _ = pipe.get_timesteps(num_inference_steps, strength, "cpu")
         return self.start_progress(total=len(timesteps))
 
     def load_image(self, ref: ImageRef, role: Role = "image") -> Image.Image:

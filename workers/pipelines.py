@@ -9,6 +9,7 @@ scheduler choice or state never leaks into the next.
 import copy
 import weakref
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from core.schedulers import make_scheduler
 from models_store.cache import PipelineCache
 from models_store.load import load_pipeline, pick_device, pick_dtype, pipeline_for_task
 from models_store.memory import cache_budget_bytes, estimate_folder_bytes
-from models_store.registered import resolve_job_model
+from models_store.registered import REGISTRY_DIR, resolve_job_model
 
 
 @lru_cache
@@ -43,7 +44,7 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
 def get_base_pipeline(model_ref: str, task: str) -> Any:
     """The cached pipeline of `model_ref`, loaded for `task` if no task loaded it before."""
     settings = get_settings()
-    folder = resolve_job_model(model_ref, settings.models_dir)
+    folder = job_model_folder(model_ref, settings.models_dir)
     device, dtype = device_and_dtype()
     key = (str(folder), str(device), str(dtype))
     return get_cache().get_or_load(
@@ -53,6 +54,36 @@ def get_base_pipeline(model_ref: str, task: str) -> Any:
         # The model reference, as jobs name it: the fleet's affinity routing matches jobs on it.
         tag=model_ref,
     )
+
+
+# Per (model reference, models dir) that named a folder of the models dir or a Hub download: the folder,
+# and what `_stamp` said of it when `resolve_job_model` checked it.
+_FOLDERS: dict[tuple[str, Path], tuple[Path, tuple[int, int, int]]] = {}
+
+
+def job_model_folder(model_ref: str, models_dir: Path) -> Path:
+    """`resolve_job_model`, checked once per folder rather than once per job (its checks read the folder's
+    layout and files: about a millisecond a job): while the folder's `model_index.json` is the file that
+    was checked, the reference names the same folder. A registered model is resolved every time, since its
+    name may have been registered again, as a new version, since the last job; so is a folder without a
+    `model_index.json`."""
+    key = (model_ref, Path(models_dir))
+    known = _FOLDERS.get(key)
+    if known is not None and _stamp(known[0]) == known[1]:
+        return known[0]
+    folder = resolve_job_model(model_ref, models_dir)
+    if REGISTRY_DIR not in folder.parts and (stamp := _stamp(folder)) is not None:
+        _FOLDERS[key] = (folder, stamp)
+    return folder
+
+
+def _stamp(folder: Path) -> tuple[int, int, int] | None:
+    """The inode, modification time and size of `folder`'s `model_index.json`; None if it has none."""
+    try:
+        stat = (folder / "model_index.json").stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def get_pipeline(
@@ -84,13 +115,28 @@ def get_pipeline(
             raise BadInput(str(problem))
     if task == "unconditional":
         return pipeline_for_task(base, task)
-    return pipeline_for_task(base, task, job_scheduler)
+    return _own_pipeline(base, task, job_scheduler)
+
+
+def _own_pipeline(base: Any, task: str, scheduler: Any) -> Any:
+    """A pipeline of the job's own for `task` around `base`'s modules, with `scheduler`: a shallow copy of
+    the one `pipeline_for_task` made for the first such job, so that its call state (`_guidance_scale`,
+    `_num_timesteps`, ...) and scheduler are its own while the modules are shared. Making a pipeline with
+    `from_pipe` for every job cost a worker about a millisecond a job."""
+    made = _TASK_PIPELINES.setdefault(base, {})
+    if task not in made:
+        made[task] = pipeline_for_task(base, task)
+    pipe = copy.copy(made[task])
+    pipe.scheduler = scheduler  # DiffusionPipeline.__setattr__ gives the copy a config of its own
+    return pipe
 
 
 # Per cached pipeline, a scheduler of each name made once from its config; jobs get deep copies, which
 # are their own (schedulers keep state between steps) and take a fraction of `from_config`'s time (it
 # inspects every class's signature). Weak keys: an evicted pipeline takes its schedulers with it.
 _SCHEDULERS: "weakref.WeakKeyDictionary[Any, dict[str | None, Any]]" = weakref.WeakKeyDictionary()
+# Per cached pipeline, the pipeline made for each task, which jobs get copies of (`_own_pipeline`).
+_TASK_PIPELINES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 # Per cached pipeline, what `check_steps` said of each (scheduler, steps, strength) it checked.
 _CHECKED: "weakref.WeakKeyDictionary[Any, dict[tuple[str | None, int, float | None], BadInput | None]]" = (
     weakref.WeakKeyDictionary()

@@ -251,7 +251,7 @@ def _run(session: Session, jobs: list[Job], defer: bool) -> str:
     for run, job in zip(runs, jobs, strict=True):
         # Each job's event stream (core/events.py): every step, previews, the end; and its cancel flag.
         run.events = JobEvents.for_job(job)
-        run.events.status(JobStatus.RUNNING, worker=job.worker, attempt=job.attempts)
+        run.events.started(worker=job.worker, attempt=job.attempts)
         run.defer_outputs = defer
     if len(jobs) > 1:
         logger.info("running %d jobs as one call: %s", len(jobs), ", ".join(str(job.id) for job in jobs))
