@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 import redis
@@ -49,6 +49,9 @@ from core.config import Settings, get_settings
 from core.db import get_engine
 from core.event_fanout import LiveSubscription, StreamReader
 from core.tables import Job, JobEvent, JobPreview, JobStatus, utcnow
+
+if TYPE_CHECKING:
+    from core.jobs import Ended
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -524,14 +527,14 @@ class JobEvents:
         data = {"outputs": outputs}
         self._quietly("publish outputs", lambda: self.store.publish(self.stream, OUTPUTS, data), None)
 
-    def finished(self, job: Job) -> None:
+    def finished(self, job: "Job | Ended") -> None:
         """The job's final status as Postgres has it, with its outputs, error and last progress."""
         if job.status not in JobStatus.FINISHED:
             return
         self.status(job.status, **final_state(job))
 
 
-def final_state(job: Job) -> dict[str, Any]:
+def final_state(job: "Job | Ended") -> dict[str, Any]:
     """What a final `status` event carries besides the status (output URLs are added by the API)."""
     return {"outputs": list(job.outputs or []), "error": job.error, "progress": job.progress}
 

@@ -15,7 +15,7 @@ Each status change records its webhook event (core/webhooks.py) in the same tran
 import uuid
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Integer, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from core.config import get_settings
 from core.scheduling import Claimer, claim_params, next_job_cte, serialize_claims
 from core.tables import Job, JobMetric, JobStatus, utcnow
-from core.webhooks import record_job_event, record_job_events
+from core.webhooks import JobHooks, record_job_event, record_job_events
 
 WORKER_LOST = {
     "code": "worker_lost",
@@ -226,8 +226,9 @@ def finish_job(
     outputs: list[dict[str, Any]] | None = None,
     error: dict[str, str] | None = None,
     progress: dict[str, Any] | None = None,
-) -> bool:
-    """Move a running job to a final status. False if this attempt no longer runs it. The caller commits."""
+) -> "Ended | None":
+    """Move a running job to a final status: the state written, or None if this attempt no longer runs it.
+    The caller commits."""
     if status not in JobStatus.FINISHED:
         raise ValueError(f"{status!r} is not a final status")
     values: dict[str, Any] = {
@@ -242,10 +243,25 @@ def finish_job(
         values["error"] = error
     if progress is not None:
         values["progress"] = progress
-    finished = session.execute(update(Job).where(_running(job_id, attempt)).values(**values)).rowcount == 1
-    if finished:
-        record_job_event(session, job_id, status)
-    return finished
+    row = session.execute(
+        update(Job)
+        .where(_running(job_id, attempt))
+        .values(**values)
+        .returning(Job.status, Job.outputs, Job.error, Job.progress, Job.webhook, Job.batch_id)
+    ).first()
+    if row is None:
+        return None
+    record_job_event(session, job_id, status, JobHooks(job_id, row.webhook, row.batch_id))
+    return Ended(row.status, row.outputs, row.error, row.progress)
+
+
+class Ended(NamedTuple):
+    """A job's final state as `finish_job` wrote it (what its event stream's last `status` event says)."""
+
+    status: str
+    outputs: list[dict[str, Any]] | None
+    error: dict[str, Any] | None
+    progress: dict[str, Any] | None
 
 
 def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | None:

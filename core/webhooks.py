@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from sqlalchemy import delete, select, update
@@ -110,19 +110,36 @@ def _add_delivery(
     )
 
 
-def record_job_event(session: Session, job_id: uuid.UUID, event: str) -> None:
-    """Record `event` ("started", "succeeded", "failed", "canceled") of one job; see `record_job_events`."""
-    record_job_events(session, [job_id], event)
+class JobHooks(NamedTuple):
+    """What `record_job_events` reads of a job: its webhook and its batch."""
+
+    id: uuid.UUID
+    webhook: dict[str, Any] | None
+    batch_id: uuid.UUID | None
+
+
+def record_job_event(session: Session, job_id: uuid.UUID, event: str, hooks: JobHooks | None = None) -> None:
+    """Record `event` ("started", "succeeded", "failed", "canceled") of one job; see `record_job_events`.
+    `hooks`: the job's webhook and batch, when the caller's UPDATE returned them (a read less)."""
+    if hooks is None:
+        record_job_events(session, [job_id], event)
+    else:
+        _record_job_events(session, [hooks], event)
 
 
 def record_job_events(session: Session, job_ids: Sequence[uuid.UUID], event: str) -> None:
     """Add a delivery of `event` for each of `job_ids` whose webhook asks for it, and, when `event` ends
     the jobs, the `completed` delivery of each of their batches that has now ended. Called by the state
     change right after its UPDATE, in its transaction: the caller commits both together."""
-    batch_ids: set[uuid.UUID] = set()
     for start in range(0, len(job_ids), 500):
         chunk = job_ids[start : start + 500]
         rows = session.execute(select(Job.id, Job.webhook, Job.batch_id).where(Job.id.in_(chunk))).all()
+        _record_job_events(session, [JobHooks(*row) for row in rows], event)
+
+
+def _record_job_events(session: Session, rows: Sequence[JobHooks], event: str) -> None:
+    batch_ids: set[uuid.UUID] = set()
+    if rows:
         wanted = [row.id for row in rows if row.webhook and event in row.webhook.get("events", ())]
         if wanted:
             settings = get_settings()
@@ -140,11 +157,21 @@ def record_job_events(session: Session, job_ids: Sequence[uuid.UUID], event: str
             record_batch_completed(session, batch_id)
 
 
+# Batches whose webhook asks for no `completed` event. A batch's webhook is set when it is made and never
+# changes, so each process reads it once per batch instead of once per finished job. Bounded.
+_NO_COMPLETED_HOOK: dict[uuid.UUID, None] = {}
+
+
 def record_batch_completed(session: Session, batch_id: uuid.UUID) -> bool:
     """Add the batch's `completed` delivery if its webhook asks for it and every job has ended; True if
     it was added. Exactly once per batch, however many of its jobs end at once. The caller commits."""
+    if batch_id in _NO_COMPLETED_HOOK:
+        return False
     webhook = session.scalar(select(Batch.webhook).where(Batch.id == batch_id))
     if not webhook or "completed" not in webhook.get("events", ()):
+        if len(_NO_COMPLETED_HOOK) >= 10_000:
+            _NO_COMPLETED_HOOK.clear()
+        _NO_COMPLETED_HOOK[batch_id] = None
         return False
     # Held until the caller commits: whoever ends a job of this batch next counts after this commit.
     batch = session.scalars(

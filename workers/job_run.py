@@ -15,6 +15,7 @@ from core.errors import BadInput, NumericalError
 from core.events import JobEvents
 from core.images import Role, encode_png
 from core.job_types import parse_params
+from core.jobs import Ended
 from core.model_configs import norm_problem
 from core.progress import ProgressReporter, TrainingReporter
 from core.specs import ImageRef, Params
@@ -72,6 +73,8 @@ class JobRun:
     # `store_pending` encodes and uploads them later, off the denoising path.
     defer_outputs: bool = False
     pending: list[tuple[Image.Image, dict[str, Any]]] | None = None
+    # The job's final state as its end was written (workers/tasks.py), for its event stream's last event.
+    ended: Ended | None = None
 
     @classmethod
     def from_job(cls, job: Job, session: Session | None = None) -> "JobRun":

@@ -308,9 +308,12 @@ def _finish(runs: list[JobRun], outcomes: list[Outcome], busy_seconds: float) ->
 
 
 def _publish_end(session: Session, run: JobRun) -> None:
-    """The job's final state, as Postgres has it, to its event stream (best effort: a reader that misses
-    it ends the stream from Postgres)."""
+    """The job's final state, as Postgres has it (as its end was written, or read again), to its event
+    stream (best effort: a reader that misses it ends the stream from Postgres)."""
     if run.events is None:
+        return
+    if run.ended is not None:
+        run.events.finished(run.ended)
         return
     try:
         job = session.get(Job, run.job_id, populate_existing=True)
@@ -350,7 +353,7 @@ def _record(session: Session, run: JobRun, outcome: Outcome) -> str | dict[str, 
         log_failure(job_id, outcome)
         session.rollback()  # a runner's write may have failed halfway
         error = error_for(outcome)
-        _until_written(
+        run.ended = _until_written(
             session,
             lambda: finish_job(
                 session, run.job_id, attempt, JobStatus.FAILED, error=error, progress=progress
@@ -358,14 +361,14 @@ def _record(session: Session, run: JobRun, outcome: Outcome) -> str | dict[str, 
             f"the failure of job {job_id}",
         )
         return error
-    finished = _until_written(
+    run.ended = _until_written(
         session,
         lambda: finish_job(
             session, run.job_id, attempt, JobStatus.SUCCEEDED, outputs=outcome, progress=progress
         ),
         f"the end of job {job_id}",
     )
-    if not finished:
+    if run.ended is None:
         if job_status(session, run.job_id) == JobStatus.CANCELED:
             # Canceled between the last check and the finish: a canceled job keeps no outputs.
             logger.info("job %s was canceled as it finished; deleting its outputs", job_id)
