@@ -95,7 +95,8 @@ def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
     """
     settings = get_settings()
     serialize_claims(session, settings)
-    statement = _start_statement(next_job_cte(claimer, settings, limit), claimer)
+    dialect = session.get_bind().dialect.name
+    statement = _start_statement(next_job_cte(claimer, settings, dialect, limit), claimer)
     params = claim_params(settings, utcnow()) | _times()
     return _started(session, session.scalars(statement, params).all())
 

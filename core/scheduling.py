@@ -67,10 +67,11 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, and_, bindparam, func, select, text
+from sqlalchemy import Select, and_, bindparam, false, func, select, text
 from sqlalchemy.orm import Session, aliased
 
 from core.config import Settings, get_settings
+from core.indexed_claim import STARVED_BEFORE, indexed_next_job
 from core.job_types import TRAINING_TYPES
 from core.tables import Job, JobStatus
 
@@ -158,9 +159,9 @@ def _owner_shares(claimer: Claimer) -> Any:
     )
 
 
-# The claim's one value that changes with time, bound when it runs (`claim_params`): the query itself is
-# built once per claimer and settings, since building it costs a worker several milliseconds a claim.
-STARVED_BEFORE = "starved_before"
+# The claim's one value that changes with time, `STARVED_BEFORE`, is bound when it runs (`claim_params`):
+# the query itself is built once per claimer and settings, since building it costs a worker several
+# milliseconds a claim.
 
 
 def next_job_query(claimer: Claimer, settings: Settings, limit: int = 1) -> Select:
@@ -169,11 +170,28 @@ def next_job_query(claimer: Claimer, settings: Settings, limit: int = 1) -> Sele
     return _next_job_query(*_query_key(claimer, settings, limit))
 
 
-def next_job_cte(claimer: Claimer, settings: Settings, limit: int = 1) -> Any:
-    """`next_job_query` as a materialized CTE, the same object for the same claimer and settings (so that
-    what is built on it can be cached too). Materialized, so evaluated once: a plain `IN (SELECT … LIMIT n
-    FOR UPDATE SKIP LOCKED)` may be run again per row by the planner and claim more than n jobs."""
+def next_job_cte(claimer: Claimer, settings: Settings, dialect: str, limit: int = 1) -> Any:
+    """`next_job_query`'s choice as a materialized CTE with one column, `id`, the same object for the same
+    claimer and settings (so that what is built on it can be cached too). On Postgres, a worker's claim of
+    one job walks the claim indexes instead of sorting the queue (core/indexed_claim.py); the same job
+    comes out. Materialized, so evaluated once: a plain `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may
+    be run again per row by the planner and claim more than n jobs."""
+    if dialect == "postgresql" and limit == 1 and claimer.only is None:
+        affinity = settings.affinity and bool(claimer.models)
+        return _indexed_cte(
+            claimer.queues,
+            claimer.models if affinity else (),
+            claimer.trains,
+            settings.max_running_jobs,
+            settings.fair_share,
+            affinity,
+        )
     return _next_job_cte(*_query_key(claimer, settings, limit))
+
+
+@lru_cache(maxsize=64)
+def _indexed_cte(*key: Any) -> Any:
+    return indexed_next_job(*key).cte("chosen").prefix_with("MATERIALIZED")
 
 
 def _query_key(claimer: Claimer, settings: Settings, limit: int) -> tuple[Claimer, int, bool, bool, int]:
@@ -205,7 +223,9 @@ def _next_job_query(
     starved = Job.created_at < bindparam(STARVED_BEFORE, type_=Job.created_at.type)
     order.append(starved.desc())
     if affinity:
-        order.append(Job.model.in_(claimer.models).desc())
+        # A job without a model (training from scratch) has no affinity: false, not NULL, which DESC
+        # would sort first.
+        order.append(func.coalesce(Job.model.in_(claimer.models), false()).desc())
     # The sort runs over the candidates whatever the index (its keys above are expressions); one more
     # key, compared only between jobs of one age, costs nothing measurable.
     order += [Job.created_at.asc(), Job.batch_index.asc().nulls_last(), Job.id.asc()]

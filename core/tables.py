@@ -106,6 +106,29 @@ class Job(Base):
             sqlite_where=_QUEUED,
         ),
         Index("ix_jobs_queued_fuse_key", "fuse_key", postgresql_where=_QUEUED, sqlite_where=_QUEUED),
+        # The claim's index walk on Postgres (core/indexed_claim.py, migration 0009): each queue's owners
+        # with queued jobs, and each one's jobs in claim order, all of them or one model's.
+        Index(
+            "ix_jobs_claim",
+            "queue",
+            "owner",
+            text("priority DESC"),
+            "created_at",
+            "batch_index",
+            "id",
+            postgresql_where=_QUEUED,
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_jobs_claim_model",
+            "queue",
+            "owner",
+            "model",
+            text("priority DESC"),
+            "created_at",
+            "batch_index",
+            "id",
+            postgresql_where=_QUEUED,
+        ).ddl_if(dialect="postgresql"),
         Index("ix_jobs_owner_started_at", "owner", "started_at"),
     )
 

@@ -7,12 +7,24 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 
 from core.config import Settings, get_settings
 from core.db import db_session
+from core.indexed_claim import indexed_next_job
 from core.jobs import claim, claim_partners, finish_job
-from core.scheduling import Claimer, priority_problem, serves_training, work_for, worker_queues
+from core.scheduling import (
+    Claimer,
+    claim_params,
+    next_job_query,
+    priority_problem,
+    serves_training,
+    work_for,
+    worker_queues,
+)
 from core.tables import Job, JobStatus, utcnow
 from tests.utils.db import in_session
 
@@ -266,3 +278,73 @@ def test_a_batch_runs_in_its_order(queue, settings) -> None:
         ids = [job.id for job in jobs]  # random: in their order one time in 30!
     order = [job.id for job in run_in_order(claimer(queue), 30)]
     assert order == ids
+
+
+JOB_ROWS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "owner": st.sampled_from(["a", "a", "b", "c"]),
+            "queue": st.sampled_from([0, 0, 1]),
+            "priority": st.sampled_from([0, 0, 0, 1, -1]),
+            # Past the 30 s affinity bound or not; equal ages make ties for batch_index and the id.
+            "age_s": st.sampled_from([0, 0, 5, 40, 100]),
+            "model": st.sampled_from(["m1", "m2", "m2", "m2", None]),
+            "type": st.sampled_from(["text2img", "text2img", "train_lora"]),
+            "batch_index": st.none() | st.integers(0, 3),
+            "status": st.sampled_from(["queued", "queued", "queued", "running", "succeeded"]),
+        }
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@given(
+    rows=JOB_ROWS,
+    models=st.sampled_from([(), ("m1",), ("m1", "m2")]),
+    trains=st.booleans(),
+    fair_share=st.booleans(),
+    affinity=st.booleans(),
+    max_running=st.sampled_from([0, 1, 2]),
+    served=st.sampled_from([(0,), (0, 1)]),
+)
+@hypothesis_settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_index_walk_claims_the_job_the_full_order_claims(
+    database, rows, models, trains, fair_share, affinity, max_running, served
+) -> None:
+    """core/indexed_claim.py against `next_job_query`, on random queues: the same job, or none for both."""
+    queues = [f"walk-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    knobs = {"fair_share": fair_share, "affinity": affinity, "max_running_jobs": max_running}
+    settings = get_settings().model_copy(update=knobs | {"affinity_max_wait_s": 30.0})
+    who = Claimer(worker="w", queues=tuple(queues[i] for i in served), models=models, trains=trains)
+    now = utcnow()
+    with db_session() as session:
+        for row in rows:
+            created = now - timedelta(seconds=row["age_s"])
+            session.add(
+                Job(
+                    params={},
+                    queue=queues[row["queue"]],
+                    created_at=created,
+                    started_at=None if row["status"] == "queued" else created + timedelta(seconds=1),
+                    **{k: v for k, v in row.items() if k not in ("queue", "age_s")},
+                )
+            )
+        session.flush()
+        params = claim_params(settings, now)
+        full = session.scalar(next_job_query(who, settings), params)
+        walked = session.scalar(
+            indexed_next_job(
+                who.queues,
+                models if affinity and models else (),
+                trains,
+                max_running,
+                fair_share,
+                bool(affinity and models),
+            ),
+            params,
+        )
+        session.rollback()
+    assert walked == full, (rows, who, knobs)
