@@ -98,13 +98,34 @@ class JobFailed(Exception):
     with `task_acks_on_failure_or_timeout` (Celery's default), acknowledged, never redelivered."""
 
 
-@app.task(name=RUN_JOB_TASK, bind=True, Request=RunJobRequest, throws=(JobFailed,))
+# How long a task goes on taking jobs. After each call the task claims the next job itself, rather than
+# going back to Celery for the next wake-up: a hand-off (the result sent to the main process, the ack,
+# the next message fetched from the broker and passed to the pool) cost a worker several milliseconds a
+# job (bench/overhead.py). It stops when it finds no job, when one fails (so the task fails in Flower), or
+# once it has run this long or this many jobs: so a warm shutdown waits at most this long plus a call,
+# and the task's result, which names every job it ran, fits what Celery logs and sends to Flower
+# (`RESULT_MAX_CHARS`). The wake-up it sent at its start then carries on.
+TASK_RUNS_FOR_S = 5.0
+TASK_MAX_JOBS = 100
+# Celery cuts a task's result to `resultrepr_maxsize` (1,024 characters by default, about 18 jobs) in its
+# log line and in the event Flower reads. A job takes about 60 characters ("job <id>: storing outputs, "):
+# room for `TASK_MAX_JOBS` and a last fused call.
+RESULT_MAX_CHARS = 64 * (TASK_MAX_JOBS + get_settings().max_fused_images)
+
+
+@app.task(
+    name=RUN_JOB_TASK,
+    bind=True,
+    Request=RunJobRequest,
+    throws=(JobFailed,),
+    resultrepr_maxsize=RESULT_MAX_CHARS,
+)
 def run_job(self: Task, job_id: str) -> str:
     """A wake-up that names `job_id`: claim the best queued job for this worker (core/scheduling.py),
     with the jobs it can be fused with (workers/fusion.py), run them, then claim and run the next best,
-    for up to `TASK_RUNS_FOR_S`; return what became of each ("job <id>: storing outputs, job <id>:
-    canceled"), which Flower shows as the task's result. Called directly (in-process, not by a worker),
-    run the job `job_id` itself, alone.
+    for up to `TASK_RUNS_FOR_S` or `TASK_MAX_JOBS`; return what became of each ("job <id>: storing
+    outputs, job <id>: canceled"), which Flower shows as the task's result. Called directly (in-process,
+    not by a worker), run the job `job_id` itself, alone.
 
     Nothing is acknowledged that neither ran nor was handed back: a message this worker's database can't
     place, or that came while the database was unreachable, goes back to the broker (`Reject`).
@@ -121,24 +142,18 @@ def run_job(self: Task, job_id: str) -> str:
         # The next wake-up goes out while this call runs, so that it waits in the broker when the task ends.
         FINISHER.background(_wake_self, "could not wake this worker for its next job")
         ends: list[str] = []
+        ran = 0
         until = time.monotonic() + TASK_RUNS_FOR_S
         while jobs:
+            ran += len(jobs)
             try:
                 ends.append(_run(session, jobs, defer=True))
             except JobFailed as failed:
                 raise JobFailed(", ".join([*ends, str(failed)])) from None
             session.expunge_all()  # the jobs that ran are the finisher's now
-            jobs = _claim_next(session) if time.monotonic() < until else []
+            more = time.monotonic() < until and ran < TASK_MAX_JOBS
+            jobs = _claim_next(session) if more else []
         return ", ".join(ends)
-
-
-# How long a task goes on taking jobs. After each call the task claims the next job itself, rather than
-# going back to Celery for the next wake-up: a hand-off (the result sent to the main process, the ack,
-# the next message fetched from the broker and passed to the pool) cost a worker several milliseconds a
-# job (bench/overhead.py). It stops when it finds no job, when one fails (so the task fails in Flower), or
-# once it has run this long, so that a warm shutdown waits at most this long plus a job, and a task names
-# a short list of jobs. The wake-up it sent at its start then carries on.
-TASK_RUNS_FOR_S = 5.0
 
 
 def _claim_for(session: Session, who: Claimer) -> list[Job]:

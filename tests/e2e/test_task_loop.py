@@ -260,11 +260,6 @@ def test_canceling_a_running_job_in_a_backlog_cancels_only_it(client, loop_worke
     assert all(task["state"] == "SUCCESS" for task in tasks.values()), tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Celery cuts a task's result to resultrepr_maxsize (1024 chars) for its log line and "
-    "Flower, so a task that ran more than ~18 jobs names only the first ~18",
-)
 def test_flower_names_every_job_of_a_task_that_ran_many(client, loop_worker, flower) -> None:
     """A batch of like jobs: fused 8 to a call (workers/fusion.py), and the calls run in one task's loop.
     The task's result, which Flower shows, is to name every job it ran."""
