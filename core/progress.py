@@ -132,6 +132,8 @@ class ProgressReporter:
         self.last_check: float | None = None
         self.checks = 0
         self.current: dict[str, Any] = self._snapshot(0, {})
+        # Called once the last step is recorded (a worker claims its next job then: workers/next_claim.py).
+        self.on_last_step: Callable[[], None] | None = None
 
     def _snapshot(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
         elapsed = self.clock() - self.started
@@ -146,7 +148,8 @@ class ProgressReporter:
         }
 
     def update(self, step: int, **extra: Any) -> None:
-        """Record that `step` of `total` is done; raises JobCanceled if the job was canceled."""
+        """Record that `step` of `total` is done; raises JobCanceled if the job was canceled. At the last
+        step, then calls `on_last_step`, if set."""
         self.current = self._snapshot(step, extra)
         if self.events is not None and self.events.step(self.current):
             raise JobCanceled(str(self.job_id))
@@ -160,6 +163,8 @@ class ProgressReporter:
             and (self.last_check is None or now - self.last_check >= self.check_interval_s)
         ):
             self.check()
+        if step >= self.total and self.on_last_step is not None:
+            self.on_last_step()
 
     def start(self) -> None:
         """Record step 0 (raises JobCanceled if the job was canceled): written, or, when lazy, only the

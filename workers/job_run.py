@@ -1,6 +1,7 @@
 """What a runner gets for one job: its spec, a progress reporter and a place for its outputs."""
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -73,6 +74,8 @@ class JobRun:
     # `store_pending` encodes and uploads them later, off the denoising path.
     defer_outputs: bool = False
     pending: list[tuple[Image.Image, dict[str, Any]]] | None = None
+    # Called at the job's last denoising step (`ProgressReporter.on_last_step`): the task's next claim.
+    on_last_step: Callable[[], None] | None = None
     # The job's final state as its end was written (workers/tasks.py), for its event stream's last event.
     ended: Ended | None = None
 
@@ -115,6 +118,7 @@ class JobRun:
             # Every step goes to the event stream, and the job's end writes its last progress.
             eager=self.events is None,
         )
+        self.reporter.on_last_step = self.on_last_step
         self.reporter.start()
         return self.reporter
 

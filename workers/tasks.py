@@ -29,6 +29,7 @@ from core.config import get_settings
 from core.db import DB_UNAVAILABLE, db_session, get_engine, masked_url
 from core.errors import JobError, first_line
 from core.events import JobEvents, get_event_store
+from core.job_types import TRAINING_TYPES
 from core.jobs import claim, finish_job, hand_back, job_status, record_canceled_progress
 from core.progress import JobCanceled
 from core.queue import RUN_JOB_TASK
@@ -40,6 +41,7 @@ from workers.fleet import claimer, mark_busy, record_jobs
 from workers.fusion import claim_group, run_jobs
 from workers.job_run import JobRun
 from workers.lease import hold_leases
+from workers.next_claim import NextClaim
 from workers.runners.text2img import Outcome
 from workers.wakeup import IDLE_POLL
 
@@ -101,10 +103,10 @@ class JobFailed(Exception):
 # How long a task goes on taking jobs. After each call the task claims the next job itself, rather than
 # going back to Celery for the next wake-up: a hand-off (the result sent to the main process, the ack,
 # the next message fetched from the broker and passed to the pool) cost a worker several milliseconds a
-# job (bench/overhead.py). It stops when it finds no job, when one fails (so the task fails in Flower), or
-# once it has run this long or this many jobs: so a warm shutdown waits at most this long plus a call,
-# and the task's result, which names every job it ran, fits what Celery logs and sends to Flower
-# (`RESULT_MAX_CHARS`). The wake-up it sent at its start then carries on.
+# job (bench/overhead.py). It stops when it finds no job, or once it has run this long or this many jobs
+# (a job that fails does not stop it; the task fails at its end): so a warm shutdown waits at most this
+# long plus a call, and the task's result, which names every job it ran, fits what Celery logs and sends
+# to Flower (`RESULT_MAX_CHARS`). The wake-up it sent at its start then carries on.
 TASK_RUNS_FOR_S = 5.0
 TASK_MAX_JOBS = 100
 # Celery cuts a task's result to `resultrepr_maxsize` (1,024 characters by default, about 18 jobs) in its
@@ -141,19 +143,44 @@ def run_job(self: Task, job_id: str) -> str:
             return _run(session, jobs, defer=False)
         # The next wake-up goes out while this call runs, so that it waits in the broker when the task ends.
         FINISHER.background(_wake_self, "could not wake this worker for its next job")
-        ends: list[str] = []
-        ran = 0
-        until = time.monotonic() + TASK_RUNS_FOR_S
-        while jobs:
-            ran += len(jobs)
-            try:
-                ends.append(_run(session, jobs, defer=True))
-            except JobFailed as failed:
-                raise JobFailed(", ".join([*ends, str(failed)])) from None
-            session.expunge_all()  # the jobs that ran are the finisher's now
-            more = time.monotonic() < until and ran < TASK_MAX_JOBS
-            jobs = _claim_next(session) if more else []
-        return ", ".join(ends)
+        return _run_on(session, jobs)
+
+
+def _run_on(session: Session, jobs: list[Job]) -> str:
+    """Run `jobs`, then the jobs claimed after them, until there are none or the task has run long enough
+    (`TASK_RUNS_FOR_S`, `TASK_MAX_JOBS`); what became of each. A generation call's next claim starts at
+    its last denoising step (workers/next_claim.py). Raises `JobFailed`, naming every job, if one failed."""
+    ends: list[str] = []
+    failed = False
+    ran = 0
+    until = time.monotonic() + TASK_RUNS_FOR_S
+    while jobs:
+        ran += len(jobs)
+        more = time.monotonic() < until and ran < TASK_MAX_JOBS
+        generation = not any(job.type in TRAINING_TYPES for job in jobs)
+        ahead = NextClaim(_claim_apart) if more and generation else None
+        try:
+            ends.append(_run(session, jobs, defer=True, ahead=ahead))
+        except JobFailed as failure:
+            ends.append(str(failure))
+            failed = True
+        except BaseException:
+            if ahead is not None:
+                ahead.give_back()
+            raise
+        session.expunge_all()  # the jobs that ran are the finisher's now
+        if not more:
+            break
+        jobs = ahead.jobs() if ahead is not None and ahead.started else _claim_next(session)
+    if failed:
+        raise JobFailed(", ".join(ends))
+    return ", ".join(ends)
+
+
+def _claim_apart() -> list[Job]:
+    """`_claim_next` on a session of its own (the next-claim thread's)."""
+    with db_session() as session:
+        return _claim_next(session)
 
 
 def _claim_for(session: Session, who: Claimer) -> list[Job]:
@@ -256,18 +283,19 @@ def _until_written(session: Session, write: Callable[[], T], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _run(session: Session, jobs: list[Job], defer: bool) -> str:
+def _run(session: Session, jobs: list[Job], defer: bool, ahead: NextClaim | None = None) -> str:
     """Run claimed jobs (one, or a fused group) to their ends and record each; what became of each.
     Raises `JobFailed` if one failed.
 
     With `defer`, a call that made images leaves storing them and recording its jobs to the finisher
-    (workers/finisher.py), and returns while it works."""
+    (workers/finisher.py), and returns while it works. `ahead` starts at the call's last step."""
     runs = [JobRun.from_job(job, session) for job in jobs]
     for run, job in zip(runs, jobs, strict=True):
         # Each job's event stream (core/events.py): every step, previews, the end; and its cancel flag.
         run.events = JobEvents.for_job(job)
         run.events.started(worker=job.worker, attempt=job.attempts)
         run.defer_outputs = defer
+        run.on_last_step = ahead.start if ahead is not None else None
     if len(jobs) > 1:
         logger.info("running %d jobs as one call: %s", len(jobs), ", ".join(str(job.id) for job in jobs))
     leases = [(run.job_id, run.attempt) for run in runs]

@@ -1,0 +1,73 @@
+"""A task's next claim, made while the current call decodes its images.
+
+A task runs jobs one call after another (workers/tasks.py). The claim of the next job (one UPDATE over the
+jobs table, the worker's busy mark and a durable commit: 3-5 ms on a shared 2-core machine) used to wait
+for the call to end. It now starts when the call's last denoising step is recorded
+(`ProgressReporter.on_last_step`), on a thread of the pool process's own, and runs while the pipeline
+decodes the latents (the VAE, several milliseconds on a CPU, more for big images on a GPU), makes the
+images and the task hands them to the finisher (workers/finisher.py). The choice is still made by the
+claim's SQL (core/scheduling.py) at that moment, a few milliseconds before the worker is free, never a
+job ahead.
+
+Only after a generation call, and only while the task goes on (`TASK_RUNS_FOR_S`, `TASK_MAX_JOBS`). If
+the call stops before its last step (canceled, failed) nothing starts and the task claims as before. If
+the task ends by an unexpected error after the next jobs were claimed, it gives them back to the queue
+(`give_back`); a process that dies leaves them to `hand_back` and the leases, as any claimed job.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from core.db import db_session
+from core.errors import first_line
+from core.jobs import requeue_or_fail
+from core.tables import Job
+
+logger = logging.getLogger(__name__)
+
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One thread, made on first use in the process that uses it (a pool process forks after import)."""
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffq-next-claim")
+        return _executor
+
+
+class NextClaim:
+    """The next claim of one task: `start` it (at a last step; again is a no-op), then take its jobs."""
+
+    def __init__(self, claim: Callable[[], list[Job]]) -> None:
+        self._claim = claim
+        self._future: Future[list[Job]] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._future is not None
+
+    def start(self) -> None:
+        if self._future is None:
+            self._future = _pool().submit(self._claim)
+
+    def jobs(self) -> list[Job]:
+        """The jobs claimed (committed; detached from the claim's session); waits for the claim."""
+        assert self._future is not None, "the next claim never started"
+        return self._future.result()
+
+    def give_back(self) -> None:
+        """Put the jobs claimed, if any, back in the queue (their attempt counts as used)."""
+        if self._future is None:
+            return
+        try:
+            jobs = self._future.result()
+            with db_session() as session:
+                for job in jobs:
+                    requeue_or_fail(session, job.id, Job.worker == job.worker, Job.attempts == job.attempts)
+        except Exception as error:  # their leases run out and the reconciler gives them back
+            logger.warning("could not give back the jobs claimed next (%s)", first_line(error))
