@@ -1,16 +1,18 @@
 """The database engine and sessions, for the API's requests and the workers' tasks alike.
 
-Connections are checked before use (`pool_pre_ping`), so every process reconnects by itself once an
-unreachable database is back: what fails meanwhile raises one of `DB_UNAVAILABLE`, which the API answers
-with a 503 and a worker with giving its message back.
+Connections that sat idle in the pool are checked before use (`_ping_when_idle`), so every process
+reconnects by itself once an unreachable database is back: what fails meanwhile raises one of
+`DB_UNAVAILABLE`, which the API answers with a 503 and a worker with giving its message back.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
@@ -41,7 +43,34 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(
+        engine, "checkout", lambda connection, record, _proxy: _ping_when_idle(engine, connection, record)
+    )
+    return engine
+
+
+# A connection back in the pool for longer than this is pinged before it is handed out again.
+PING_IDLE_S = 1.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_when_idle(engine: Engine, dbapi_connection: Any, record: Any) -> None:
+    """SQLAlchemy's `pool_pre_ping`, for connections idle for `PING_IDLE_S`: one that was in use a moment
+    ago is known to work, and pinging it cost a round trip per transaction (about 3 ms a job for a worker
+    on a busy machine, bench/overhead.py). A connection that fails anyway (the database restarted within
+    the second) raises one of `DB_UNAVAILABLE`, and SQLAlchemy then drops every pooled connection. A
+    failed ping makes the pool replace the connection (`DisconnectionError`), as `pool_pre_ping` does."""
+    if time.monotonic() - record.info.get("checked_in_at", float("-inf")) < PING_IDLE_S:
+        return
+    try:
+        engine.dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        raise DisconnectionError(f"the connection is gone: {error}") from error
 
 
 def commit_without_waiting(session: Session) -> None:
