@@ -6,7 +6,8 @@
       finish (what a client sees, the API's time included);
     - a backlog: the jobs submitted as one batch, timed from the first job's start to the last one's
       finish (the worker's own time per job: the issue's "worker-side time per job outside the
-      diffusers call" is this minus the bare call).
+      diffusers call" is this minus the bare call, here with the API, Postgres and Redis on the same
+      cores; the worker also logs its own time outside the pipeline calls, which the report averages).
 
 Both run in this one process run on the tiny model (64×64, `--steps` steps), in alternating rounds so
 that other load on the machine falls on both alike. The worker runs with fusion off
@@ -24,6 +25,7 @@ same load, and the report puts them side by side.
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -97,6 +99,20 @@ def diffq_round(client, seeds: range, backlog: bool = False) -> tuple[float, lis
     return elapsed, held
 
 
+# Per variant, from its worker's log: (jobs, ms a job outside the pipeline calls) of each backlog task.
+OUTSIDE: dict[str, list[tuple[int, float]]] = {}
+TASK_LINE = re.compile(r"task ran (\d+) jobs in [\d.]+s; outside the pipeline calls: ([\d.]+) ms a job")
+
+
+def outside_calls(log_path: Path, offset: int) -> list[tuple[int, float]]:
+    """What the worker's tasks logged after `offset` of their time outside the pipeline calls (a revision
+    that does not log it gives nothing)."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    return [(int(jobs), float(ms)) for jobs, ms in TASK_LINE.findall(text)]
+
+
 def start_stack():
     import redis
 
@@ -135,9 +151,12 @@ def timed_rounds(client, env, variants: dict[str, Path], pipe, args) -> dict[str
             try:
                 diffq_round(client, range(1000 + r, 1001 + r))  # warm: the model loaded
                 for key, backlog in ((name, False), (f"{name} backlog", True)):
+                    logged = worker.log_path.stat().st_size
                     elapsed, held = diffq_round(client, seeds, backlog)
                     seconds, all_held = totals[key]
                     totals[key] = (seconds + elapsed, all_held + held)
+                    if backlog:
+                        OUTSIDE.setdefault(name, []).extend(outside_calls(worker.log_path, logged))
             finally:
                 worker.stop()
     return totals
@@ -178,6 +197,9 @@ def main() -> None:
         print(f"{name:>9}: a backlog, first start to last finish: {drained:7.2f} jobs/s", end="")
         print(f" ({1000 / drained:6.1f} ms a job)")
         print(f"  worker-side overhead per job (diffq - bare): {1000 / drained - 1000 / bare:6.1f} ms")
+        if tasks := OUTSIDE.get(name):
+            mean = sum(jobs * ms for jobs, ms in tasks) / sum(jobs for jobs, _ in tasks)
+            print(f"  the worker's time outside the pipeline calls (its log): {mean:6.1f} ms a job")
         print(f"  ratio (diffq / bare): {drained / bare:7.3f}")
 
 

@@ -1,7 +1,9 @@
 """What a runner gets for one job: its spec, a progress reporter and a place for its outputs."""
 
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -24,6 +26,24 @@ from core.storage import Storage, get_storage
 from core.tables import Job
 from core.uploads import load_input_image
 from workers.previews import NoCheapPreview, preview_image
+
+# Seconds this process has spent inside pipeline calls (`pipeline_call`): the task reports the rest of its
+# time per job, the worker's own overhead (workers/tasks.py).
+_IN_PIPELINE_CALLS = [0.0]
+
+
+@contextmanager
+def pipeline_call() -> Iterator[None]:
+    """Around a runner's diffusers pipeline call: its time counts as the call's, not the worker's."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _IN_PIPELINE_CALLS[0] += time.perf_counter() - start
+
+
+def seconds_in_pipeline_calls() -> float:
+    return _IN_PIPELINE_CALLS[0]
 
 
 def check_fits(pipe: Any, width: int, height: int, batch_size: int) -> None:

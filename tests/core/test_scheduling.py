@@ -309,7 +309,7 @@ JOB_ROWS = st.lists(
     served=st.sampled_from([(0,), (0, 1)]),
 )
 @hypothesis_settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_the_index_walk_claims_the_job_the_full_order_claims(
     database, rows, models, trains, fair_share, affinity, max_running, served

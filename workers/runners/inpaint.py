@@ -14,7 +14,7 @@ import torch
 
 from core.images import round_size
 from core.specs import InpaintParams, new_seed
-from workers.job_run import JobRun, check_fits
+from workers.job_run import JobRun, check_fits, pipeline_call
 from workers.pipelines import get_pipeline
 
 
@@ -33,21 +33,22 @@ def run(job: JobRun) -> list[dict[str, Any]]:
     seeds = [seed + index for index in range(params.num_images)]
 
     reporter = job.start_diffusers_progress(pipe, params.num_inference_steps, params.strength)
-    result = pipe(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt or None,
-        image=[image] * params.num_images,
-        mask_image=[mask] * params.num_images,
-        strength=params.strength,
-        width=width,
-        height=height,
-        num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        num_images_per_prompt=params.num_images,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        callback_on_step_end=job.diffusers_callback(reporter),
-        output_type="np",
-    )
+    with pipeline_call():
+        result = pipe(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt or None,
+            image=[image] * params.num_images,
+            mask_image=[mask] * params.num_images,
+            strength=params.strength,
+            width=width,
+            height=height,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            num_images_per_prompt=params.num_images,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            callback_on_step_end=job.diffusers_callback(reporter),
+            output_type="np",
+        )
 
     base = params.model_dump(mode="json", exclude={"num_images", "seed"}) | {"width": width, "height": height}
     parameters = [

@@ -19,7 +19,7 @@ import torch
 from core.errors import JobError
 from core.progress import JobCanceled, ProgressReporter
 from core.specs import Text2ImgParams, new_seed
-from workers.job_run import JobRun, check_finite, check_fits
+from workers.job_run import JobRun, check_finite, check_fits, pipeline_call
 from workers.lora import lora_applied
 from workers.pipelines import get_pipeline
 
@@ -80,7 +80,7 @@ def run_group(jobs: list[JobRun]) -> list[Outcome]:
     check_fits(pipe, width, height, members[-1].images.stop * (2 if params.guidance_scale > 1 else 1))
     prompts = [m.params.prompt for m in members for _ in m.seeds]
     negative = [m.params.negative_prompt for m in members for _ in m.seeds]
-    with lora_applied(pipe, params.lora):
+    with lora_applied(pipe, params.lora), pipeline_call():
         result = pipe(
             prompt=prompts,
             # "" is what diffusers uses for no negative prompt; None keeps a call of one job as it was.
