@@ -10,7 +10,7 @@ import pytest
 
 from cli.quickstart import free_port
 from tests.utils.jobs import text2img_spec, wait_finished
-from tests.utils.services import ROOT, wait_for
+from tests.utils.services import ROOT, running_flower, wait_for
 
 AUTH = ("flower-admin", "flower-secret")
 
@@ -31,29 +31,8 @@ def test_flower_refuses_to_start_without_credentials() -> None:
 
 @pytest.fixture(scope="module")
 def flower(stack):
-    port = free_port()
-    log = (stack.tmp / "flower.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "flower", "--port", str(port)],
-        cwd=ROOT,
-        env=os.environ | {"DIFFQ_FLOWER_USER": AUTH[0], "DIFFQ_FLOWER_PASSWORD": AUTH[1]},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, (stack.tmp / "flower.log").read_text()[-3000:]
-        try:
-            return httpx.get(url, timeout=2).status_code == 401
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, "Flower to answer")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with running_flower(stack.tmp, AUTH) as url:
+        yield url
 
 
 def test_flower_asks_for_basic_auth(flower: str) -> None:

@@ -9,11 +9,8 @@ worker` of the module's own, and Flower shows what each of its tasks ran.
 """
 
 import io
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,14 +21,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from cli.quickstart import free_port
 from core.db import db_session
 from core.queue import send_wakeup
 from core.scheduling import Waiting
 from core.storage import get_storage
 from core.tables import Job, JobStatus, WorkerNode
 from tests.utils.jobs import UNSERVED_QUEUE, submit_to_queue, text2img_spec, upload_image, wait_finished
-from tests.utils.services import ROOT, WorkerProcess, wait_for
+from tests.utils.services import WorkerProcess, running_flower, wait_for
 from workers.tasks import TASK_RUNS_FOR_S
 
 LOOP_QUEUE = "diffq-test-loop"
@@ -93,6 +89,15 @@ def log_with_ends(worker: WorkerProcess, job_ids: list[str]) -> str:
     return wait_for(read, 30, "every job's end in the worker's log", interval=0.2)
 
 
+def assert_succeeded_once(worker: WorkerProcess, jobs: list[dict[str, Any]]) -> None:
+    """Each of `jobs` succeeded in its first attempt with its one image, and `worker` recorded it once."""
+    assert [(job["status"], job["attempts"], len(job["outputs"])) for job in jobs] == [
+        ("succeeded", 1, 1)
+    ] * len(jobs)
+    log = log_with_ends(worker, [job["id"] for job in jobs])
+    assert [successes(log, job["id"]) for job in jobs] == [1] * len(jobs)
+
+
 def named(task: dict[str, Any]) -> list[str]:
     """The jobs a task's outcome in Flower names (its result, or its exception's message), in its order."""
     return JOB_ID.findall((task.get("result") or "") + (task.get("exception") or ""))
@@ -131,33 +136,9 @@ def loop_worker(stack) -> Iterator[WorkerProcess]:
 
 @pytest.fixture(scope="module")
 def flower(stack, loop_worker) -> Iterator[str]:
-    """Flower on the tests' broker (as tests/e2e/test_flower.py starts it), once it hears the loop worker."""
-    port = free_port()
-    log = (stack.tmp / "loop-flower.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "flower", "--port", str(port)],
-        cwd=ROOT,
-        env=os.environ | {"DIFFQ_FLOWER_USER": FLOWER_AUTH[0], "DIFFQ_FLOWER_PASSWORD": FLOWER_AUTH[1]},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def sees_the_worker() -> bool:
-        assert process.poll() is None, (stack.tmp / "loop-flower.log").read_text()[-3000:]
-        try:
-            workers = httpx.get(f"{url}/workers", params={"json": 1}, auth=FLOWER_AUTH, timeout=2).json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        return any(worker.get("hostname") == LOOP_WORKER for worker in workers["data"])
-
-    try:
-        wait_for(sees_the_worker, 60, "Flower to receive the loop worker's events", interval=0.3)
+    """Flower on the tests' broker, once it hears the loop worker."""
+    with running_flower(stack.tmp, FLOWER_AUTH, LOOP_WORKER) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def test_a_backlog_runs_in_fewer_tasks_than_jobs(client, loop_worker, flower) -> None:
@@ -207,12 +188,7 @@ def test_a_job_that_fails_in_a_backlog_fails_alone(client, loop_worker, flower) 
     assert failed["status"] == "failed" and failed["attempts"] == 1 and failed["outputs"] == []
     assert failed["error"]["code"] == "bad_input", failed["error"]
     assert "make the image larger" in failed["error"]["message"]
-    others = [job for job in done if job["id"] != bad]
-    assert [(job["status"], job["attempts"], len(job["outputs"])) for job in others] == [
-        ("succeeded", 1, 1)
-    ] * 4
-    log = log_with_ends(loop_worker, [job["id"] for job in others])
-    assert [successes(log, job["id"]) for job in others] == [1] * 4
+    assert_succeeded_once(loop_worker, [job for job in done if job["id"] != bad])
 
     # The task that ran the bad job went on with the next ones, then failed, naming every job it ran in
     # order, the failed one with why; a task that ran no failed job succeeded. Each job is named once.
@@ -248,12 +224,7 @@ def test_canceling_a_running_job_in_a_backlog_cancels_only_it(client, loop_worke
     assert canceled["status"] == "canceled" and canceled["outputs"] == [] and canceled["error"] is None
     assert 2 <= canceled["progress"]["step"] < canceled["progress"]["total"]
     assert get_storage().list(f"jobs/{long_job}/") == []
-    others = [job for job in done if job["id"] != long_job]
-    assert [(job["status"], job["attempts"], len(job["outputs"])) for job in others] == [
-        ("succeeded", 1, 1)
-    ] * 4
-    log = log_with_ends(loop_worker, [job["id"] for job in others])
-    assert [successes(log, job["id"]) for job in others] == [1] * 4
+    assert_succeeded_once(loop_worker, [job for job in done if job["id"] != long_job])
     # A cancel is no failure: the task that ran the canceled job succeeded and says it was canceled.
     tasks = tasks_naming(flower, job_ids, job_ids)
     [task] = [task for task in tasks.values() if long_job in named(task)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -178,3 +179,40 @@ def fresh_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     upgrade()
+
+
+@contextlib.contextmanager
+def running_flower(tmp: Path, auth: tuple[str, str], worker: str | None = None) -> Iterator[str]:
+    """`diffq flower` on the tests' broker behind basic auth `auth`, logging to `tmp`, once it answers
+    (and, given `worker`, once it has heard that worker's events); its URL. Stopped afterwards."""
+    from cli.quickstart import free_port
+
+    port = free_port()
+    log_path = tmp / f"flower-{port}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "flower", "--port", str(port)],
+        cwd=ROOT,
+        env=os.environ | {"DIFFQ_FLOWER_USER": auth[0], "DIFFQ_FLOWER_PASSWORD": auth[1]},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        try:
+            if worker is None:
+                return httpx.get(url, timeout=2).status_code == 401
+            workers = httpx.get(f"{url}/workers", params={"json": 1}, auth=auth, timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return any(found.get("hostname") == worker for found in workers["data"])
+
+    try:
+        wait_for(ready, 60, f"Flower to answer{f' and hear {worker}' if worker else ''}", interval=0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
