@@ -53,13 +53,16 @@ FUSE_KEY, OWNER, LIMIT = "b_fuse_key", "b_owner", "b_limit"
 
 
 @lru_cache(maxsize=64)
-def _start_statement(chosen: Any, claimer: Claimer) -> Any:
+def _start_statement(chosen: Any, claimer: Claimer, loaded_only: bool = False) -> Any:
     """Start an attempt of each queued job whose id `chosen` (a locked, materialized CTE, built once per
-    claimer) names, returning the jobs; run with `_times`. Built once per CTE: building it cost a worker
-    about a millisecond a claim."""
+    claimer) names, returning the jobs; run with `_times`. With `loaded_only`, only if its model is one
+    `claimer` has loaded. Built once per CTE: building it cost a worker about a millisecond a claim."""
+    conditions = [Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED]
+    if loaded_only:
+        conditions.append(Job.model.in_(claimer.models))
     return (
         update(Job)
-        .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
+        .where(*conditions)
         .values(
             status=JobStatus.RUNNING,
             worker=claimer.worker,
@@ -88,15 +91,19 @@ def _started(session: Session, claimed: list[Job]) -> list[Job]:
     return sorted(claimed, key=lambda job: (-job.priority, job.created_at, job.id))
 
 
-def claim(session: Session, claimer: Claimer, limit: int = 1) -> list[Job]:
+def claim(session: Session, claimer: Claimer, limit: int = 1, loaded_only: bool = False) -> list[Job]:
     """Take the best queued job for `claimer` (core/scheduling.py decides which), start its attempt
     and give the worker its lease; [] when there is none. One conditional UPDATE over the locked
     candidates, so two workers never take the same job. The caller commits, before it runs the job.
-    """
+
+    `loaded_only`: take the best job only if its model is one `claimer` has loaded ([] otherwise, the
+    job left queued): a task going on after a call (workers/tasks.py) leaves a job that needs a load to
+    the wake-ups, which send it to an idle worker that has its model, if one has."""
     settings = get_settings()
     serialize_claims(session, settings)
     dialect = session.get_bind().dialect.name
-    statement = _start_statement(next_job_cte(claimer, settings, dialect, limit), claimer)
+    chosen = next_job_cte(claimer, settings, dialect, limit)
+    statement = _start_statement(chosen, claimer, loaded_only and bool(claimer.models))
     params = claim_params(settings, utcnow()) | _times()
     return _started(session, session.scalars(statement, params).all())
 

@@ -54,11 +54,12 @@ Wake-ups (core/queue.py, workers/wakeup.py). Submitting jobs sends at most one m
 that serves their queue, or one when no worker is known: a 10,000-job batch costs the broker a handful
 of messages. A wake-up goes to the direct queue of an idle worker that has the job's model loaded, else
 to the shared queue. A task claims the next job itself once a call ends, for a few seconds
-(workers/tasks.py `TASK_RUNS_FOR_S`), and a worker that ran a task wakes itself (its direct queue) while
-its queues hold work: so a worker drains the queue without a Celery hand-off per job, and each task shows
-in Flower with the jobs it ran. And an idle worker reads the jobs table every `DIFFQ_IDLE_POLL_S` and
-wakes itself if there is work it could claim: every queued job runs while an eligible worker is idle,
-whatever the broker lost and whoever took its messages.
+(workers/tasks.py `TASK_RUNS_FOR_S`), as long as the best job's model is loaded there (one that needs a
+load is left to the wake-ups, which prefer an idle worker that has it), and a worker that ran a task
+wakes itself (its direct queue) while its queues hold work: so a worker drains the queue without a
+Celery hand-off per job, and each task shows in Flower with the jobs it ran. And an idle worker reads
+the jobs table every `DIFFQ_IDLE_POLL_S` and wakes itself if there is work it could claim: every queued
+job runs while an eligible worker is idle, whatever the broker lost and whoever took its messages.
 """
 
 import uuid

@@ -9,7 +9,8 @@ images and the task hands them to the finisher (workers/finisher.py). The choice
 claim's SQL (core/scheduling.py) at that moment, a few milliseconds before the worker is free, never a
 job ahead.
 
-Only after a generation call, and only while the task goes on (`TASK_RUNS_FOR_S`, `TASK_MAX_JOBS`). If
+Only after a generation call, and only while the task goes on (`TASK_RUNS_FOR_S`, `TASK_MAX_JOBS`); like
+every claim a task makes after its first, it takes the best job only if its model is loaded here. If
 the call stops before its last step (canceled, failed) nothing starts and the task claims as before. If
 the task ends by an unexpected error after the next jobs were claimed, it gives them back to the queue
 (`give_back`); a process that dies leaves them to `hand_back` and the leases, as any claimed job.

@@ -189,10 +189,11 @@ def _claim_apart() -> list[Job]:
         return _claim_next(session)
 
 
-def _claim_for(session: Session, who: Claimer) -> list[Job]:
-    """The best job for `who` and its fusion partners, claimed and marked as this worker's, uncommitted."""
+def _claim_for(session: Session, who: Claimer, loaded_only: bool = False) -> list[Job]:
+    """The best job for `who` and its fusion partners, claimed and marked as this worker's, uncommitted;
+    with `loaded_only`, only if its model is loaded here (core/jobs.py `claim`)."""
     settings = get_settings()
-    jobs = claim(session, who)
+    jobs = claim(session, who, loaded_only=loaded_only)
     if jobs and settings.fusion:
         jobs = claim_group(session, jobs[0], who, settings.max_fused_images)
     if jobs:
@@ -201,10 +202,13 @@ def _claim_for(session: Session, who: Claimer) -> list[Job]:
 
 
 def _claim_next(session: Session) -> list[Job]:
-    """The next jobs of a task that has run some, committed; none while the database is unreachable (the
-    wake-up the task sent, or the idle poll, finds them once it is back)."""
+    """The next jobs of a task that has run some, committed: the best job, if its model is loaded here.
+    None when the best job needs a load: the task ends, and the job goes as a new task's would, to the
+    worker a wake-up reaches first (an idle one that has the model, if one has: bench/affinity.py lost
+    cache hits while tasks took such jobs). None while the database is unreachable (the wake-up the task
+    sent, or the idle poll, finds them once it is back)."""
     try:
-        jobs = _claim_for(session, claimer())
+        jobs = _claim_for(session, claimer(), loaded_only=True)
         session.commit()
         return jobs
     except DB_UNAVAILABLE as error:
