@@ -348,3 +348,18 @@ def test_the_index_walk_claims_the_job_the_full_order_claims(
         )
         session.rollback()
     assert walked == full, (rows, who, knobs)
+
+
+def test_a_claim_for_loaded_models_only_leaves_a_job_that_needs_a_load(queue, settings) -> None:
+    """A task going on after a call (workers/tasks.py) takes the best job only if its model is loaded
+    there; it never takes a worse job instead, and the best one stays queued for the wake-ups."""
+    [cold] = add_jobs(queue, 1, model="cold", age_s=60)  # starved: the best job, whatever is loaded
+    [warm] = add_jobs(queue, 1, model="warm")
+    who = claimer(queue, models=("warm",))
+    assert in_session(claim, who, loaded_only=True) == []
+    with db_session() as session:
+        assert session.get(Job, cold).status == JobStatus.QUEUED
+        assert session.get(Job, warm).status == JobStatus.QUEUED
+    assert claim_one(who).id == cold  # a task's first claim takes it
+    [job] = in_session(claim, who, loaded_only=True)
+    assert job.id == warm
