@@ -99,11 +99,13 @@ def claim(session: Session, claimer: Claimer, limit: int = 1, loaded_only: bool 
     `loaded_only`: take the best job only if its model is one `claimer` has loaded ([] otherwise, the
     job left queued): a task going on after a call (workers/tasks.py) leaves a job that needs a load to
     the wake-ups, which send it to an idle worker that has its model, if one has."""
+    if loaded_only and not claimer.models:
+        return []
     settings = get_settings()
     serialize_claims(session, settings)
     dialect = session.get_bind().dialect.name
     chosen = next_job_cte(claimer, settings, dialect, limit)
-    statement = _start_statement(chosen, claimer, loaded_only and bool(claimer.models))
+    statement = _start_statement(chosen, claimer, loaded_only)
     params = claim_params(settings, utcnow()) | _times()
     return _started(session, session.scalars(statement, params).all())
 
@@ -295,6 +297,25 @@ def requeue_or_fail(session: Session, job_id: uuid.UUID, *lost: Any) -> str | No
     if failed:
         record_job_event(session, job_id, JobStatus.FAILED)
     return JobStatus.FAILED if failed else None
+
+
+def unclaim(session: Session, job_id: uuid.UUID, worker: str | None, attempt: int) -> bool:
+    """Undo the claim of a job that never started to run (a worker's claim ahead, workers/next_claim.py):
+    queued again with the attempt not counted. False if that attempt no longer holds it. The caller
+    commits."""
+    undone = session.execute(
+        update(Job)
+        .where(_running(job_id, attempt), Job.worker == worker)
+        .values(
+            status=JobStatus.QUEUED,
+            attempts=Job.attempts - 1,
+            worker=None,
+            lease_expires_at=None,
+            started_at=None,
+            updated_at=utcnow(),
+        )
+    )
+    return undone.rowcount == 1
 
 
 def hand_back(session: Session, worker: str) -> list[tuple[uuid.UUID, str]]:

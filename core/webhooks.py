@@ -124,20 +124,29 @@ def record_job_event(session: Session, job_id: uuid.UUID, event: str, hooks: Job
     if hooks is None:
         record_job_events(session, [job_id], event)
     else:
-        _record_job_events(session, [hooks], event)
+        _record_batches_completed(session, _record_job_events(session, [hooks], event), event)
 
 
 def record_job_events(session: Session, job_ids: Sequence[uuid.UUID], event: str) -> None:
     """Add a delivery of `event` for each of `job_ids` whose webhook asks for it, and, when `event` ends
     the jobs, the `completed` delivery of each of their batches that has now ended. Called by the state
     change right after its UPDATE, in its transaction: the caller commits both together."""
+    batch_ids: set[uuid.UUID] = set()
     for start in range(0, len(job_ids), 500):
         chunk = job_ids[start : start + 500]
         rows = session.execute(select(Job.id, Job.webhook, Job.batch_id).where(Job.id.in_(chunk))).all()
-        _record_job_events(session, [JobHooks(*row) for row in rows], event)
+        batch_ids |= _record_job_events(session, [JobHooks(*row) for row in rows], event)
+    _record_batches_completed(session, batch_ids, event)
 
 
-def _record_job_events(session: Session, rows: Sequence[JobHooks], event: str) -> None:
+def _record_batches_completed(session: Session, batch_ids: set[uuid.UUID], event: str) -> None:
+    if event in JobStatus.FINISHED:
+        for batch_id in sorted(batch_ids):
+            record_batch_completed(session, batch_id)
+
+
+def _record_job_events(session: Session, rows: Sequence[JobHooks], event: str) -> set[uuid.UUID]:
+    """The deliveries of `event` for the jobs `rows`; their batches' ids."""
     batch_ids: set[uuid.UUID] = set()
     if rows:
         wanted = [row.id for row in rows if row.webhook and event in row.webhook.get("events", ())]
@@ -152,9 +161,7 @@ def _record_job_events(session: Session, rows: Sequence[JobHooks], event: str) -
                 payload = render_job(job, get_storage(), settings.public_url)
                 _add_delivery(session, job.owner, f"job.{event}", job.webhook["url"], payload, job_id=job.id)
         batch_ids.update(row.batch_id for row in rows if row.batch_id is not None)
-    if event in JobStatus.FINISHED:
-        for batch_id in sorted(batch_ids):
-            record_batch_completed(session, batch_id)
+    return batch_ids
 
 
 # Batches whose webhook asks for no `completed` event. A batch's webhook is set when it is made and never

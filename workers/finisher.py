@@ -2,8 +2,8 @@
 upload of one call overlap the claim and denoising of the next.
 
 After a pipeline call returns, the task (workers/tasks.py) hands the call's jobs whose images wait to be
-stored (`JobRun.pending`, see `JobRun.save_images`) to the pool process's one finisher thread, and returns;
-the worker takes its next wake-up while the thread encodes and uploads the PNGs, then marks each job
+stored (`JobRun.pending`, see `JobRun.save_images`) to the pool process's one finisher thread, and goes
+on with its next job while the thread encodes and uploads the PNGs, then marks each job
 succeeded (or failed with the upload's error) in one transaction with the worker's row. Bounded: one call
 in flight; handing over a second waits until the first is recorded, so at most one call's decoded images
 are held.

@@ -103,10 +103,11 @@ class JobFailed(Exception):
 # How long a task goes on taking jobs. After each call the task claims the next job itself, rather than
 # going back to Celery for the next wake-up: a hand-off (the result sent to the main process, the ack,
 # the next message fetched from the broker and passed to the pool) cost a worker several milliseconds a
-# job (bench/overhead.py). It stops when it finds no job, or once it has run this long or this many jobs
-# (a job that fails does not stop it; the task fails at its end): so a warm shutdown waits at most this
-# long plus a call, and the task's result, which names every job it ran, fits what Celery logs and sends
-# to Flower (`RESULT_MAX_CHARS`). The wake-up it sent at its start then carries on.
+# job (bench/overhead.py). It stops when it finds no job, after a training job, or once it has run this
+# long or this many jobs (a job that fails does not stop it; the task fails at its end): no claim is
+# made past this long, so a warm shutdown waits at most this long plus a call, and the task's result,
+# which names every job it ran, fits what Celery logs and sends to Flower (`RESULT_MAX_CHARS`). The
+# wake-up it sent at its start then carries on.
 TASK_RUNS_FOR_S = 5.0
 TASK_MAX_JOBS = 100
 # Celery cuts a task's result to `resultrepr_maxsize` (1,024 characters by default, about 18 jobs) in its
@@ -149,17 +150,22 @@ def run_job(self: Task, job_id: str) -> str:
 def _run_on(session: Session, jobs: list[Job]) -> str:
     """Run `jobs`, then the jobs claimed after them, until there are none or the task has run long enough
     (`TASK_RUNS_FOR_S`, `TASK_MAX_JOBS`); what became of each. A generation call's next claim starts at
-    its last denoising step (workers/next_claim.py). Raises `JobFailed`, naming every job, if one failed."""
+    its last denoising step (workers/next_claim.py); a training job ends the task. Raises `JobFailed`,
+    naming every job, if one failed."""
+    settings = get_settings()
     ends: list[str] = []
     failed = False
     ran = 0
     started, inside = time.perf_counter(), seconds_in_pipeline_calls()
     until = time.monotonic() + TASK_RUNS_FOR_S
+    held: list[Job] = []  # jobs claimed ahead, whose leases the next claim holds until they have run
     while jobs:
         ran += len(jobs)
-        more = time.monotonic() < until and ran < TASK_MAX_JOBS
         generation = not any(job.type in TRAINING_TYPES for job in jobs)
-        ahead = NextClaim(_claim_apart) if more and generation else None
+        # With a per-owner running limit the claim counts this call's jobs as running until they end, so
+        # it waits for them (an early claim could skip their owner for another's lower-priority job).
+        early = generation and ran < TASK_MAX_JOBS and not settings.max_running_jobs
+        ahead = NextClaim(_claim_apart, until) if early else None
         try:
             ends.append(_run(session, jobs, defer=True, ahead=ahead))
         except JobFailed as failure:
@@ -169,10 +175,15 @@ def _run_on(session: Session, jobs: list[Job]) -> str:
             if ahead is not None:
                 ahead.give_back()
             raise
+        finally:
+            NextClaim.release(held)
         session.expunge_all()  # the jobs that ran are the finisher's now
-        if not more:
+        if ahead is not None and ahead.started:
+            jobs = held = ahead.jobs()  # claimed before the deadline: they run whatever the time now
+        elif generation and time.monotonic() < until and ran < TASK_MAX_JOBS:
+            jobs, held = _claim_next(session), []
+        else:
             break
-        jobs = ahead.jobs() if ahead is not None and ahead.started else _claim_next(session)
     seconds = time.perf_counter() - started
     outside = seconds - (seconds_in_pipeline_calls() - inside)
     # The worker's own time per job (claims, hand-offs, checks), what bench/overhead.py reads.
@@ -203,9 +214,9 @@ def _claim_for(session: Session, who: Claimer, loaded_only: bool = False) -> lis
 
 def _claim_next(session: Session) -> list[Job]:
     """The next jobs of a task that has run some, committed: the best job, if its model is loaded here.
-    None when the best job needs a load: the task ends, and the job goes as a new task's would, to the
+    [] when the best job needs a load: the task ends, and the job goes as a new task's would, to the
     worker a wake-up reaches first (an idle one that has the model, if one has: bench/affinity.py lost
-    cache hits while tasks took such jobs). None while the database is unreachable (the wake-up the task
+    cache hits while tasks took such jobs). [] while the database is unreachable (the wake-up the task
     sent, or the idle poll, finds them once it is back)."""
     try:
         jobs = _claim_for(session, claimer(), loaded_only=True)

@@ -26,10 +26,23 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     queued = sa.text("status = 'queued'")
-    op.create_index("ix_jobs_claim", "jobs", ["queue", "owner", *ORDER], postgresql_where=queued)
-    op.create_index(
-        "ix_jobs_claim_model", "jobs", ["queue", "owner", "model", *ORDER], postgresql_where=queued
-    )
+    # Built without locking the table against writes, so that a live deployment keeps taking and
+    # claiming jobs meanwhile (CONCURRENTLY can't run in a transaction).
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_jobs_claim",
+            "jobs",
+            ["queue", "owner", *ORDER],
+            postgresql_where=queued,
+            postgresql_concurrently=True,
+        )
+        op.create_index(
+            "ix_jobs_claim_model",
+            "jobs",
+            ["queue", "owner", "model", *ORDER],
+            postgresql_where=queued,
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 from core.config import Settings, get_settings
 from core.db import db_session
 from core.indexed_claim import indexed_next_job
-from core.jobs import claim, claim_partners, finish_job
+from core.jobs import claim, claim_partners, finish_job, unclaim
 from core.scheduling import (
     Claimer,
     claim_params,
@@ -363,3 +363,16 @@ def test_a_claim_for_loaded_models_only_leaves_a_job_that_needs_a_load(queue, se
     assert claim_one(who).id == cold  # a task's first claim takes it
     [job] = in_session(claim, who, loaded_only=True)
     assert job.id == warm
+
+
+def test_an_unclaimed_job_is_queued_as_it_was(queue, settings) -> None:
+    """workers/next_claim.py gives back a job claimed ahead that never ran: no attempt counted."""
+    [job_id] = add_jobs(queue, 1)
+    job = claim_one(claimer(queue))
+    assert job.attempts == 1
+    assert in_session(unclaim, job_id, "someone else", 1) is False  # fenced on the worker
+    assert in_session(unclaim, job_id, job.worker, 1) is True
+    with db_session() as session:
+        again = session.get(Job, job_id)
+        assert (again.status, again.attempts, again.worker) == (JobStatus.QUEUED, 0, None)
+    assert claim_one(claimer(queue)).attempts == 1
