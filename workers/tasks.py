@@ -219,7 +219,8 @@ def _claim_next(session: Session) -> list[Job]:
     cache hits while tasks took such jobs). [] while the database is unreachable (the wake-up the task
     sent, or the idle poll, finds them once it is back)."""
     try:
-        jobs = _claim_for(session, claimer(), loaded_only=True)
+        # An affinity rule, so only with affinity on: off, a task takes the best job, whatever it needs.
+        jobs = _claim_for(session, claimer(), loaded_only=get_settings().affinity)
         session.commit()
         return jobs
     except DB_UNAVAILABLE as error:
