@@ -79,8 +79,7 @@ def _start_statement(chosen: Any, claimer: Claimer, loaded_only: bool = False) -
 
 
 def _times() -> dict[str, Any]:
-    now = utcnow()
-    return {CLAIMED_AT: now, LEASE_UNTIL: now + timedelta(seconds=get_settings().lease_s)}
+    return {CLAIMED_AT: utcnow(), LEASE_UNTIL: lease_until()}
 
 
 def _started(session: Session, claimed: list[Job]) -> list[Job]:
