@@ -76,19 +76,25 @@ def spec(model: str, steps: int, seed: int) -> dict:
     }
 
 
-def cache_totals() -> tuple[int, int, float]:
+def cache_totals(jobs: int = 0) -> tuple[int, int, float]:
+    """The workers' cache hits, misses and load seconds, once their rows count `jobs` jobs run (a worker
+    writes its row after a job has ended, so the last jobs' counts may come a moment after their end)."""
     from sqlalchemy import select
 
     from core.db import db_session
     from core.tables import WorkerNode
 
-    with db_session() as session:
-        rows = session.scalars(select(WorkerNode)).all()
-        return (
-            sum(r.cache_hits for r in rows),
-            sum(r.cache_misses for r in rows),
-            sum(r.cache_load_seconds for r in rows),
-        )
+    give_up = time.monotonic() + 10
+    while True:
+        with db_session() as session:
+            rows = session.scalars(select(WorkerNode)).all()
+        if sum(r.jobs_run for r in rows) >= jobs or time.monotonic() > give_up:
+            return (
+                sum(r.cache_hits for r in rows),
+                sum(r.cache_misses for r in rows),
+                sum(r.cache_load_seconds for r in rows),
+            )
+        time.sleep(0.1)
 
 
 def start_workers(api_url: str, one_model_mb: float, affinity: bool) -> list:
@@ -145,7 +151,7 @@ def run_phase(api_url: str, workload: list[str], clients: int, steps: int, affin
     seconds = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"{len(errors)} jobs failed: {errors[:3]}")
-    hits, misses, load = cache_totals()
+    hits, misses, load = cache_totals(jobs=len(workload))
     return Phase(
         affinity,
         len(workload),
