@@ -87,7 +87,13 @@ def _started(session: Session, claimed: list[Job]) -> list[Job]:
     # Only the jobs whose webhook asks for it cost a write (core/webhooks.py).
     if hooked := [job.id for job in claimed if job.webhook and "started" in job.webhook.get("events", ())]:
         record_job_events(session, hooked, "started")
-    return sorted(claimed, key=lambda job: (-job.priority, job.created_at, job.id))
+    return sorted(claimed, key=_age_order)
+
+
+def _age_order(job: Job) -> tuple[Any, ...]:
+    """Priority, then age: `created_at`, a batch's `batch_index` (NULLs last), the id; the order the
+    claim and `claim_partners` break ties in."""
+    return (-job.priority, job.created_at, job.batch_index is None, job.batch_index or 0, job.id)
 
 
 def claim(session: Session, claimer: Claimer, limit: int = 1, loaded_only: bool = False) -> list[Job]:
@@ -122,7 +128,7 @@ def _partners_statement(claimer: Claimer, one_owner: bool) -> Any:
     chosen = (
         select(Job.id)
         .where(*conditions)
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(Job.priority.desc(), Job.created_at, Job.batch_index.asc().nulls_last(), Job.id)
         .limit(bindparam(LIMIT, type_=Integer))
         .with_for_update(skip_locked=True)
         .cte("partners")
@@ -133,7 +139,8 @@ def _partners_statement(claimer: Claimer, one_owner: bool) -> Any:
 
 def claim_partners(session: Session, lead: Job, claimer: Claimer, limit: int) -> list[Job]:
     """Take up to `limit` queued jobs that can run in one pipeline call with `lead`, just claimed in this
-    transaction (the same `fuse_key`, core/fusion.py), from `claimer`'s queues, by priority then age.
+    transaction (the same `fuse_key`, core/fusion.py), from `claimer`'s queues, by priority then age
+    (a batch's jobs, written with one `created_at`, in their batch order: the claim's own tie-breaks).
 
     With a per-owner running limit, only `lead`'s owner's jobs, as many as its limit leaves room for
     (counted under the claim lock that `claim` took). The caller commits."""

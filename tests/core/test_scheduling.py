@@ -250,14 +250,14 @@ def test_fusion_partners_share_the_key_and_keep_the_owner_limit(queue, settings,
         assert [job.owner for job in partners] == ["b"]
 
 
-def test_a_batch_runs_in_its_order(queue, settings) -> None:
-    """A batch's jobs are written together with one created_at: their batch_index, not their random
-    ids, decides their order."""
+def add_batch(queue: str, count: int, **values) -> list[uuid.UUID]:
+    """A batch of `count` queued jobs written as the API writes one: a single created_at, and
+    batch_index 0…count-1; their ids in batch order (random: in their order one time in count!)."""
     from core.tables import Batch
 
     created = utcnow()
     with db_session() as session:
-        batch = Batch(owner="a", total=30, source={})
+        batch = Batch(owner="a", total=count, source={})
         session.add(batch)
         session.flush()
         jobs = [
@@ -270,14 +270,34 @@ def test_a_batch_runs_in_its_order(queue, settings) -> None:
                 created_at=created,
                 batch_id=batch.id,
                 batch_index=index,
+                **values,
             )
-            for index in range(30)
+            for index in range(count)
         ]
         session.add_all(jobs)
         session.flush()
-        ids = [job.id for job in jobs]  # random: in their order one time in 30!
+        return [job.id for job in jobs]
+
+
+def test_a_batch_runs_in_its_order(queue, settings) -> None:
+    """A batch's jobs are written together with one created_at: their batch_index, not their random
+    ids, decides their order."""
+    ids = add_batch(queue, 30)
     order = [job.id for job in run_in_order(claimer(queue), 30)]
     assert order == ids
+
+
+def test_fusion_partners_follow_the_batch_order(queue, settings) -> None:
+    """A fused call of a batch's jobs takes the lead's successors in the batch, not jobs picked by
+    their random ids among the batch's one created_at."""
+    ids = add_batch(queue, 24, fuse_key="k")
+    who = claimer(queue)
+    calls = []
+    with db_session() as session:
+        for _ in range(3):
+            [lead] = claim(session, who)
+            calls.append([lead.id] + [job.id for job in claim_partners(session, lead, who, 7)])
+    assert calls == [ids[0:8], ids[8:16], ids[16:24]]
 
 
 JOB_ROWS = st.lists(
