@@ -116,13 +116,17 @@ def batch_bars() -> Progress:
 
 
 class BatchLines:
-    """The overall bar of a batch and one line per running job."""
+    """The overall bar of a batch and one line per running job, kept from the batch's events or polls: a
+    job's line goes once the job has ended, whatever its final status, and stays gone whatever events
+    about it come late (a canceled job's last step is published after its cancel)."""
 
     def __init__(self, bars: Progress, batch_id: str) -> None:
         self.bars = bars
         self.started = time.monotonic()
         self.overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="")
         self.lines: dict[str, TaskID] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}  # the running jobs, as far as the events tell
+        self.ended_ids: set[str] = set()
 
     def counts(self, counts: dict[str, int], fraction: float) -> None:
         detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
@@ -130,58 +134,84 @@ class BatchLines:
         self.bars.update(self.overall, total=1.0, completed=fraction, detail=detail, times=elapsed)
 
     def running(self, job: dict[str, Any]) -> None:
-        """Show (or update) a running job: `id`, `batch_index`, `progress`, `worker`, `started_at`."""
+        """Show (or update) a running job: `id`, `batch_index`, `progress`, `worker`, `started_at`, any
+        of them but `id` missing or None."""
         progress = job.get("progress") or {}
         if job["id"] not in self.lines:
-            description = f"  #{job['batch_index']} {job['id'][:8]}"
+            index = f"#{job['batch_index']} " if job.get("batch_index") is not None else ""
+            description = f"  {index}{job['id'][:8]}"
             self.lines[job["id"]] = self.bars.add_task(description, total=None, detail="", times="")
+        steps = f"step {progress.get('step', 0)}/{progress.get('total') or '?'}"
+        worker = f" on {job['worker']}" if job.get("worker") else ""
         self.bars.update(
             self.lines[job["id"]],
             total=progress.get("total"),
             completed=progress.get("step", 0),
-            detail=f"step {progress.get('step', 0)}/{progress.get('total') or '?'} on {job.get('worker')}",
+            detail=steps + worker,
             times=times(job),
         )
 
     def ended(self, job_id: str) -> None:
+        """Drop the line of a job that has ended (any status but running)."""
+        self.jobs.pop(job_id, None)
+        self.ended_ids.add(job_id)
         if job_id in self.lines:
             self.bars.remove_task(self.lines.pop(job_id))
+
+    def follow(self, kind: str, data: dict[str, Any]) -> None:
+        """Update the lines with one event of the batch's stream (`counts`, `job` or `progress`)."""
+        if kind == "counts":
+            self.counts(data["counts"], data["progress"]["fraction"])
+            return
+        job_id = data.get("job_id")
+        if job_id is None:
+            return
+        if kind == "job" and data.get("status") != "running":
+            self.ended(job_id)
+            return
+        if kind == "job":
+            self.ended_ids.discard(job_id)  # running (again: a requeued job runs anew)
+        elif job_id in self.ended_ids:
+            return  # a step published after the job ended
+        job = self.jobs.setdefault(
+            job_id, {"id": job_id, "batch_index": data.get("batch_index"), "started_at": None}
+        )
+        if kind == "job":
+            job["worker"] = data.get("worker")
+            ts = data.get("ts")
+            job["started_at"] = datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
+        else:
+            job["progress"] = data
+        self.running(job)
+
+    def sync(self, batch: dict[str, Any]) -> None:
+        """Show the batch as `GET /v1/batches/{id}` gives it: its counts, and its running jobs only."""
+        self.counts(batch["counts"], batch["progress"]["fraction"])
+        running = {job["id"]: job for job in batch["running"]}
+        for job_id in [job_id for job_id in self.lines if job_id not in running]:
+            self.ended(job_id)
+        for job in running.values():
+            self.ended_ids.discard(job["id"])
+            self.jobs[job["id"]] = dict(job)
+            self.running(self.jobs[job["id"]])
 
 
 def stream_batch(client: Client, batch_id: str) -> dict[str, Any]:
     batch = client.batch(batch_id)
     events = client.events(f"/v1/batches/{batch_id}/events")
     first = next(events, None)  # NoStream here means: poll instead
-    running: dict[str, dict[str, Any]] = {job["id"]: dict(job) for job in batch["running"]}
     with batch_bars() as bars:
         lines = BatchLines(bars, batch_id)
-        lines.counts(batch["counts"], batch["progress"]["fraction"])
-        for job in running.values():
-            lines.running(job)
+        lines.sync(batch)
         try:
             for kind, data in chain([first] if first else [], events):
-                if kind == "counts":
-                    lines.counts(data["counts"], data["progress"]["fraction"])
-                    continue
-                job_id = data.get("job_id")
-                if job_id is None:
-                    continue
-                if kind == "job" and data["status"] != "running":
-                    running.pop(job_id, None)
-                    lines.ended(job_id)
-                    continue
-                job = running.setdefault(
-                    job_id, {"id": job_id, "batch_index": data.get("batch_index"), "started_at": None}
-                )
-                if kind == "job":
-                    job["worker"] = data.get("worker")
-                    job["started_at"] = datetime.fromtimestamp(data["ts"], UTC).isoformat()
-                else:
-                    job["progress"] = data
-                lines.running(job)
+                lines.follow(kind, data)
         except NoStream:
             pass
-    return client.batch(batch_id)
+        # The final state as the API has it: no line is left for a job whose end no event told.
+        batch = client.batch(batch_id)
+        lines.sync(batch)
+    return batch
 
 
 def poll_batch(client: Client, batch_id: str, poll_s: float) -> dict[str, Any]:
@@ -190,12 +220,7 @@ def poll_batch(client: Client, batch_id: str, poll_s: float) -> dict[str, Any]:
         lines = BatchLines(bars, batch_id)
         while True:
             batch = client.batch(batch_id)
-            lines.counts(batch["counts"], batch["progress"]["fraction"])
-            running = {job["id"]: job for job in batch["running"]}
-            for job_id in [job_id for job_id in lines.lines if job_id not in running]:
-                lines.ended(job_id)
-            for job in running.values():
-                lines.running(job)
+            lines.sync(batch)
             if batch["done"]:
                 return batch
             time.sleep(poll_s)
