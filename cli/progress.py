@@ -1,27 +1,122 @@
 """Progress bars for jobs and batches, fed by their event streams (`/v1/jobs/{id}/events`,
 `/v1/batches/{id}/events`), or by polling the API where it serves none."""
 
+import sys
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import chain
+from types import SimpleNamespace
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from cli.client import FINISHED, Client, NoStream
 
+# A display's text columns, as rich's TextColumn formats them (`task.description`, `task.fields[...]`);
+# a terminal shows a bar after the first.
+JOB_COLUMNS = (
+    "{task.description}",
+    "{task.fields[steps]} {task.fields[status]}",
+    "{task.fields[times]}",
+    "{task.fields[detail]}",
+)
+BATCH_COLUMNS = ("{task.description}", "{task.fields[detail]}", "{task.fields[times]}")
+# How often a line that is not a terminal's repeats a task whose status has not changed, in seconds.
+PLAIN_INTERVAL_S = 5.0
 
-def job_bars() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[steps]} {task.fields[status]}"),
-        TextColumn("{task.fields[times]}"),
-        TextColumn("{task.fields[detail]}"),
-    )
+
+class PlainLines:
+    """The part of rich's Progress that the watchers use (`add_task`, `update`, `remove_task`, `with`),
+    drawn as whole lines for output that is not a terminal (a log, a pipe), where Progress would print
+    its last frame once, cut to 80 columns. A task's line is printed at its first update and whenever
+    its `status` field changes; other changes at most every `interval_s` seconds; and its last state,
+    if not printed yet, when the display closes. A removed task prints nothing more."""
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        interval_s: float = PLAIN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.columns = columns
+        self.interval_s = interval_s
+        self.clock = clock
+        self.tasks: dict[TaskID, dict[str, Any]] = {}
+        self.printed: dict[TaskID, tuple[str, Any, float]] = {}  # text, status, when
+        self.next_id = 0
+
+    def __enter__(self) -> "PlainLines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for task in list(self.tasks):
+            text = self.text(task)
+            if text and text != self.printed.get(task, ("",))[0]:
+                self.write(task, text)
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
+        task = TaskID(self.next_id)
+        self.next_id += 1
+        self.tasks[task] = {"description": description, **fields}
+        return task
+
+    def update(self, task: TaskID, *, description: str | None = None, **fields: Any) -> None:
+        """Set the task's fields (`total`, `completed` and the like are taken and not shown) and print
+        its line if due."""
+        if description is not None:
+            fields["description"] = description
+        self.tasks[task].update(fields)
+        text = self.text(task)
+        if not text:
+            return
+        if self.due(task, text):
+            self.write(task, text)
+
+    def due(self, task: TaskID, text: str) -> bool:
+        """Whether the task's line `text` is to be printed now."""
+        last = self.printed.get(task)
+        if last is None or last[1] != self.tasks[task].get("status"):
+            return True
+        return text != last[0] and self.clock() - last[2] >= self.interval_s
+
+    def remove_task(self, task: TaskID) -> None:
+        self.tasks.pop(task, None)
+        self.printed.pop(task, None)
+
+    def text(self, task: TaskID) -> str:
+        """The task's line: its columns with their fields, the empty ones left out."""
+        fields = self.tasks[task]
+        shown = SimpleNamespace(description=fields.get("description", ""), fields=fields)
+        parts = [column.format(task=shown).strip() for column in self.columns]
+        return " ".join(part for part in parts if part)
+
+    def write(self, task: TaskID, text: str) -> None:
+        self.printed[task] = (text, self.tasks[task].get("status"), self.clock())
+        print(text, file=sys.stdout, flush=True)
 
 
-def show_job(bars: Progress, task: TaskID, job: dict[str, Any]) -> None:
+Bars = Progress | PlainLines
+
+
+def bars(columns: Sequence[str], plain: bool | None = None) -> Bars:
+    """A live display of `columns` with a bar on a terminal; `PlainLines` elsewhere (`plain` None: as
+    stdout is)."""
+    if plain is None:
+        console = Console()
+        plain = not console.is_terminal or console.is_dumb_terminal
+    if plain:
+        return PlainLines(columns)
+    first, *rest = columns
+    return Progress(TextColumn(first), BarColumn(), *(TextColumn(column) for column in rest))
+
+
+def job_bars(plain: bool | None = None) -> Bars:
+    return bars(JOB_COLUMNS, plain)
+
+
+def show_job(bars: Bars, task: TaskID, job: dict[str, Any]) -> None:
     progress = job.get("progress") or {}
     bars.update(
         task,
@@ -106,13 +201,8 @@ def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str,
         return poll_batch(client, batch_id, poll_s)
 
 
-def batch_bars() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TextColumn("{task.fields[times]}"),
-    )
+def batch_bars(plain: bool | None = None) -> Bars:
+    return bars(BATCH_COLUMNS, plain)
 
 
 class BatchLines:
@@ -120,10 +210,10 @@ class BatchLines:
     job's line goes once the job has ended, whatever its final status, and stays gone whatever events
     about it come late (a canceled job's last step is published after its cancel)."""
 
-    def __init__(self, bars: Progress, batch_id: str) -> None:
+    def __init__(self, bars: Bars, batch_id: str) -> None:
         self.bars = bars
         self.started = time.monotonic()
-        self.overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="")
+        self.overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="", status="")
         self.lines: dict[str, TaskID] = {}
         self.jobs: dict[str, dict[str, Any]] = {}  # the running jobs, as far as the events tell
         self.ended_ids: set[str] = set()
@@ -131,7 +221,10 @@ class BatchLines:
     def counts(self, counts: dict[str, int], fraction: float) -> None:
         detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
         elapsed = f"elapsed {clock(time.monotonic() - self.started)}"
-        self.bars.update(self.overall, total=1.0, completed=fraction, detail=detail, times=elapsed)
+        # The counts are the batch's status: a line that is not a terminal's is printed when they change.
+        self.bars.update(
+            self.overall, total=1.0, completed=fraction, detail=detail, times=elapsed, status=detail
+        )
 
     def running(self, job: dict[str, Any]) -> None:
         """Show (or update) a running job: `id`, `batch_index`, `progress`, `worker`, `started_at`, any
@@ -140,7 +233,9 @@ class BatchLines:
         if job["id"] not in self.lines:
             index = f"#{job['batch_index']} " if job.get("batch_index") is not None else ""
             description = f"  {index}{job['id'][:8]}"
-            self.lines[job["id"]] = self.bars.add_task(description, total=None, detail="", times="")
+            self.lines[job["id"]] = self.bars.add_task(
+                description, total=None, detail="", times="", status="running"
+            )
         steps = f"step {progress.get('step', 0)}/{progress.get('total') or '?'}"
         worker = f" on {job['worker']}" if job.get("worker") else ""
         self.bars.update(
@@ -151,12 +246,16 @@ class BatchLines:
             times=times(job),
         )
 
-    def ended(self, job_id: str) -> None:
-        """Drop the line of a job that has ended (any status but running)."""
+    def ended(self, job_id: str, status: str | None = None) -> None:
+        """Drop the line of a job that has ended (`status`: any but running; None: not known). Lines that
+        are not a terminal's say the end first (`#6 8e1225d0 canceled`)."""
         self.jobs.pop(job_id, None)
         self.ended_ids.add(job_id)
         if job_id in self.lines:
-            self.bars.remove_task(self.lines.pop(job_id))
+            task = self.lines.pop(job_id)
+            ended = status or "ended"
+            self.bars.update(task, detail=ended, times="", status=ended)
+            self.bars.remove_task(task)
 
     def follow(self, kind: str, data: dict[str, Any]) -> None:
         """Update the lines with one event of the batch's stream (`counts`, `job` or `progress`)."""
@@ -167,7 +266,7 @@ class BatchLines:
         if job_id is None:
             return
         if kind == "job" and data.get("status") != "running":
-            self.ended(job_id)
+            self.ended(job_id, data.get("status"))
             return
         if kind == "job":
             self.ended_ids.discard(job_id)  # running (again: a requeued job runs anew)

@@ -64,7 +64,9 @@ def test_submit_then_watch(stack, client, tmp_path) -> None:
     urls = [line for line in watched.stdout.splitlines() if line.startswith("http")]
     assert len(urls) == 1
     assert read_png_parameters(client.download(urls[0]))["params"]["prompt"] == "a red cube"
-    assert "elapsed" in watched.stdout
+    # stdout is a pipe: whole lines, the last with the final status, not a frame cut to 80 columns
+    [last] = [line for line in watched.stdout.splitlines() if line.startswith(f"{job_id[:8]} text2img ")][-1:]
+    assert " succeeded elapsed " in last and "…" not in watched.stdout, watched.stdout
 
 
 def test_submit_file_and_bad_spec(stack, tmp_path) -> None:
