@@ -282,12 +282,21 @@ def make_tiny(overwrite: bool = False) -> None:
         typer.echo(path)
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+def _parse_params(pairs: list[str], prompt: str | None = None) -> dict[str, Any]:
+    """The params of `--param key=value` options (a value is JSON where it parses as JSON, else text),
+    with `prompt` when given. BadParameter (a usage error, exit 2) for a pair without `=` or a key, or a
+    key given twice (`--prompt` counts as `prompt`)."""
+    params: dict[str, Any] = {} if prompt is None else {"prompt": prompt}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--param takes key=value, got {pair!r}")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--param takes key=value, got {pair!r}", param_hint="--param")
+        if key in params:
+            given = "--prompt and --param prompt=..." if key == "prompt" and prompt is not None else None
+            raise typer.BadParameter(
+                f"{key!r} is given twice ({given or f'--param {key}=... twice'}); give it once",
+                param_hint="--param",
+            )
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -325,9 +334,7 @@ def submit(
                 "pass --model (a folder in DIFFQ_MODELS_DIR such as tiny-sd, a registered model from "
                 "GET /v1/models, or a Hub id) or --file"
             )
-        params = _parse_params(param or [])
-        if prompt is not None:
-            params["prompt"] = prompt
+        params = _parse_params(param or [], prompt)
         spec = {"type": type, "model": model, "params": params}
     if priority is not None:
         spec["priority"] = priority

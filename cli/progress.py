@@ -1,27 +1,122 @@
 """Progress bars for jobs and batches, fed by their event streams (`/v1/jobs/{id}/events`,
 `/v1/batches/{id}/events`), or by polling the API where it serves none."""
 
+import sys
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import chain
+from types import SimpleNamespace
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from cli.client import FINISHED, Client, NoStream
 
+# A display's text columns, as rich's TextColumn formats them (`task.description`, `task.fields[...]`);
+# a terminal shows a bar after the first.
+JOB_COLUMNS = (
+    "{task.description}",
+    "{task.fields[steps]} {task.fields[status]}",
+    "{task.fields[times]}",
+    "{task.fields[detail]}",
+)
+BATCH_COLUMNS = ("{task.description}", "{task.fields[detail]}", "{task.fields[times]}")
+# How often a line that is not a terminal's repeats a task whose status has not changed, in seconds.
+PLAIN_INTERVAL_S = 5.0
 
-def job_bars() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[steps]} {task.fields[status]}"),
-        TextColumn("{task.fields[times]}"),
-        TextColumn("{task.fields[detail]}"),
-    )
+
+class PlainLines:
+    """The part of rich's Progress that the watchers use (`add_task`, `update`, `remove_task`, `with`),
+    drawn as whole lines for output that is not a terminal (a log, a pipe), where Progress would print
+    its last frame once, cut to 80 columns. A task's line is printed at its first update and whenever
+    its `status` field changes; other changes at most every `interval_s` seconds; and its last state,
+    if not printed yet, when the display closes. A removed task prints nothing more."""
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        interval_s: float = PLAIN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.columns = columns
+        self.interval_s = interval_s
+        self.clock = clock
+        self.tasks: dict[TaskID, dict[str, Any]] = {}
+        self.printed: dict[TaskID, tuple[str, Any, float]] = {}  # text, status, when
+        self.next_id = 0
+
+    def __enter__(self) -> "PlainLines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for task in list(self.tasks):
+            text = self.text(task)
+            if text and text != self.printed.get(task, ("",))[0]:
+                self.write(task, text)
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
+        task = TaskID(self.next_id)
+        self.next_id += 1
+        self.tasks[task] = {"description": description, **fields}
+        return task
+
+    def update(self, task: TaskID, *, description: str | None = None, **fields: Any) -> None:
+        """Set the task's fields (`total`, `completed` and the like are taken and not shown) and print
+        its line if due."""
+        if description is not None:
+            fields["description"] = description
+        self.tasks[task].update(fields)
+        text = self.text(task)
+        if not text:
+            return
+        if self.due(task, text):
+            self.write(task, text)
+
+    def due(self, task: TaskID, text: str) -> bool:
+        """Whether the task's line `text` is to be printed now."""
+        last = self.printed.get(task)
+        if last is None or last[1] != self.tasks[task].get("status"):
+            return True
+        return text != last[0] and self.clock() - last[2] >= self.interval_s
+
+    def remove_task(self, task: TaskID) -> None:
+        self.tasks.pop(task, None)
+        self.printed.pop(task, None)
+
+    def text(self, task: TaskID) -> str:
+        """The task's line: its columns with their fields, the empty ones left out."""
+        fields = self.tasks[task]
+        shown = SimpleNamespace(description=fields.get("description", ""), fields=fields)
+        parts = [column.format(task=shown).strip() for column in self.columns]
+        return " ".join(part for part in parts if part)
+
+    def write(self, task: TaskID, text: str) -> None:
+        self.printed[task] = (text, self.tasks[task].get("status"), self.clock())
+        print(text, file=sys.stdout, flush=True)
 
 
-def show_job(bars: Progress, task: TaskID, job: dict[str, Any]) -> None:
+Bars = Progress | PlainLines
+
+
+def bars(columns: Sequence[str], plain: bool | None = None) -> Bars:
+    """A live display of `columns` with a bar on a terminal; `PlainLines` elsewhere (`plain` None: as
+    stdout is)."""
+    if plain is None:
+        console = Console()
+        plain = not console.is_terminal or console.is_dumb_terminal
+    if plain:
+        return PlainLines(columns)
+    first, *rest = columns
+    return Progress(TextColumn(first), BarColumn(), *(TextColumn(column) for column in rest))
+
+
+def job_bars(plain: bool | None = None) -> Bars:
+    return bars(JOB_COLUMNS, plain)
+
+
+def show_job(bars: Bars, task: TaskID, job: dict[str, Any]) -> None:
     progress = job.get("progress") or {}
     bars.update(
         task,
@@ -106,82 +201,116 @@ def watch_batch(client: Client, batch_id: str, poll_s: float = 0.5) -> dict[str,
         return poll_batch(client, batch_id, poll_s)
 
 
-def batch_bars() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TextColumn("{task.fields[times]}"),
-    )
+def batch_bars(plain: bool | None = None) -> Bars:
+    return bars(BATCH_COLUMNS, plain)
 
 
 class BatchLines:
-    """The overall bar of a batch and one line per running job."""
+    """The overall bar of a batch and one line per running job, kept from the batch's events or polls: a
+    job's line goes once the job has ended, whatever its final status, and stays gone whatever events
+    about it come late (a canceled job's last step is published after its cancel)."""
 
-    def __init__(self, bars: Progress, batch_id: str) -> None:
+    def __init__(self, bars: Bars, batch_id: str) -> None:
         self.bars = bars
         self.started = time.monotonic()
-        self.overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="")
+        self.overall = bars.add_task(f"batch {batch_id[:8]}", total=None, detail="", times="", status="")
         self.lines: dict[str, TaskID] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}  # the running jobs, as far as the events tell
+        self.ended_ids: set[str] = set()
 
     def counts(self, counts: dict[str, int], fraction: float) -> None:
         detail = " ".join(f"{count} {name}" for name, count in counts.items() if count)
         elapsed = f"elapsed {clock(time.monotonic() - self.started)}"
-        self.bars.update(self.overall, total=1.0, completed=fraction, detail=detail, times=elapsed)
+        # The counts are the batch's status: a line that is not a terminal's is printed when they change.
+        self.bars.update(
+            self.overall, total=1.0, completed=fraction, detail=detail, times=elapsed, status=detail
+        )
 
     def running(self, job: dict[str, Any]) -> None:
-        """Show (or update) a running job: `id`, `batch_index`, `progress`, `worker`, `started_at`."""
+        """Show (or update) a running job: `id`, `batch_index`, `progress`, `worker`, `started_at`, any
+        of them but `id` missing or None."""
         progress = job.get("progress") or {}
         if job["id"] not in self.lines:
-            description = f"  #{job['batch_index']} {job['id'][:8]}"
-            self.lines[job["id"]] = self.bars.add_task(description, total=None, detail="", times="")
+            index = f"#{job['batch_index']} " if job.get("batch_index") is not None else ""
+            description = f"  {index}{job['id'][:8]}"
+            self.lines[job["id"]] = self.bars.add_task(
+                description, total=None, detail="", times="", status="running"
+            )
+        steps = f"step {progress.get('step', 0)}/{progress.get('total') or '?'}"
+        worker = f" on {job['worker']}" if job.get("worker") else ""
         self.bars.update(
             self.lines[job["id"]],
             total=progress.get("total"),
             completed=progress.get("step", 0),
-            detail=f"step {progress.get('step', 0)}/{progress.get('total') or '?'} on {job.get('worker')}",
+            detail=steps + worker,
             times=times(job),
         )
 
-    def ended(self, job_id: str) -> None:
+    def ended(self, job_id: str, status: str | None = None) -> None:
+        """Drop the line of a job that has ended (`status`: any but running; None: not known). Lines that
+        are not a terminal's say the end first (`#6 8e1225d0 canceled`)."""
+        self.jobs.pop(job_id, None)
+        self.ended_ids.add(job_id)
         if job_id in self.lines:
-            self.bars.remove_task(self.lines.pop(job_id))
+            task = self.lines.pop(job_id)
+            ended = status or "ended"
+            self.bars.update(task, detail=ended, times="", status=ended)
+            self.bars.remove_task(task)
+
+    def follow(self, kind: str, data: dict[str, Any]) -> None:
+        """Update the lines with one event of the batch's stream (`counts`, `job` or `progress`)."""
+        if kind == "counts":
+            self.counts(data["counts"], data["progress"]["fraction"])
+            return
+        job_id = data.get("job_id")
+        if job_id is None:
+            return
+        if kind == "job" and data.get("status") != "running":
+            self.ended(job_id, data.get("status"))
+            return
+        if kind == "job":
+            self.ended_ids.discard(job_id)  # running (again: a requeued job runs anew)
+        elif job_id in self.ended_ids:
+            return  # a step published after the job ended
+        job = self.jobs.setdefault(
+            job_id, {"id": job_id, "batch_index": data.get("batch_index"), "started_at": None}
+        )
+        if kind == "job":
+            job["worker"] = data.get("worker")
+            ts = data.get("ts")
+            job["started_at"] = datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
+        else:
+            job["progress"] = data
+        self.running(job)
+
+    def sync(self, batch: dict[str, Any]) -> None:
+        """Show the batch as `GET /v1/batches/{id}` gives it: its counts, and its running jobs only."""
+        self.counts(batch["counts"], batch["progress"]["fraction"])
+        running = {job["id"]: job for job in batch["running"]}
+        for job_id in [job_id for job_id in self.lines if job_id not in running]:
+            self.ended(job_id)
+        for job in running.values():
+            self.ended_ids.discard(job["id"])
+            self.jobs[job["id"]] = dict(job)
+            self.running(self.jobs[job["id"]])
 
 
 def stream_batch(client: Client, batch_id: str) -> dict[str, Any]:
     batch = client.batch(batch_id)
     events = client.events(f"/v1/batches/{batch_id}/events")
     first = next(events, None)  # NoStream here means: poll instead
-    running: dict[str, dict[str, Any]] = {job["id"]: dict(job) for job in batch["running"]}
     with batch_bars() as bars:
         lines = BatchLines(bars, batch_id)
-        lines.counts(batch["counts"], batch["progress"]["fraction"])
-        for job in running.values():
-            lines.running(job)
+        lines.sync(batch)
         try:
             for kind, data in chain([first] if first else [], events):
-                if kind == "counts":
-                    lines.counts(data["counts"], data["progress"]["fraction"])
-                    continue
-                job_id = data.get("job_id")
-                if job_id is None:
-                    continue
-                if kind == "job" and data["status"] != "running":
-                    running.pop(job_id, None)
-                    lines.ended(job_id)
-                    continue
-                job = running.setdefault(
-                    job_id, {"id": job_id, "batch_index": data.get("batch_index"), "started_at": None}
-                )
-                if kind == "job":
-                    job["worker"] = data.get("worker")
-                    job["started_at"] = datetime.fromtimestamp(data["ts"], UTC).isoformat()
-                else:
-                    job["progress"] = data
-                lines.running(job)
+                lines.follow(kind, data)
         except NoStream:
             pass
-    return client.batch(batch_id)
+        # The final state as the API has it: no line is left for a job whose end no event told.
+        batch = client.batch(batch_id)
+        lines.sync(batch)
+    return batch
 
 
 def poll_batch(client: Client, batch_id: str, poll_s: float) -> dict[str, Any]:
@@ -190,12 +319,7 @@ def poll_batch(client: Client, batch_id: str, poll_s: float) -> dict[str, Any]:
         lines = BatchLines(bars, batch_id)
         while True:
             batch = client.batch(batch_id)
-            lines.counts(batch["counts"], batch["progress"]["fraction"])
-            running = {job["id"]: job for job in batch["running"]}
-            for job_id in [job_id for job_id in lines.lines if job_id not in running]:
-                lines.ended(job_id)
-            for job in running.values():
-                lines.running(job)
+            lines.sync(batch)
             if batch["done"]:
                 return batch
             time.sleep(poll_s)

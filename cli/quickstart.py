@@ -283,7 +283,8 @@ def run_quickstart(epochs: int, num_images: int, inference_steps: int, scheduler
 def report(job: dict[str, Any]) -> None:
     """Print how a job ended and where its files are."""
     storage = get_storage()
-    typer.echo(f"job {job['id']} ({job['type']}) {job['status']} on {job['worker']}")
+    worker = f" on {job['worker']}" if job.get("worker") else ""  # none: it never ran
+    typer.echo(f"job {job['id']} ({job['type']}) {job['status']}{worker}")
     if job["error"]:
         typer.echo(f"  error: {job['error']}")
     for output in job["outputs"]:

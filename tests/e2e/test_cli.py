@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 
 import psycopg
@@ -64,7 +65,9 @@ def test_submit_then_watch(stack, client, tmp_path) -> None:
     urls = [line for line in watched.stdout.splitlines() if line.startswith("http")]
     assert len(urls) == 1
     assert read_png_parameters(client.download(urls[0]))["params"]["prompt"] == "a red cube"
-    assert "elapsed" in watched.stdout
+    # stdout is a pipe: whole lines, the last with the final status, not a frame cut to 80 columns
+    [last] = [line for line in watched.stdout.splitlines() if line.startswith(f"{job_id[:8]} text2img ")][-1:]
+    assert " succeeded elapsed " in last and "…" not in watched.stdout, watched.stdout
 
 
 def test_submit_file_and_bad_spec(stack, tmp_path) -> None:
@@ -158,6 +161,32 @@ def test_batch_watch_and_download(stack, client, tmp_path) -> None:
     assert names == ["0_0.png", "1_0.png", "manifest.csv", "manifest.json"]
     with Image.open(tmp_path / "b" / "1_0.png") as image:
         assert image.size == (64, 64)
+
+
+def test_watch_of_a_batch_canceled_mid_run_leaves_no_running_line(stack, client) -> None:
+    """The batch's first job is canceled while it runs (its last step event comes after the cancel's):
+    the watch says it was canceled, draws nothing of it after, never 'None', and ends with the counts."""
+    body = {"jobs": [text2img_spec(num_inference_steps=999, num_images=1, seed=s) for s in (1, 2, 3)]}
+    batch = client.submit_batch(body)
+    deadline = time.monotonic() + 60
+    while not any((job.get("progress") or {}).get("step") for job in client.batch(batch["id"])["running"]):
+        assert time.monotonic() < deadline, client.batch(batch["id"])
+        time.sleep(0.05)
+    running = client.batch(batch["id"])["running"]  # one or more (a worker may run jobs fused)
+    assert diffq(stack, "cancel", "--batch", batch["id"]).returncode == 0
+    for job in running:
+        wait_finished(client, job["id"])
+    watched = diffq(stack, "watch", batch["id"])
+    assert watched.returncode == 1, watched.stderr
+    lines = watched.stdout.splitlines()
+    for job in running:
+        line = f"#{job['batch_index']} {job['id'][:8]}"
+        assert f"{line} canceled" in lines, watched.stdout
+        assert not any(line in later for later in lines[lines.index(f"{line} canceled") + 1 :]), (
+            watched.stdout
+        )
+    assert "None" not in watched.stdout + watched.stderr
+    assert lines[-1] == f"batch {batch['id']} canceled: 3 canceled", watched.stdout
 
 
 def test_watch_of_a_canceled_job_says_canceled(stack, client) -> None:
