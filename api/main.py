@@ -16,6 +16,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
+from api.body_limit import BodyLimit
 from api.routes import batches, events, files, jobs, me, metrics, models, schedulers, schedules, uploads
 from core.config import get_settings
 from core.errors import first_line
@@ -46,6 +47,7 @@ app = FastAPI(
     docs_url=None,  # served below from the package's own Swagger UI files, so that it works offline
     lifespan=lifespan,
 )
+app.add_middleware(BodyLimit)
 app.include_router(jobs.router)
 app.include_router(files.router)
 app.include_router(uploads.router)
