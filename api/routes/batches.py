@@ -33,7 +33,7 @@ from core.queue import Waiting, wake_workers
 from core.quotas import QuotaExceeded, check_batch_jobs, check_queued_jobs
 from core.specs import PRIORITY_LIMIT, BatchWebhook
 from core.storage import get_storage
-from core.tables import Batch, Job, JobStatus, WebhookDelivery, utcnow
+from core.tables import INT64_MAX, Batch, Job, JobStatus, WebhookDelivery, utcnow
 from core.webhooks import deliveries
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def list_batches(
     request: Request,
     principal: Reader,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     owner: Annotated[
         str | None,
         Query(
