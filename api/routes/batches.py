@@ -74,7 +74,7 @@ def write_batch(
     try:
         check_batch_jobs(principal, len(batch.specs))
     except QuotaExceeded as error:
-        raise too_many(error) from None
+        raise too_many(error, ["body"]) from None
     admission = Admission(session, get_storage(), principal)
     errors = admission.webhook_problems(webhook.url, ["body", "webhook", "url"]) if webhook else []
     errors += admission.priority_problems(priority, ["body", "priority"])
@@ -88,7 +88,7 @@ def write_batch(
     try:
         check_queued_jobs(session, principal, len(batch.specs))
     except QuotaExceeded as error:
-        raise too_many(error) from None
+        raise too_many(error, ["body"]) from None
     values = [job_values(spec, principal.owner, priority, admission.memo) for spec in batch.specs]
     batch_id, job_ids = insert_batch(session, name, batch.source, values, principal.owner, webhook, priority)
     session.commit()

@@ -48,7 +48,7 @@ def create_job(
     try:
         check_queued_jobs(session, principal, 1)
     except QuotaExceeded as error:
-        raise too_many(error) from None
+        raise too_many(error, ["body"]) from None
     job = Job(**job_values(spec, principal.owner), status=JobStatus.QUEUED)
     session.add(job)
     session.commit()
