@@ -122,3 +122,10 @@ def test_an_oversized_image_in_a_dataset_names_the_pixel_limit(storage: LocalSto
         f"image big.png can't be read (the image is 400000000 pixels; the limit is {limit} "
         "(DIFFQ_MAX_UPLOAD_PIXELS); send a smaller image)"
     )
+
+
+def test_a_stored_zip_with_an_unsafe_member_fails_the_job_naming_it(storage: LocalStorage) -> None:
+    storage.put(f"uploads/{UPLOAD}", zipped({"a.png": png((1, 2, 3)), "../evil.png": png((4, 5, 6))}))
+    with pytest.raises(BadInput) as raised:
+        load_training_images(UPLOAD, 16, storage)
+    assert "the zip's member '../evil.png' has an unsafe path" in raised.value.message
