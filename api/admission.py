@@ -107,8 +107,16 @@ def job_values(spec: JobSpec, owner: str, priority: int = 0, memo: Memo | None =
     return job_fields(spec, priority, memo) | {"owner": owner}
 
 
-def too_many(error: QuotaExceeded) -> HTTPException:
-    """429 with `Retry-After` for an owner over a quota (core/quotas.py)."""
+def too_many(error: QuotaExceeded, loc: Loc) -> HTTPException:
+    """429 with `Retry-After` for an owner over a quota (core/quotas.py) while waiting can help.
+
+    A request that alone is over a quota (`retry_after_s` None) can never pass it: a 422 located at
+    `loc`, without `Retry-After`, so that clients stop retrying it. 422 rather than 413 because what is
+    over is a count of jobs (or a quota of bytes), not the body's size: a 40-byte sweep can expand past
+    it, and DIFFQ_MAX_BATCH_JOBS's cap (core/batch_specs.py) answers 422 too.
+    """
+    if error.retry_after_s is None:
+        return unprocessable([{"loc": loc, "msg": error.message, "type": "over_quota"}])
     return HTTPException(
         status.HTTP_429_TOO_MANY_REQUESTS,
         detail=error.message,

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
+from api.body_limit import BodyLimit
 from api.routes import batches, events, files, jobs, me, metrics, models, schedulers, schedules, uploads
 from core.config import get_settings
 from core.errors import first_line
@@ -46,6 +47,7 @@ app = FastAPI(
     docs_url=None,  # served below from the package's own Swagger UI files, so that it works offline
     lifespan=lifespan,
 )
+app.add_middleware(BodyLimit)
 app.include_router(jobs.router)
 app.include_router(files.router)
 app.include_router(uploads.router)
@@ -146,14 +148,32 @@ def _unparsed_reason(cause: BaseException | None) -> str:
 def refused_by_the_database(request: Request, error: DataError) -> JSONResponse:
     """A value the database can't store or compare (Postgres refuses NUL characters in text and
     numbers beyond its columns' range) is the request's to fix, wherever it was sent: a 422, not a 500.
-    Found by the API fuzzer (a model named "\\u0000")."""
+    Found by the API fuzzer (a model named "\\u0000"). The routes' parameters carry their columns'
+    bounds, so that their own 422 names them; this is the net under them."""
     reason = first_line(error.orig or error)
-    message = (
-        f"the request holds a value the database can't use ({reason}); remove NUL characters (\\u0000) "
-        "from text and keep integers within 64 bits"
-    )
+    message = f"the request holds a value the database can't use ({reason}); {_data_fix(reason)}"
     detail = [{"loc": ["request"], "msg": message, "type": "value_error"}]
     return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+
+
+# Postgres's word for an integer type in "... out of range", and that type's range.
+INTEGER_RANGES = {
+    "smallint": "16 bits (-32768 to 32767)",
+    "bigint": "64 bits (-9223372036854775808 to 9223372036854775807)",
+    "integer": "32 bits (-2147483648 to 2147483647)",
+}
+
+
+def _data_fix(reason: str) -> str:
+    """What to change for the database's `reason`: the range of the integer type it names, if any."""
+    lowered = reason.lower()
+    if "out of range" in lowered:
+        for name, bounds in INTEGER_RANGES.items():  # "bigint" and "smallint" before "integer"
+            if name in lowered:
+                return f"keep that integer within {bounds}"
+    if "nul" in lowered or "0x00" in lowered:
+        return "remove NUL characters (\\u0000) from text"
+    return "remove NUL characters (\\u0000) from text and keep integers within their fields' bounds"
 
 
 # Seconds a client is asked to wait before trying again while the database is unreachable.

@@ -11,10 +11,11 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema
 
 # The job and batch documents are core's (a webhook's body is the same); the API shows them as they are.
@@ -183,6 +184,31 @@ class BatchTemplate(BaseModel):
     type: str = Field(default="text2img", json_schema_extra={"enum": list(JOB_TYPES)})
     model: str = Field(json_schema_extra={"minLength": 1, "maxLength": 512})
     params: dict[str, Any] = {}
+    # Fields a single job spec takes that a template's jobs get from the batch: named here (not in the
+    # schema, never dumped) only to say where they go, where "Extra inputs are not permitted" did not.
+    # Refused rather than taken: a template's priority would be every job's, beside the batch's own
+    # `priority`, which the batch row also records; two places for one value.
+    priority: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+    webhook: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+
+    @field_validator("priority", "webhook")
+    @classmethod
+    def _set_on_the_batch(cls, value: Any, info: ValidationInfo) -> None:
+        if value is not None:
+            raise ValueError(TEMPLATE_FIELDS_ON_THE_BATCH[str(info.field_name)])
+
+
+# Where a field set in a template goes instead: the batch's own field of that name.
+TEMPLATE_FIELDS_ON_THE_BATCH = {
+    "priority": (
+        'set priority on the batch, not in its template: {"priority": 5, "template": {...}, "sweep": {...}}; '
+        "its jobs take the batch's priority"
+    ),
+    "webhook": (
+        'set webhook on the batch, not in its template: {"webhook": {"url": ..., "events": [...]}, '
+        '"template": {...}, "sweep": {...}}; the batch\'s webhook gets the events listed for each of its jobs'
+    ),
+}
 
 
 class BatchOfJobs(BaseModel):

@@ -82,16 +82,40 @@ def is_hidden(name: str) -> bool:
     return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(name).parts)
 
 
+def unsafe_member(name: str) -> bool:
+    """Whether a zip member's path would reach outside the folder it is unpacked into: absolute (`/`,
+    `\\`, a drive letter like `C:`) or with a `..` part (a "zip slip"). Backslashes count as separators,
+    as Windows tools write them."""
+    path = name.replace("\\", "/")
+    return path.startswith("/") or re.match(r"[A-Za-z]:", path) is not None or ".." in path.split("/")
+
+
+def unsafe_members_problem(names: list[str]) -> str | None:
+    """Why a zip with members `names` is refused for its paths; None when every path is relative."""
+    unsafe = [name for name in names if unsafe_member(name)]
+    if not unsafe:
+        return None
+    more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+    return (
+        f"the zip's member {unsafe[0]!r}{more} has an unsafe path (absolute, or with '..' parts), so the "
+        "zip is refused; zip the image folder again with paths relative to it"
+    )
+
+
 def zip_dataset_problem(data: bytes, max_unpacked_bytes: int) -> str | None:
     """Why the upload `data` can't be a training dataset zip, as far as its directory tells (no member is
-    decompressed); None if it can. It must open as a zip, unpack to at most `max_unpacked_bytes`
+    decompressed); None if it can. It must open as a zip, name only relative paths (`unsafe_member`),
+    unpack to at most `max_unpacked_bytes`
     (DIFFQ_MAX_DATASET_BYTES) and hold at least one image (`IMAGE_SUFFIXES`, not hidden), as
     workers/training_data.py reads it. Images that don't decode fail the job later, by name."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
             members = [info for info in archive.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:
         return f"the file starts like a zip but can't be read as one ({error}); zip the image folder again"
+    if problem := unsafe_members_problem(names):
+        return problem
     if (total := sum(info.file_size for info in members)) > max_unpacked_bytes:
         limit = max_unpacked_bytes
         return f"the zip unpacks to {total} bytes; the limit is {limit} (DIFFQ_MAX_DATASET_BYTES)"

@@ -22,12 +22,15 @@ is rounded down by `round_size`, in every mode, and one under `MIN_SIZE` after r
 import contextlib
 import io
 import json
+import re
 import warnings
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+
+from core.config import get_settings
 
 PARAMETERS_KEY = "diffq"
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
@@ -38,6 +41,8 @@ MIN_SIZE = 16
 SIZE_MULTIPLE = 8
 
 Role = Literal["image", "mask", "depth"]
+# The pixel count in Pillow's decompression bomb message ("Image size (400000000 pixels) exceeds ...").
+BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -53,23 +58,49 @@ class BadImage(Exception):
 def decode_image(data: bytes) -> Image.Image:
     """`data` decoded as it is stored (its mode, no orientation applied); raises `BadImage`.
 
-    Pillow's own pixel limit guards against decompression bombs here; callers with a tighter limit
-    check the header first (core/uploads.py).
+    The pixel limit (DIFFQ_MAX_UPLOAD_PIXELS) is checked from the header before the pixels are decoded,
+    so that a small file that would decode to a huge bitmap (a decompression bomb) costs no memory;
+    one past Pillow's own limit is refused by Pillow while it reads the header, with the same message.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            check_pixels(*image.size)
             image.load()
+    except BadImage:
+        raise
     except Exception as error:
         raise bad_image(error, data) from error
     return image
 
 
+def check_pixels(width: int, height: int) -> None:
+    """Raise `BadImage` (413) for an image of more than DIFFQ_MAX_UPLOAD_PIXELS pixels."""
+    if width * height > get_settings().max_upload_pixels:
+        raise too_many_pixels(f"{width}×{height} = {width * height}")
+
+
+def too_many_pixels(pixels: str) -> BadImage:
+    """The `BadImage` for an image of `pixels` pixels ("5000×5000 = 25000000"): over DIFFQ_MAX_UPLOAD_PIXELS,
+    or over Pillow's decompression bomb limit where that is the lower."""
+    limit = get_settings().max_upload_pixels
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is not None and pillow < limit:
+        where = f"{pillow} (Pillow's decompression bomb limit, below DIFFQ_MAX_UPLOAD_PIXELS, {limit})"
+    else:
+        where = f"{limit} (DIFFQ_MAX_UPLOAD_PIXELS)"
+    return BadImage(
+        f"the image is {pixels} pixels; the limit is {where}; send a smaller image", too_large=True
+    )
+
+
 def bad_image(error: Exception, data: bytes) -> BadImage:
     """The `BadImage` for an error Pillow raised while reading `data` as an image."""
     if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return BadImage(f"the image is too large to decode safely: {error}", too_large=True)
+        # Pillow refuses before the size can be read back: its message holds the pixel count.
+        found = BOMB_PIXELS.search(str(error))
+        return too_many_pixels(found.group(1) if found else f"over {Image.MAX_IMAGE_PIXELS}")
     # Pillow's parsers raise many kinds of errors on malformed input (OSError, SyntaxError,
     # struct.error, ...); to a user they all mean the same thing.
     formats = ", ".join(IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]}"

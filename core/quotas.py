@@ -1,7 +1,8 @@
 """Owner quotas: how much one owner may have queued, send in one batch and upload per day.
 
 Each quota is a setting (`DIFFQ_MAX_QUEUED_JOBS`, ...) that an API key's `limits` may override for
-whoever uses that key; 0 means no limit. The API answers 429 with `Retry-After` past a quota.
+whoever uses that key; 0 means no limit. The API answers 429 with `Retry-After` past a quota when
+waiting can help, and a 422 when the request alone is over it (`QuotaExceeded.retry_after_s` None).
 
 Counting and inserting race between concurrent submitters of one owner: `lock_owner` writes the owner's
 row first, which holds a row lock on Postgres (the write lock on SQLite) until the transaction that
@@ -36,10 +37,11 @@ QUEUED_RETRY_AFTER_S = 30
 
 @dataclass
 class QuotaExceeded(Exception):
-    """An owner is over a quota: `message` names it and says what to do; retry after `retry_after_s`."""
+    """An owner is over a quota: `message` names it and says what to do; retry after `retry_after_s`,
+    or None when the request alone is over the quota, so that no wait will ever let it pass."""
 
     message: str
-    retry_after_s: int
+    retry_after_s: int | None
 
 
 def limit_for(principal: Principal, name: str) -> Any:
@@ -85,6 +87,7 @@ def check_queued_jobs(session: Session, principal: Principal, adding: int) -> No
     Takes the owner lock: call it in the transaction that inserts the jobs, right before the insert.
     """
     limit = int(limit_for(principal, "max_queued_jobs"))
+    _check_fits_queue(principal, adding, limit)
     lock_owner(session, principal.owner)
     if not limit:
         return
@@ -101,21 +104,40 @@ def check_queued_jobs(session: Session, principal: Principal, adding: int) -> No
         )
 
 
+def _check_fits_queue(principal: Principal, count: int, limit: int) -> None:
+    """Raise `QuotaExceeded` without a retry if `count` jobs alone are over `max_queued_jobs` (`limit`):
+    they can never be queued at once, however many of the owner's jobs run first."""
+    if limit and count > limit:
+        raise QuotaExceeded(
+            f"the batch has {count} jobs and owner '{principal.owner}' may have at most {limit} queued "
+            f"(max_queued_jobs), so it can never fit; split it into batches of at most {limit} jobs",
+            None,
+        )
+
+
 def check_batch_jobs(principal: Principal, count: int) -> None:
-    """Raise `QuotaExceeded` if a batch of `count` jobs is over the key's `max_batch_jobs`."""
+    """Raise `QuotaExceeded` without a retry if a batch of `count` jobs can never be admitted: over the
+    key's `max_batch_jobs`, or alone over its `max_queued_jobs`. Checked before the jobs are."""
     limit = int(limit_for(principal, "max_batch_jobs"))
     if limit and count > limit:
         raise QuotaExceeded(
             f"the batch has {count} jobs; this API key may send at most {limit} per batch "
-            "(max_batch_jobs); split it into smaller batches",
-            QUEUED_RETRY_AFTER_S,
+            f"(max_batch_jobs); split it into batches of at most {limit} jobs",
+            None,
         )
+    _check_fits_queue(principal, count, int(limit_for(principal, "max_queued_jobs")))
 
 
 def check_upload_bytes(session: Session, principal: Principal, size: int) -> None:
     """Raise `QuotaExceeded` if `size` more bytes would put the owner over `max_upload_bytes_per_day`
     (the bytes uploaded in the last 24 hours). Takes the owner lock."""
     limit = int(limit_for(principal, "max_upload_bytes_per_day"))
+    if limit and size > limit:
+        raise QuotaExceeded(
+            f"this file ({size} bytes) is over the whole daily upload quota of owner '{principal.owner}', "
+            f"{limit} bytes (max_upload_bytes_per_day), so it can never be uploaded; send a smaller file",
+            None,
+        )
     lock_owner(session, principal.owner)
     if not limit:
         return

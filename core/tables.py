@@ -29,6 +29,10 @@ from sqlalchemy.types import TypeDecorator
 
 # The owner of every job made before owners existed, and of everything when auth is off.
 DEFAULT_OWNER = "default"
+# The largest values of Postgres's `integer` (Integer columns) and `bigint` (BigInteger columns, and the
+# LIMIT and OFFSET of a query): the bounds of the API parameters compared with them.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 def utcnow() -> datetime:

@@ -19,6 +19,7 @@ from core.images import (
     BadImage,
     Role,
     bad_image,
+    check_pixels,
     decode_image,
     normalize_image,
     round_size,
@@ -79,13 +80,7 @@ def _decode(data: bytes, role: Role) -> tuple[Image.Image, ImageInfo]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             header = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = header.size
-            if width * height > settings.max_upload_pixels:
-                raise BadImage(
-                    f"the image is {width}×{height} = {width * height} pixels; the limit is "
-                    f"{settings.max_upload_pixels} (DIFFQ_MAX_UPLOAD_PIXELS)",
-                    too_large=True,
-                )
+            check_pixels(*header.size)
             header.verify()
     except BadImage:
         raise

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from core.config import get_settings
-from core.dataset_refs import IMAGE_SUFFIXES, METADATA_FILE, is_hidden, parse_dataset
+from core.dataset_refs import IMAGE_SUFFIXES, METADATA_FILE, is_hidden, parse_dataset, unsafe_members_problem
 from core.errors import BadInput
 from core.images import BadImage, read_image
 from core.storage import Storage
@@ -65,6 +65,9 @@ def _unzip(data: bytes, upload_id: str) -> dict[str, bytes]:
             f"dataset upload {upload_id} is not a zip file; zip the image folder and upload it"
         ) from None
     with archive:
+        # Refused at upload; checked again for a zip stored before that check.
+        if problem := unsafe_members_problem(archive.namelist()):
+            raise BadInput(f"dataset upload {upload_id}: {problem}")
         members = [info for info in archive.infolist() if not info.is_dir()]
         limit = get_settings().max_dataset_bytes
         if (total := sum(info.file_size for info in members)) > limit:

@@ -33,7 +33,7 @@ from core.queue import Waiting, wake_workers
 from core.quotas import QuotaExceeded, check_batch_jobs, check_queued_jobs
 from core.specs import PRIORITY_LIMIT, BatchWebhook
 from core.storage import get_storage
-from core.tables import Batch, Job, JobStatus, WebhookDelivery, utcnow
+from core.tables import INT64_MAX, Batch, Job, JobStatus, WebhookDelivery, utcnow
 from core.webhooks import deliveries
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def write_batch(
     try:
         check_batch_jobs(principal, len(batch.specs))
     except QuotaExceeded as error:
-        raise too_many(error) from None
+        raise too_many(error, ["body"]) from None
     admission = Admission(session, get_storage(), principal)
     errors = admission.webhook_problems(webhook.url, ["body", "webhook", "url"]) if webhook else []
     errors += admission.priority_problems(priority, ["body", "priority"])
@@ -88,7 +88,7 @@ def write_batch(
     try:
         check_queued_jobs(session, principal, len(batch.specs))
     except QuotaExceeded as error:
-        raise too_many(error) from None
+        raise too_many(error, ["body"]) from None
     values = [job_values(spec, principal.owner, priority, admission.memo) for spec in batch.specs]
     batch_id, job_ids = insert_batch(session, name, batch.source, values, principal.owner, webhook, priority)
     session.commit()
@@ -236,7 +236,7 @@ def list_batches(
     request: Request,
     principal: Reader,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     owner: Annotated[
         str | None,
         Query(

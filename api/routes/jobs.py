@@ -16,7 +16,7 @@ from core.queue import Waiting, wake_workers
 from core.quotas import QuotaExceeded, check_queued_jobs
 from core.specs import JobSpec
 from core.storage import get_storage
-from core.tables import Job, JobStatus, WebhookDelivery
+from core.tables import INT32_MAX, INT64_MAX, Job, JobStatus, WebhookDelivery
 from core.webhooks import deliveries
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def create_job(
     try:
         check_queued_jobs(session, principal, 1)
     except QuotaExceeded as error:
-        raise too_many(error) from None
+        raise too_many(error, ["body"]) from None
     job = Job(**job_values(spec, principal.owner), status=JobStatus.QUEUED)
     session.add(job)
     session.commit()
@@ -92,7 +92,9 @@ def cancel(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
 def get_job_metrics(
     job: JobDep,
     session: SessionDep,
-    after_step: Annotated[int, Query(ge=0, description="Only the steps after this one.")] = 0,
+    after_step: Annotated[
+        int, Query(ge=0, le=INT32_MAX, description="Only the steps after this one (a 32-bit step number).")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricsPublic:
     """A training job's loss history: `step`, `epoch`, `loss`, `lr` of each optimizer step."""
@@ -117,7 +119,7 @@ def list_jobs(
     ] = None,
     batch_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule made.")] = None,
     type_: Annotated[JobType | None, Query(alias="type", description="Only jobs of this type.")] = None,
     owner: Annotated[

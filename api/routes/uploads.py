@@ -103,7 +103,7 @@ def _store(data: bytes, principal: Principal) -> UploadPublic:
         try:
             check_upload_bytes(session, principal, len(data))
         except QuotaExceeded as error:
-            raise too_many(error) from None
+            raise too_many(error, ["body", "file"]) from None
         public = _store_file(data)
         session.add(Upload(id=public.id, owner=principal.owner, kind=public.kind, bytes=len(data)))
         session.commit()

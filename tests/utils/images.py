@@ -1,6 +1,8 @@
 """Input images for the image-to-image tests, made on the spot."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -32,3 +34,19 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def as_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` × `height` (8-bit grey) and whose one IDAT holds a few zero bytes:
+    what a decompression bomb looks like to a reader of its header, at any claimed size."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )

@@ -106,3 +106,26 @@ def test_glyphs_are_deterministic_and_captioned(storage: LocalStorage) -> None:
         assert np.array_equal(np.asarray(image), np.asarray(same))
     dataset = load_training_images("builtin:glyphs", 16, storage)
     assert dataset.pixels.shape == (256, 3, 16, 16)
+
+
+def test_an_oversized_image_in_a_dataset_names_the_pixel_limit(storage: LocalStorage) -> None:
+    """A dataset's images are decoded by the worker: one whose header claims 20000×20000 fails the job
+    naming it and DIFFQ_MAX_UPLOAD_PIXELS, not with Pillow's decompression bomb text."""
+    from core.config import get_settings
+    from tests.utils.images import png_header
+
+    storage.put(f"uploads/{UPLOAD}", zipped({"a.png": png((1, 2, 3)), "big.png": png_header(20000, 20000)}))
+    with pytest.raises(BadInput) as raised:
+        load_training_images(UPLOAD, 16, storage)
+    limit = get_settings().max_upload_pixels
+    assert raised.value.message.endswith(
+        f"image big.png can't be read (the image is 400000000 pixels; the limit is {limit} "
+        "(DIFFQ_MAX_UPLOAD_PIXELS); send a smaller image)"
+    )
+
+
+def test_a_stored_zip_with_an_unsafe_member_fails_the_job_naming_it(storage: LocalStorage) -> None:
+    storage.put(f"uploads/{UPLOAD}", zipped({"a.png": png((1, 2, 3)), "../evil.png": png((4, 5, 6))}))
+    with pytest.raises(BadInput) as raised:
+        load_training_images(UPLOAD, 16, storage)
+    assert "the zip's member '../evil.png' has an unsafe path" in raised.value.message

@@ -238,3 +238,29 @@ def test_a_batch_looks_each_distinct_reference_up_once(api) -> None:
         return len(statements)
 
     assert statements_for(200) == statements_for(10)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("priority", 5, 'set priority on the batch, not in its template: {"priority": 5, "template"'),
+        ("webhook", {"url": "http://127.0.0.1:9/h"}, "set webhook on the batch, not in its template"),
+    ],
+)
+def test_a_job_field_in_a_template_says_to_set_it_on_the_batch(
+    api, monkeypatch: pytest.MonkeyPatch, field: str, value, words: str
+) -> None:
+    monkeypatch.setattr(get_settings(), "webhook_allow_private", True)
+    template = {"model": "tiny-sd", "params": {"prompt": "x", "num_inference_steps": 2}}
+    response = post(api, {"template": template | {field: value}, "sweep": {"seed": [1, 2]}})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "template", field] and error["msg"].startswith(words)
+    # Where the message says: the batch's own field.
+    accepted = post(api, {field: value, "template": template, "sweep": {"seed": [1, 2]}})
+    assert accepted.status_code == 201, accepted.text
+    # The template stored with the batch holds no such field (its JSON schema neither).
+    from api.schemas import BatchTemplate
+
+    assert BatchTemplate.model_validate(template).model_dump() == {"type": "text2img"} | template
+    assert field not in BatchTemplate.model_json_schema()["properties"]

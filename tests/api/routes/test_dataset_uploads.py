@@ -33,8 +33,29 @@ def upload(api: TestClient, data: bytes, name: str = "data.zip"):
             "the zip holds no images",
         ),
         (zip_of({"__MACOSX/a.png": b"x", ".hidden/b.png": b"y"}), "the zip holds no images"),
+        (
+            zip_of({"../../evil.png": png_bytes(noise_image())}),
+            "the zip's member '../../evil.png' has an unsafe path (absolute, or with '..' parts), so the zip "
+            "is refused",
+        ),
+        (
+            zip_of({"a.png": png_bytes(noise_image()), "/etc/b.png": b"x", "c\\..\\..\\d.png": b"y"}),
+            "the zip's member '/etc/b.png' (and 1 more) has an unsafe path",
+        ),
+        (
+            zip_of({"C:/x/a.png": png_bytes(noise_image())}),
+            "the zip's member 'C:/x/a.png' has an unsafe path",
+        ),
     ],
-    ids=["garbage", "empty", "no-images", "hidden-images-only"],
+    ids=[
+        "garbage",
+        "empty",
+        "no-images",
+        "hidden-images-only",
+        "dotdot",
+        "absolute-and-backslashes",
+        "drive",
+    ],
 )
 def test_zip_that_can_never_be_a_dataset_is_422(api: TestClient, data: bytes, says: str) -> None:
     response = upload(api, data)

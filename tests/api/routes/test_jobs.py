@@ -125,3 +125,53 @@ def test_infinite_or_nan_numbers_are_422(api, number: str) -> None:
     response = api.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][-1] == "guidance_scale"
+
+
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "limit"),
+    [
+        ("/v1/jobs/{job}/metrics", "after_step", INT32_MAX),  # job_metrics.step: integer
+        ("/v1/jobs", "offset", INT64_MAX),  # OFFSET: bigint
+        ("/v1/batches", "offset", INT64_MAX),
+    ],
+)
+def test_integer_parameters_name_their_bounds(api, path: str, name: str, limit: int) -> None:
+    job = post(api, text2img_spec())
+    assert job.status_code == 201, job.text
+    url = path.format(job=job.json()["id"])
+    response = api.get(url, params={name: limit + 1})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", name]
+    assert error["msg"] == f"Input should be less than or equal to {limit}"
+    assert api.get(url, params={name: limit}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("cast", "words"),
+    [
+        ("CAST(:value AS integer)", "keep that integer within 32 bits (-2147483648 to 2147483647)"),
+        ("CAST(:value AS bigint)", "keep that integer within 64 bits"),
+    ],
+)
+def test_the_database_range_message_names_the_columns_type(api, cast: str, words: str) -> None:
+    """The net under the parameters' bounds: Postgres's own refusal, answered with the range of the type
+    it names (a 32-bit column had been told "keep integers within 64 bits")."""
+    import json
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import DataError
+    from starlette.requests import Request
+
+    from api.main import refused_by_the_database
+    from core.db import db_session
+
+    with db_session() as session, pytest.raises(DataError) as raised:
+        session.execute(text(f"SELECT {cast}"), {"value": 2**63})
+    response = refused_by_the_database(Request({"type": "http"}), raised.value)
+    [error] = json.loads(response.body)["detail"]
+    assert response.status_code == 422 and words in error["msg"], error
+    assert "NUL" not in error["msg"]

@@ -289,9 +289,11 @@ def test_queued_quota_holds_under_concurrent_submitters(
 
 def test_batch_and_upload_quotas(api: TestClient) -> None:
     owner = Owner(api, max_batch_jobs=2, max_upload_bytes_per_day=2 * len(png_bytes()) + 10)
+    # Over max_batch_jobs alone: no wait lets it pass, so no Retry-After.
     too_big = owner.post("/v1/batches", json={"jobs": [text2img(), text2img(), text2img()]})
-    assert too_big.status_code == 429
-    assert "max_batch_jobs" in too_big.json()["detail"] and "retry-after" in too_big.headers
+    assert too_big.status_code == 422 and "retry-after" not in too_big.headers
+    [error] = too_big.json()["detail"]
+    assert "(max_batch_jobs); split it into batches of at most 2 jobs" in error["msg"]
     assert owner.post("/v1/batches", json={"jobs": [text2img(), text2img()]}).status_code == 201
 
     for _ in range(2):
@@ -381,3 +383,32 @@ def test_batches_list_shows_the_owners_own_newest_first(
     as_admin = admin_api.get("/v1/batches", params={"owner": alice.name}).json()
     assert [batch["id"] for batch in as_admin["data"]] == made[::-1]
     assert alice.get("/v1/batches", params={"limit": 0}).status_code == 422
+
+
+def test_a_batch_larger_than_the_queued_quota_is_422_saying_to_split_it(api: TestClient) -> None:
+    """Waiting can never let 5 jobs into a queue of 4: a 422 saying how to split, not a 429 to retry."""
+    owner = Owner(api, max_queued_jobs=4)
+    sweep = {"seed": [1, 2, 3, 4, 5]}
+    template = {"model": "tiny-sd", "params": {"prompt": "a fox", "num_inference_steps": 2}}
+    never = owner.post("/v1/batches", json={"template": template, "sweep": sweep})
+    assert never.status_code == 422 and "retry-after" not in never.headers, never.text
+    [error] = never.json()["detail"]
+    assert error["msg"] == (
+        f"the batch has 5 jobs and owner '{owner.name}' may have at most 4 queued (max_queued_jobs), so "
+        "it can never fit; split it into batches of at most 4 jobs"
+    )
+    # Waiting helps a batch that fits the quota but not the room left in it: 429 with Retry-After.
+    assert owner.post("/v1/batches", json={"jobs": [text2img()] * 3}).status_code == 201
+    wait = owner.post("/v1/batches", json={"jobs": [text2img()] * 2})
+    assert wait.status_code == 429 and int(wait.headers["retry-after"]) > 0
+    assert "Wait for some to run" in wait.json()["detail"]
+    cancel_queued_jobs()
+
+
+def test_a_file_larger_than_the_daily_upload_quota_is_422(api: TestClient) -> None:
+    owner = Owner(api, max_upload_bytes_per_day=len(png_bytes()) - 1)
+    response = owner.post("/v1/uploads", files={"file": ("a.png", png_bytes())})
+    assert response.status_code == 422 and "retry-after" not in response.headers, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "file"]
+    assert "so it can never be uploaded; send a smaller file" in error["msg"]

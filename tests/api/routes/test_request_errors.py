@@ -115,3 +115,57 @@ def test_a_webhook_url_with_credentials_is_refused(api: TestClient) -> None:
     response = api.post("/v1/jobs", json=TEXT2IMG | {"webhook": {"url": "https://user:pw@example.com/h"}})
     assert response.status_code == 422 and "may not hold credentials" in response.json()["detail"][0]["msg"]
     assert "pw@" not in response.json()["detail"][0]["msg"]
+
+
+# Over the tests' DIFFQ_MAX_UPLOAD_BYTES (2 MiB, tests/conftest.py), and not JSON: a body that was read
+# and parsed would answer 422 (not valid JSON), one refused unread 413.
+OVERSIZED = b"x" * (3 * 1024 * 1024)
+LIMIT_TEXT = f"the limit is {2 * 1024 * 1024} (DIFFQ_MAX_UPLOAD_BYTES)"
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/batches", "/v1/schedules"])
+def test_a_json_body_over_the_upload_limit_is_413_unread(api: TestClient, route: str) -> None:
+    response = api.post(route, content=OVERSIZED, headers=JSON)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith(f"the body is {len(OVERSIZED)} bytes; {LIMIT_TEXT}")
+    # Just under the limit the body is read (and found not to be JSON).
+    assert api.post(route, content=OVERSIZED[: 1024 * 1024], headers=JSON).status_code == 422
+
+
+def test_a_chunked_json_body_is_counted_and_refused_past_the_limit(api: TestClient) -> None:
+    chunks = (OVERSIZED[i : i + 65536] for i in range(0, len(OVERSIZED), 65536))
+    response = api.post("/v1/batches", content=chunks, headers=JSON)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith(f"the body is over {2 * 1024 * 1024} bytes; {LIMIT_TEXT}")
+    small = (part for part in [JOB[:10].encode(), JOB[10:].encode()])
+    assert api.post("/v1/jobs", content=small, headers=JSON).status_code == 201
+
+
+def test_over_http_the_413_reaches_the_client(api: TestClient) -> None:
+    """uvicorn itself: the client that sent a long body, declared or chunked, reads the 413."""
+    import httpx
+
+    from cli.quickstart import free_port, start_api
+
+    port = free_port()
+    server = start_api(port)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/batches"
+        headers = JSON | dict(api.headers)
+        declared = httpx.post(url, content=OVERSIZED, headers=headers, timeout=60)
+        chunked = httpx.post(
+            url, content=iter([OVERSIZED[:1024], OVERSIZED[1024:]]), headers=headers, timeout=60
+        )
+    finally:
+        server.stop()
+    assert declared.status_code == 413 and LIMIT_TEXT in declared.json()["detail"]
+    assert chunked.status_code == 413 and LIMIT_TEXT in chunked.json()["detail"]
+
+
+def test_multipart_uploads_keep_their_own_limit(api: TestClient) -> None:
+    """A file of exactly the limit makes a multipart body over it (the form's framing): it is read, and
+    refused only for not being an image."""
+    response = api.post("/v1/uploads", files={"file": ("a.png", OVERSIZED[: 2 * 1024 * 1024])})
+    assert response.status_code == 422 and "not a decodable image" in response.text, response.text
+    over = api.post("/v1/uploads", files={"file": ("a.png", OVERSIZED)})
+    assert over.status_code == 413 and "DIFFQ_MAX_UPLOAD_BYTES" in over.json()["detail"]

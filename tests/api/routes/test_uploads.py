@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core.config import get_settings
-from tests.utils.images import noise_image, png_bytes, square_mask
+from tests.utils.images import noise_image, png_bytes, png_header, square_mask
 from tests.utils.jobs import upload_image
 
 
@@ -69,6 +69,32 @@ def test_decompression_bomb_is_413_before_decoding(api) -> None:
     response = post_file(api, buffer.getvalue())
     assert response.status_code == 413
     assert "5000×5000 = 25000000 pixels" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("side", "pixels"),
+    [
+        (5000, "5000×5000 = 25000000"),  # over DIFFQ_MAX_UPLOAD_PIXELS only
+        (10000, "100000000"),  # over Pillow's limit too (its warning)
+        (20000, "400000000"),  # over twice Pillow's limit (its error)
+    ],
+)
+def test_every_oversized_header_gets_diffqs_message(api, side: int, pixels: str) -> None:
+    """Past Pillow's own limit Pillow refuses while reading the header: the answer still names
+    DIFFQ_MAX_UPLOAD_PIXELS, not Pillow's "could be decompression bomb DOS attack"."""
+    limit = get_settings().max_upload_pixels
+    expected = (
+        f"the image is {pixels} pixels; the limit is {limit} (DIFFQ_MAX_UPLOAD_PIXELS); send a smaller image"
+    )
+    response = post_file(api, png_header(side, side))
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == expected
+    # An image a job names goes through the same check: an upload stored before the limit was lowered.
+    from core.images import BadImage, read_image
+
+    with pytest.raises(BadImage) as raised:
+        read_image(png_header(side, side))
+    assert raised.value.message == expected and raised.value.too_large
 
 
 def test_over_the_byte_limit_is_413(api) -> None:
