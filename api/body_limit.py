@@ -8,13 +8,11 @@ routes (api/routes/uploads.py `read_upload`): Starlette spools their files to di
 allows for the form's framing.
 """
 
-import json
-
+from starlette import status
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import get_settings
-
-TOO_LARGE = 413
 
 
 def too_large_message(size: str, limit: int) -> str:
@@ -46,7 +44,7 @@ class BodyLimit:
         if declared is not None:
             # The server delivers no more than the declared length.
             if declared.isdigit() and int(declared) > limit:
-                await _refuse(send, too_large_message(declared.decode(), limit))
+                await _refuse(scope, receive, send, too_large_message(declared.decode(), limit))
                 return
             await self.app(scope, receive, send)
             return
@@ -55,7 +53,7 @@ class BodyLimit:
             return
         messages = await _read_up_to(receive, limit)
         if messages is None:
-            await _refuse(send, too_large_message(f"over {limit}", limit))
+            await _refuse(scope, receive, send, too_large_message(f"over {limit}", limit))
             return
         await self.app(scope, _replay(messages, receive), send)
 
@@ -85,13 +83,6 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-async def _refuse(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": TOO_LARGE,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+    await response(scope, receive, send)
